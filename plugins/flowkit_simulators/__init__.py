@@ -1,0 +1,28 @@
+"""Built-in simulators, dynamics and time grids.
+
+* simulators: ``euler`` and ``heun`` (ODEs), ``euler-maruyama`` (SDEs, and ODEs as the noise-free case);
+* dynamics: ``flow`` (ODE of a velocity), ``extension-sde`` (velocity + score, same marginals for any
+  ``sigma_t``), ``langevin`` (score of a fixed distribution);
+* time grids: ``uniform`` and ``power`` (steps concentrated near the data end ``t = 1``).
+
+Importing this package is cheap: the component modules load when the registry asks for them.
+"""
+
+from flowkit import hookimpl
+
+
+@hookimpl
+def flowkit_register(registry):
+    """Register the simulators, dynamics and time grids of this package."""
+    from flowkit_simulators.dynamics import ExtensionSDE, FlowODE, LangevinSDE
+    from flowkit_simulators.simulators import EulerMaruyamaSimulator, EulerSimulator, HeunSimulator
+    from flowkit_simulators.timegrids import PowerGrid, UniformGrid
+
+    registry.add("simulator", "euler", EulerSimulator)
+    registry.add("simulator", "heun", HeunSimulator)
+    registry.add("simulator", "euler-maruyama", EulerMaruyamaSimulator)
+    registry.add("dynamics", "flow", FlowODE)
+    registry.add("dynamics", "extension-sde", ExtensionSDE)
+    registry.add("dynamics", "langevin", LangevinSDE)
+    registry.add("timegrid", "uniform", UniformGrid)
+    registry.add("timegrid", "power", PowerGrid)

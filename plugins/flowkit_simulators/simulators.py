@@ -1,0 +1,112 @@
+"""Fixed-step integrators: Euler and Heun for ODEs, Euler–Maruyama for SDEs.
+
+Every ``step`` takes ``x (B, *D)``, ``t (B,)`` and ``h (B,)`` and returns a new ``(B, *D)`` tensor; the
+caller's ``x`` is never modified. Steps write into the one tensor they allocate for the result
+(``addcmul``/``addcmul_``), so a step costs the drift evaluations plus one or two buffers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from flowkit.errors import CapabilityError
+from flowkit.interfaces import ODE, SDE, Simulator
+
+
+def per_sample(values: Tensor, x: Tensor) -> Tensor:
+    """View per-sample ``values (B,)`` (or a scalar) as ``(B, 1, ..., 1)`` to broadcast over ``x (B, *D)``."""
+    return values.reshape((-1,) + (1,) * (x.dim() - 1))
+
+
+def _is_sde(dynamics: object) -> bool:
+    # Simulator._run hands ``step`` a drift-counting wrapper that keeps the real dynamics in
+    # ``.dynamics``; look through it to learn whether there is any noise to add.
+    inner = getattr(dynamics, "dynamics", dynamics)
+    return isinstance(inner, SDE)
+
+
+def _require_dynamics(simulator: Simulator, dynamics: object) -> None:
+    if not isinstance(dynamics, ODE):
+        raise CapabilityError(
+            f"simulator '{simulator.registered_name}' integrates flowkit dynamics (an ODE or SDE "
+            f"component), but got a {type(dynamics).__name__}; build the dynamics from the "
+            f'[sample] table (e.g. dynamics = "flow") or wrap your field in '
+            f"flowkit_simulators.dynamics.FlowODE(velocity=...)"
+        )
+
+
+class _ODESimulator(Simulator):
+    """A deterministic integrator: refuses an SDE, whose noise it would silently drop."""
+
+    solves = ODE
+
+    def check(self, dynamics: ODE) -> None:
+        """Raise :class:`CapabilityError` unless ``dynamics`` is an ODE that is not an SDE."""
+        _require_dynamics(self, dynamics)
+        # SDE derives from ODE, so the base isinstance check alone would accept an SDE.
+        if isinstance(dynamics, SDE):
+            raise CapabilityError(
+                f"simulator '{self.registered_name}' integrates an ODE, but dynamics "
+                f"'{dynamics.registered_name}' is an SDE; choose a simulator for an SDE "
+                f'(e.g. "euler-maruyama") or ODE dynamics ("flow")'
+            )
+        super().check(dynamics)
+
+
+class EulerSimulator(_ODESimulator):
+    """Explicit Euler, first order: ``x <- x + h u_t(x)``. One drift evaluation per step."""
+
+    def step(
+        self, dynamics: ODE, x: Tensor, t: Tensor, h: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Advance ``x (B, *D)`` from ``t (B,)`` by ``h (B,)``; returns a new ``(B, *D)``."""
+        return torch.addcmul(x, per_sample(h, x), dynamics.drift(x, t))
+
+
+class HeunSimulator(_ODESimulator):
+    """Heun's method (explicit trapezoid), second order. Two drift evaluations per step.
+
+    ``k1 = u_t(x)``, ``k2 = u_{t+h}(x + h k1)``, ``x <- x + h/2 (k1 + k2)``. Every step, the last
+    included, does its correction, so ``last_nfe`` is exactly ``2 * steps``.
+    """
+
+    def step(
+        self, dynamics: ODE, x: Tensor, t: Tensor, h: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Advance ``x (B, *D)`` from ``t (B,)`` by ``h (B,)``; returns a new ``(B, *D)``."""
+        h_b = per_sample(h, x)
+        k1 = dynamics.drift(x, t)
+        k2 = dynamics.drift(torch.addcmul(x, h_b, k1), t + h)
+        half_h = 0.5 * h_b
+        # ``out`` is the only buffer this step owns; k1/k2 may alias tensors of the field, so they
+        # are read, never written.
+        out = torch.addcmul(x, half_h, k1)
+        return out.addcmul_(half_h, k2)
+
+
+class EulerMaruyamaSimulator(Simulator):
+    """Euler–Maruyama, strong order 1/2: ``x <- x + h drift(x, t) + sigma_t sqrt(h) eps``.
+
+    ``eps ~ N(0, I)`` is drawn with the given generator (on ``x``'s device and dtype), so a run is
+    reproducible from its seed. It also accepts an ODE: an ODE is an SDE with ``sigma_t = 0``, and the
+    step is then exactly Euler's and draws no noise (the generator is not advanced). The Brownian
+    increment has variance ``|h|``; the grid is increasing, so ``h > 0``.
+    """
+
+    solves = SDE
+
+    def check(self, dynamics: ODE) -> None:
+        """Accept any ODE or SDE; raise :class:`CapabilityError` for anything else."""
+        _require_dynamics(self, dynamics)
+
+    def step(
+        self, dynamics: ODE, x: Tensor, t: Tensor, h: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Advance ``x (B, *D)`` from ``t (B,)`` by ``h (B,)``; returns a new ``(B, *D)``."""
+        out = torch.addcmul(x, per_sample(h, x), dynamics.drift(x, t))
+        if not _is_sde(dynamics):
+            return out
+        noise_scale = dynamics.diffusion(t) * h.abs().sqrt()  # type: ignore[attr-defined]
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return out.addcmul_(per_sample(noise_scale, x), noise)
