@@ -51,8 +51,12 @@ def flowkit_run_start(run: Run) -> None:
 
 
 @hookspec
-def flowkit_train_step(run: Run, step: int, loss: float) -> None:
-    """Training step ``step`` (1-based) finished with this loss (called every step; keep it cheap)."""
+def flowkit_train_step(run: Run, step: int, loss: Tensor) -> None:
+    """Training step ``step`` (1-based) finished with ``loss``, a detached scalar tensor.
+
+    Called every step: keep it cheap. ``loss.item()`` waits for the device, so call it rarely
+    (``flowkit_log`` carries the loss as a float every ``train.log_every`` steps).
+    """
 
 
 @hookspec
@@ -71,8 +75,12 @@ def flowkit_sampling_progress(run: Run, done: int, total: int) -> None:
 
 
 @hookspec
-def flowkit_samples_ready(run: Run, samples: Tensor, reference: Tensor,
-                          trajectory: Tensor | None) -> None:
+def flowkit_stage(run: Run, stage: str, state: str) -> None:
+    """A stage (``"train"``, ``"sample"``, ``"evaluate"``) changes ``state`` (``"start"`` or ``"end"``)."""
+
+
+@hookspec
+def flowkit_samples_ready(run: Run, samples: Tensor, reference: Tensor, trajectory: Tensor | None) -> None:
     """Samples ``(N, *D)`` exist, with held-out data ``(M, *D)`` and a short trajectory
     ``(T + 1, K, *D)`` of the first ``K`` samples (``None`` when not recorded)."""
 

@@ -134,13 +134,18 @@ class ProbabilityPath(Component):
         return (0.0, 1.0)
 
     @abc.abstractmethod
-    def sample_prior(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
-                     device: torch.device | None = None) -> Tensor:
+    def sample_prior(
+        self,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        device: torch.device | None = None,
+    ) -> Tensor:
         """Draw ``x_0 ~ p_init``; ``shape = (B, *D)``."""
 
     @abc.abstractmethod
-    def sample(self, z: Tensor, t: Tensor, noise: Tensor | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, z: Tensor, t: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Draw ``x ~ p_t(.|z)``; ``z`` is ``(B, *D)``, ``t`` is ``(B,)``.
 
         ``noise`` (shape of ``z``) makes the draw deterministic: for a Gaussian path
@@ -155,20 +160,16 @@ class ProbabilityPath(Component):
         """Conditional score ``grad_x log p_t(x|z)``, shape ``(B, *D)``."""
         raise CapabilityError(
             f"path '{self.registered_name}' has no conditional score; use a loss that trains a "
-            "velocity (e.g. kind = \"cfm\") or a path that provides a score (e.g. kind = \"gaussian\")"
+            'velocity (e.g. kind = "cfm") or a path that provides a score (e.g. kind = "gaussian")'
         )
 
     def velocity_from_score(self, score: ScoreModel) -> VectorField:
         """Wrap a score model as the vector field with the same marginals (Gaussian paths)."""
-        raise CapabilityError(
-            f"path '{self.registered_name}' cannot turn a score into a velocity"
-        )
+        raise CapabilityError(f"path '{self.registered_name}' cannot turn a score into a velocity")
 
     def score_from_velocity(self, velocity: VectorField) -> ScoreModel:
         """Wrap a vector field as the score of the same marginal path (Gaussian paths)."""
-        raise CapabilityError(
-            f"path '{self.registered_name}' cannot turn a velocity into a score"
-        )
+        raise CapabilityError(f"path '{self.registered_name}' cannot turn a velocity into a score")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -240,8 +241,9 @@ class Loss(Component):
         """Wrap ``network`` as the :class:`VectorField` or :class:`ScoreModel` this loss trains."""
 
     @abc.abstractmethod
-    def __call__(self, model: nn.Module, path: ProbabilityPath, z: Tensor,
-                 generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, model: nn.Module, path: ProbabilityPath, z: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Scalar loss on a batch of data ``z (B, *D)``; draws ``t`` and ``x ~ p_t(.|z)`` itself.
 
         ``model`` is what :meth:`model_role` returned.
@@ -306,8 +308,9 @@ class Simulator(Component):
     last_nfe: int = 0
 
     @abc.abstractmethod
-    def step(self, dynamics: ODE, x: Tensor, t: Tensor, h: Tensor,
-             generator: torch.Generator | None = None) -> Tensor:
+    def step(
+        self, dynamics: ODE, x: Tensor, t: Tensor, h: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Advance ``x (B, *D)`` from time ``t (B,)`` by ``h (B,)``; returns ``(B, *D)``."""
 
     def check(self, dynamics: ODE) -> None:
@@ -316,34 +319,58 @@ class Simulator(Component):
             raise CapabilityError(
                 f"simulator '{self.registered_name}' integrates an {self.solves.__name__}, but dynamics "
                 f"'{dynamics.registered_name}' is an {_dynamics_kind(dynamics)}; choose a simulator for "
-                f"an {_dynamics_kind(dynamics)} (e.g. \"euler-maruyama\") or ODE dynamics (\"flow\")"
+                f'an {_dynamics_kind(dynamics)} (e.g. "euler-maruyama") or ODE dynamics ("flow")'
             )
 
-    def _run(self, dynamics: ODE, x: Tensor, ts: Tensor, generator: torch.Generator | None,
-             keep: bool) -> tuple[Tensor, list[Tensor]]:
+    def _run(
+        self,
+        dynamics: ODE,
+        x: Tensor,
+        ts: Tensor,
+        generator: torch.Generator | None,
+        keep: bool,
+        progress: Callable[[int, int], None] | None,
+    ) -> tuple[Tensor, list[Tensor]]:
         self.check(dynamics)
         counting = _CountingDynamics(dynamics)
         ts = ts.to(device=x.device, dtype=x.dtype)
-        path = [x] if keep else []
-        batch = x.shape[0]
-        for i in range(ts.numel() - 1):
+        states = [x] if keep else []
+        batch, total = x.shape[0], ts.numel() - 1
+        for i in range(total):
             t = ts[i].expand(batch)
             h = (ts[i + 1] - ts[i]).expand(batch)
             x = self.step(counting, x, t, h, generator)  # type: ignore[arg-type]
             if keep:
-                path.append(x)
+                states.append(x)
+            if progress is not None:
+                progress(i + 1, total)
         self.last_nfe = counting.count
-        return x, path
+        return x, states
 
-    def simulate(self, dynamics: ODE, x: Tensor, ts: Tensor,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """Integrate from ``x (B, *D)`` over the grid ``ts (T + 1,)``; returns the final ``(B, *D)``."""
-        return self._run(dynamics, x, ts, generator, keep=False)[0]
+    def simulate(
+        self,
+        dynamics: ODE,
+        x: Tensor,
+        ts: Tensor,
+        generator: torch.Generator | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Tensor:
+        """Integrate from ``x (B, *D)`` over the grid ``ts (T + 1,)``; returns the final ``(B, *D)``.
 
-    def simulate_trajectory(self, dynamics: ODE, x: Tensor, ts: Tensor,
-                            generator: torch.Generator | None = None) -> Tensor:
+        ``progress(done, total)`` is called after every step.
+        """
+        return self._run(dynamics, x, ts, generator, keep=False, progress=progress)[0]
+
+    def simulate_trajectory(
+        self,
+        dynamics: ODE,
+        x: Tensor,
+        ts: Tensor,
+        generator: torch.Generator | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Tensor:
         """Like :meth:`simulate`, returning every visited state: shape ``(T + 1, B, *D)``."""
-        return torch.stack(self._run(dynamics, x, ts, generator, keep=True)[1])
+        return torch.stack(self._run(dynamics, x, ts, generator, keep=True, progress=progress)[1])
 
 
 def _dynamics_kind(dynamics: ODE) -> str:
@@ -387,8 +414,7 @@ class DeviceBackend(Component):
         """Context for the forward pass of training (mixed precision, where enabled)."""
         return contextlib.nullcontext()
 
-    def compile_sampler(self, fn: Callable[[Tensor], Tensor], example: Tensor
-                        ) -> Callable[[Tensor], Tensor]:
+    def compile_sampler(self, fn: Callable[[Tensor], Tensor], example: Tensor) -> Callable[[Tensor], Tensor]:
         """Optionally capture a fixed-step sampler ``fn(x0) -> x1`` (e.g. as a CUDA graph)."""
         return fn
 

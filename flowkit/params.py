@@ -24,8 +24,14 @@ DOC = "doc"
 COMPONENT = "component"
 
 
-def param(default: Any = attrs.NOTHING, *, doc: str, validator: Any = None, factory: Any = None,
-          converter: Any = None) -> Any:
+def param(
+    default: Any = attrs.NOTHING,
+    *,
+    doc: str,
+    validator: Any = None,
+    factory: Any = None,
+    converter: Any = None,
+) -> Any:
     """An attrs field with a one-line ``doc``. Give ``default`` or ``factory`` (or neither: required)."""
     if factory is not None:
         return attrs.field(factory=factory, validator=validator, converter=converter, metadata={DOC: doc})

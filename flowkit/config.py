@@ -1,0 +1,378 @@
+"""TOML pipeline files → validated attrs objects, and back.
+
+Loading has three steps: read the file (TOML syntax errors keep their line and column), apply
+``--set table.key=value`` overrides, then structure every table against its attrs class. A table with
+a ``kind`` is a component: the registry gives its class, the remaining keys are its ``Params``, and the
+component is built with the :class:`~flowkit.interfaces.BuildContext` of what was built before it.
+
+Every error is a :class:`~flowkit.errors.ConfigError` naming the file, the table and key path, what
+was found and what was expected, and the nearest valid name where one was misspelled.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from flowkit.errors import CapabilityError, ConfigError, FlowkitError, RegistryError, suggest
+from flowkit.interfaces import BuildContext, Component, kind_of
+from flowkit.params import COMPONENT
+from flowkit.registry import ComponentRegistry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+# ---------------------------------------------------------------------------------------------------
+# Locations
+# ---------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Location:
+    """Where a value sits: the file and the key path (``("path", "schedule", "sigma_min")``)."""
+
+    source: str
+    parts: tuple[str | int, ...] = ()
+    overridden: frozenset[tuple[str, ...]] = frozenset()
+
+    def child(self, key: str | int) -> Location:
+        return attrs.evolve(self, parts=(*self.parts, key))
+
+    @property
+    def table(self) -> str:
+        """The TOML table holding the value, e.g. ``[path.schedule]``."""
+        return "[" + _dotted(self.parts[:-1]) + "]" if len(self.parts) > 1 else "(top level)"
+
+    def where(self) -> str:
+        """``file: [table] key 'k'`` (``(from --set)`` when an override put it there)."""
+        if not self.parts:
+            return self.source
+        origin = " (from --set)" if tuple(map(str, self.parts)) in self.overridden else ""
+        return f"{self.source}: {self.table} key '{self.parts[-1]}'{origin}"
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"{self.where()}: {message}")
+
+
+def _dotted(parts: Sequence[str | int]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading and overrides
+# ---------------------------------------------------------------------------------------------------
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a pipeline file; a syntax error names the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such pipeline file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the pipeline file: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """``"train.steps=100"`` → ``(("train", "steps"), 100)``.
+
+    The value is read as a TOML value (``3``, ``1e-3``, ``true``, ``[64, 64]``, ``{ kind = "vp" }``,
+    ``"text"``); anything that is not valid TOML is taken as a bare string (``data.kind=circles``).
+    """
+    key, sep, raw = text.partition("=")
+    parts = tuple(p.strip() for p in key.split("."))
+    if not sep or not all(parts):
+        raise ConfigError(f"--set {text}: expected TABLE.KEY=VALUE, e.g. --set train.steps=100")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: Sequence[str], source: str
+) -> tuple[dict[str, Any], frozenset[tuple[str, ...]]]:
+    """Apply ``--set`` overrides to a parsed pipeline; returns the new dict and the overridden paths."""
+    data = _deep_copy(data)
+    done: set[tuple[str, ...]] = set()
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if isinstance(child, str) and i > 0:  # `simulator = "heun"` then --set sample.simulator.x=1
+                child = node[part] = {"kind": child}
+            if not isinstance(child, dict):
+                where = _dotted(parts[: i + 1])
+                raise ConfigError(
+                    f"{source}: --set {text}: '{where}' is a value ({_describe_value(child)}), not a table"
+                )
+            node = child
+        node[parts[-1]] = value
+        done.add(parts)
+    return data, frozenset(done)
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Structuring
+# ---------------------------------------------------------------------------------------------------
+
+
+class Structurer:
+    """Validates plain TOML data against attrs classes and builds components through a registry."""
+
+    def __init__(self, registry: ComponentRegistry, context: BuildContext) -> None:
+        self.registry = registry
+        self.context = context
+
+    def structure(self, cls: type, table: Any, loc: Location) -> Any:
+        """Build an instance of the attrs class ``cls`` from the TOML table at ``loc``."""
+        if not isinstance(table, Mapping):
+            raise loc.error(f"expected a table, found {_describe_value(table)}")
+        fields = attrs.fields(cls)
+        hints = _type_hints(cls)
+        names = [f.name for f in fields]
+        for key in table:
+            if key not in names:
+                valid = ", ".join(names) if names else "(none: this component takes no parameters)"
+                raise loc.child(key).error(f"unknown key.{suggest(key, names)} Valid keys: {valid}")
+        values: dict[str, Any] = {}
+        for field in fields:
+            where = loc.child(field.name)
+            tp = hints.get(field.name, Any)
+            if field.name in table:
+                values[field.name] = self.convert(table[field.name], tp, where, field)
+            elif field.default is attrs.NOTHING:
+                raise where.error(f"missing required key ({_describe_type(tp)})")
+            elif _is_component(field, tp):
+                default = (
+                    field.default.factory() if isinstance(field.default, attrs.Factory) else field.default
+                )
+                if default is not None:
+                    values[field.name] = self.convert(default, tp, where, field)
+        try:
+            return cls(**values)
+        except (ValueError, TypeError) as exc:
+            raise _locate_validator_error(cls, values, loc, exc) from None
+
+    def convert(self, value: Any, tp: Any, loc: Location, field: attrs.Attribute | None = None) -> Any:
+        """Check ``value`` against the type ``tp`` and convert it (ints to floats, tables to objects)."""
+        if _is_component(field, tp):
+            return self.build(_component_kind(tp, loc), value, loc)
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if tp is Any:
+            return value
+        if origin in (typing.Union, types.UnionType):
+            options = [a for a in args if a is not type(None)]
+            errors = []
+            for option in options:
+                try:
+                    return self.convert(value, option, loc)
+                except ConfigError as exc:
+                    errors.append(exc)
+            if len(options) == 1:
+                raise errors[0]
+            raise loc.error(f"expected {_describe_type(tp)}, found {_describe_value(value)}")
+        if origin is typing.Literal:
+            if value in args and not isinstance(value, bool):
+                return value
+            choices = ", ".join(repr(a) for a in args)
+            hint = suggest(value, [str(a) for a in args]) if isinstance(value, str) else ""
+            raise loc.error(f"expected one of {choices}, found {_describe_value(value)}.{hint}".rstrip("."))
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+        elif tp is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif tp is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif tp is str:
+            if isinstance(value, str):
+                return value
+        elif origin in (list, tuple, Sequence) or tp in (list, tuple):
+            if isinstance(value, list):
+                item = args[0] if args else Any
+                items = [self.convert(v, item, loc.child(i)) for i, v in enumerate(value)]
+                return tuple(items) if origin is tuple or tp is tuple else items
+        elif origin in (dict, Mapping):
+            if isinstance(value, Mapping):
+                item = args[1] if len(args) == 2 else Any
+                return {k: self.convert(v, item, loc.child(k)) for k, v in value.items()}
+        elif attrs.has(tp):
+            return self.structure(tp, value, loc)
+        else:
+            return value
+        raise loc.error(f"expected {_describe_type(tp)}, found {_describe_value(value)}")
+
+    def build(self, kind: str, spec: Any, loc: Location) -> Component:
+        """Build the ``kind`` component described by ``spec`` (a name, or a table with ``kind``)."""
+        if isinstance(spec, Component):  # already built (a default given as an object)
+            return spec
+        if isinstance(spec, str):
+            spec = {"kind": spec}
+        if not isinstance(spec, Mapping):
+            raise loc.error(
+                f"expected a {kind}: a name or a table with 'kind', found {_describe_value(spec)}"
+            )
+        known = self.registry.names(kind)
+        if "kind" not in spec:
+            raise loc.child("kind").error(
+                f"missing required key: the {kind} to use (one of: {', '.join(known)})"
+            )
+        name = spec["kind"]
+        kind_loc = loc.child("kind")
+        if not isinstance(name, str):
+            raise kind_loc.error(f"expected the name of a {kind} (a string), found {_describe_value(name)}")
+        try:
+            entry = self.registry.get(kind, name)
+        except RegistryError as exc:
+            raise kind_loc.error(str(exc)) from None
+        params = self.structure(entry.cls.Params, {k: v for k, v in spec.items() if k != "kind"}, loc)
+        try:
+            component = entry.cls.from_params(params, self.context)
+        except ConfigError:
+            raise
+        except FlowkitError as exc:
+            target = "[" + _dotted(loc.parts) + "]"
+            raise type(exc)(f"{loc.source}: {target} ({kind} '{name}'): {exc}") from exc
+        component.registered_kind = kind
+        component.registered_name = name
+        return component
+
+
+def _locate_validator_error(cls: type, values: dict[str, Any], loc: Location, exc: Exception) -> ConfigError:
+    """Find which field's validator rejected its value, so the error names the key."""
+    for field in attrs.fields(cls):
+        if field.validator is None or field.name not in values:
+            continue
+        try:
+            field.validator(None, field, values[field.name])
+        except (ValueError, TypeError) as field_exc:
+            return loc.child(field.name).error(f"invalid value {values[field.name]!r}: {field_exc}")
+        except Exception:  # a validator that needs the instance: fall through to the generic message
+            continue
+    where = f"{loc.source}: [{_dotted(loc.parts)}]" if loc.parts else loc.source
+    return ConfigError(f"{where}: invalid parameters: {exc}")
+
+
+def _is_component(field: attrs.Attribute | None, tp: Any) -> bool:
+    if field is not None and field.metadata.get(COMPONENT):
+        return True
+    inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    return any(isinstance(a, type) and kind_of(a) is not None for a in inner)
+
+
+def _component_kind(tp: Any, loc: Location) -> str:
+    inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    for option in inner:
+        kind = kind_of(option) if isinstance(option, type) else None
+        if kind is not None:
+            return kind
+    raise CapabilityError(f"{loc.where()}: field type {tp!r} is not a component interface")
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # unresolvable annotations: fall back to attrs' own (possibly strings)
+        return {f.name: (f.type if not isinstance(f.type, str) else Any) for f in attrs.fields(cls)}
+
+
+def _describe_type(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple, Sequence):
+        return f"a list of {_plural(args[0]) if args else 'values'}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(a) for a in args if a is not type(None))
+    if isinstance(tp, type) and kind_of(tp):
+        return f"a {kind_of(tp)} (a name or a table with 'kind')"
+    if attrs.has(tp):
+        return "a table"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _plural(tp: Any) -> str:
+    return {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(tp, _describe_type(tp))
+
+
+def _describe_value(value: Any) -> str:
+    kinds = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }
+    kind = next((v for k, v in kinds.items() if type(value) is k), type(value).__name__)
+    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    if isinstance(value, str):
+        shown = f'"{value}"'
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{shown} ({kind})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Unstructuring (for the resolved pipeline in a run directory)
+# ---------------------------------------------------------------------------------------------------
+
+
+def unstructure(value: Any) -> Any:
+    """Turn params and built components back into TOML-ready data (components become ``kind`` tables)."""
+    if isinstance(value, Component):
+        table = {"kind": value.registered_name}
+        table.update(unstructure(value.params))
+        return table
+    if attrs.has(type(value)):
+        out = {}
+        for field in attrs.fields(type(value)):
+            item = getattr(value, field.name)
+            if item is not None:
+                out[field.name] = unstructure(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [unstructure(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: unstructure(v) for k, v in value.items() if v is not None}
+    return value
