@@ -528,7 +528,7 @@ def _write_toml(path: Path, data: dict[str, Any]) -> None:
 
 
 def load_weights(path: str | Path, network: nn.Module, which: str = "model") -> int:
-    """Load weights written by a run into ``network`` (``which``: ``"model"`` or ``"raw"``); returns the step."""
+    """Load a run's weights into ``network``; ``which``: ``"model"`` (EMA) or ``"raw"``. Returns the step."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if which not in state:
         raise FlowkitError(
