@@ -238,7 +238,8 @@ class Structurer:
         """Build the ``kind`` component described by ``spec`` (a name, or a table with ``kind``)."""
         if isinstance(spec, Component):  # already built (a default given as an object)
             return spec
-        if isinstance(spec, str):
+        shorthand = isinstance(spec, str)  # `simulator = "heun"`: errors point at the key itself
+        if shorthand:
             spec = {"kind": spec}
         if not isinstance(spec, Mapping):
             raise loc.error(
@@ -250,7 +251,7 @@ class Structurer:
                 f"missing required key: the {kind} to use (one of: {', '.join(known)})"
             )
         name = spec["kind"]
-        kind_loc = loc.child("kind")
+        kind_loc = loc if shorthand else loc.child("kind")
         if not isinstance(name, str):
             raise kind_loc.error(f"expected the name of a {kind} (a string), found {_describe_value(name)}")
         try:

@@ -1,0 +1,160 @@
+"""Pipeline files → components: every error names the file, the table and key, found and expected."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowkit.config import apply_overrides, parse_override, read_toml
+from flowkit.errors import CapabilityError, ConfigError
+from flowkit.pipeline import build_pipeline
+from flowkit.registry import PluginManager
+
+BASE = """
+[data]
+kind = "moons"
+
+[path]
+kind = "gaussian"
+schedule = { kind = "ot", sigma_min = 0.0 }
+
+[model]
+kind = "mlp"
+hidden = [16]
+
+[loss]
+kind = "cfm"
+
+[train]
+steps = 10
+"""
+
+
+@pytest.fixture(scope="module")
+def manager():
+    return PluginManager()
+
+
+def error_of(write_pipeline, manager, text, overrides=()):
+    path = write_pipeline(text)
+    with pytest.raises(ConfigError) as err:
+        build_pipeline(path, overrides, manager)
+    return str(err.value).replace(str(path), "FILE")
+
+
+def test_valid_file_builds_every_component(write_pipeline, manager):
+    pipe = build_pipeline(write_pipeline(BASE), (), manager)
+    assert pipe.path.params.schedule.registered_name == "ot"
+    assert pipe.model.params.hidden == [16]
+    assert pipe.train.steps == 10 and pipe.train.lr == 1e-3  # defaults filled in
+    assert pipe.sample.simulator.registered_name == "heun"
+    assert "velocity" in pipe.context.roles
+
+
+def test_missing_table(write_pipeline, manager):
+    msg = error_of(write_pipeline, manager, BASE.replace('[data]\nkind = "moons"', ""))
+    assert msg.startswith("FILE: missing table [data]; add one naming a registered dataset, e.g. [data] kind = ")
+    assert "moons" in msg
+
+
+def test_unknown_key_suggests_the_nearest(write_pipeline, manager):
+    msg = error_of(write_pipeline, manager, BASE.replace("steps = 10", "stpes = 10"))
+    assert msg.startswith("FILE: [train] key 'stpes': unknown key. Did you mean 'steps'? Valid keys: steps, ")
+
+
+def test_unknown_key_in_a_nested_component(write_pipeline, manager):
+    msg = error_of(write_pipeline, manager, BASE.replace("sigma_min = 0.0", "sigma_mim = 0.0"))
+    assert msg.startswith("FILE: [path.schedule] key 'sigma_mim': unknown key. Did you mean 'sigma_min'?")
+
+
+def test_wrong_type(write_pipeline, manager):
+    msg = error_of(write_pipeline, manager, BASE.replace("steps = 10", 'steps = "many"'))
+    assert msg == 'FILE: [train] key \'steps\': expected an integer, found "many" (a string)'
+    msg = error_of(write_pipeline, manager, BASE.replace("hidden = [16]", 'hidden = [16, "wide"]'))
+    assert msg == 'FILE: [model.hidden] key \'1\': expected an integer, found "wide" (a string)'
+    msg = error_of(write_pipeline, manager, BASE.replace("sigma_min = 0.0", "sigma_min = true"))
+    assert msg == "FILE: [path.schedule] key 'sigma_min': expected a number, found True (a boolean)"
+
+
+def test_validator_names_the_key(write_pipeline, manager):
+    msg = error_of(write_pipeline, manager, BASE.replace("steps = 10", "steps = 0"))
+    assert msg == "FILE: [train] key 'steps': invalid value 0: 'steps' must be > 0: 0"
+
+
+def test_choice_with_suggestion(write_pipeline, manager):
+    msg = error_of(write_pipeline, manager, BASE + 'lr_schedule = "cosin"\n')
+    assert msg == ("FILE: [train] key 'lr_schedule': expected one of 'constant', 'cosine', "
+                   "found \"cosin\" (a string). Did you mean 'cosine'?")
+
+
+def test_unknown_kind_suggests_the_nearest(write_pipeline, manager):
+    msg = error_of(write_pipeline, manager, BASE.replace('kind = "ot"', 'kind = "otx"'))
+    known = ", ".join(manager.registry.names("schedule"))
+    assert msg == (f"FILE: [path.schedule] key 'kind': unknown schedule 'otx'. Did you mean 'ot'? "
+                   f"Known schedules: {known}")
+
+
+def test_component_table_without_kind(write_pipeline, manager):
+    msg = error_of(write_pipeline, manager, BASE.replace('kind = "cfm"', ""))
+    assert msg.startswith("FILE: [loss] key 'kind': missing required key: the loss to use (one of: cfm, dsm")
+
+
+def test_unknown_table(write_pipeline, manager):
+    msg = error_of(write_pipeline, manager, BASE + "\n[sampel]\nsteps = 3\n")
+    assert msg.startswith("FILE: unknown table [sampel]. Did you mean 'sample'? Valid tables: flowkit, run, ")
+
+
+def test_bad_toml_syntax_reports_its_line(write_pipeline, manager):
+    msg = error_of(write_pipeline, manager, BASE.replace("steps = 10", "steps = = 10"))
+    assert msg.startswith("FILE: invalid TOML: ")
+    assert "line 17" in msg
+
+
+def test_missing_file(tmp_path, manager):
+    with pytest.raises(ConfigError, match=r"nope\.toml: no such pipeline file"):
+        build_pipeline(tmp_path / "nope.toml", (), manager)
+
+
+def test_overrides_are_applied_and_validated_the_same_way(write_pipeline, manager):
+    path = write_pipeline(BASE)
+    pipe = build_pipeline(path, ["train.steps=5", "sample.simulator=euler", "model.hidden=[8, 8]",
+                                 "path.schedule.sigma_min=0.01"], manager)
+    assert pipe.train.steps == 5
+    assert pipe.sample.simulator.registered_name == "euler"
+    assert pipe.model.params.hidden == [8, 8]
+    assert pipe.path.params.schedule.params.sigma_min == 0.01
+    msg = error_of(write_pipeline, manager, BASE, ["train.stesp=5"])
+    assert msg.startswith("FILE: [train] key 'stesp' (from --set): unknown key. Did you mean 'steps'?")
+    msg = error_of(write_pipeline, manager, BASE, ["train.steps=abc"])
+    assert msg == "FILE: [train] key 'steps' (from --set): expected an integer, found \"abc\" (a string)"
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match=r"--set steps: expected TABLE.KEY=VALUE, e.g. --set train.steps=100"):
+        parse_override("steps")
+    assert parse_override("sample.simulator={ kind = 'euler' }") == (("sample", "simulator"), {"kind": "euler"})
+    assert parse_override("data.kind=circles") == (("data", "kind"), "circles")
+    with pytest.raises(ConfigError, match=r"'train.steps' is a value \(10 \(an integer\)\), not a table"):
+        apply_overrides({"train": {"steps": 10}}, ["train.steps.x=1"], "f.toml")
+
+
+def test_capability_errors_are_raised_at_build_time(write_pipeline, manager):
+    path = write_pipeline(BASE + '\n[sample]\nsimulator = "heun"\ndynamics = { kind = "extension-sde" }\n')
+    with pytest.raises(CapabilityError) as err:
+        build_pipeline(path, (), manager)
+    msg = str(err.value).replace(str(path), "FILE")
+    assert msg.startswith("FILE: [sample]: simulator 'heun' integrates an ODE, but dynamics 'extension-sde' "
+                          "is an SDE")
+
+
+def test_resolved_pipeline_round_trips(write_pipeline, manager, tmp_path):
+    import tomli_w
+
+    pipe = build_pipeline(write_pipeline(BASE), (), manager)
+    resolved = pipe.resolved(manager)
+    assert resolved["path"]["schedule"] == {"kind": "ot", "sigma_min": 0.0}
+    assert resolved["flowkit"]["plugins"]["gaussian"] == "flowkit 0.1.0"
+    again_path = tmp_path / "resolved.toml"
+    again_path.write_text(tomli_w.dumps(resolved))
+    again = build_pipeline(again_path, (), manager)
+    assert again.resolved(manager) | {"flowkit": None} == resolved | {"flowkit": None}
+    assert read_toml(again_path)["train"]["steps"] == 10
