@@ -24,8 +24,15 @@ def test_run_end_to_end_writes_a_complete_run_directory(tiny_pipeline, tmp_path)
     assert f"run directory: {out}" in result.output
     assert "w2 = " in result.output and "noise floor" in result.output and "nfe = 8" in result.output
     names = {p.name for p in out.iterdir()}
-    assert {"pipeline.toml", "model.pt", "samples.npy", "metrics.json", "metrics.jsonl",
-            "samples.png", "trajectories.png"} <= names
+    assert {
+        "pipeline.toml",
+        "model.pt",
+        "samples.npy",
+        "metrics.json",
+        "metrics.jsonl",
+        "samples.png",
+        "trajectories.png",
+    } <= names
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["metric"] == "w2" and metrics["nfe"] == 8 and metrics["train_steps"] == 40
     assert metrics["distance"] > 0 and metrics["noise_floor"] > 0
@@ -50,16 +57,20 @@ def test_run_end_to_end_writes_a_complete_run_directory(tiny_pipeline, tmp_path)
 def test_validate_builds_without_training(tiny_pipeline):
     result = invoke("validate", tiny_pipeline)
     assert result.exit_code == 0, result.output
-    assert result.output == (f"{tiny_pipeline}: ok (data=moons, path=gaussian, model=mlp, loss=cfm, "
-                             "simulator=euler, dynamics=flow)\n")
+    assert result.output == (
+        f"{tiny_pipeline}: ok (data=moons, path=gaussian, model=mlp, loss=cfm, "
+        "simulator=euler, dynamics=flow)\n"
+    )
 
 
 def test_user_error_is_one_paragraph_without_traceback(tiny_pipeline):
     result = invoke("validate", tiny_pipeline, "--set", "train.stpes=3")
     assert result.exit_code == 1
-    assert result.output == (f"Error: {tiny_pipeline}: [train] key 'stpes' (from --set): unknown key. Did you "
-                             "mean 'steps'? Valid keys: steps, batch_size, lr, lr_schedule, warmup_steps, "
-                             "weight_decay, grad_clip, ema_decay, log_every, checkpoint_every\n")
+    assert result.output == (
+        f"Error: {tiny_pipeline}: [train] key 'stpes' (from --set): unknown key. "
+        "Did you mean 'steps'? Valid keys: steps, batch_size, lr, lr_schedule, warmup_steps, "
+        "weight_decay, grad_clip, ema_decay, log_every, checkpoint_every\n"
+    )
     assert "Traceback" not in result.output
 
 
