@@ -370,88 +370,125 @@ def _lr_lambda(cfg: TrainSection) -> Any:
     return factor
 
 
+class TrainLoop:
+    """The optimisation of a pipeline's network: AdamW, a learning-rate schedule and an EMA of the weights.
+
+    :meth:`step` is one optimisation step — draw a batch, the loss, backward, update — exactly what
+    ``flowkit run`` does per step (benchmarks time it). The data and loss draws come from generators
+    seeded from ``[run] seed``.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        cfg, loss = pipeline.train, pipeline.loss
+        if cfg is None or loss is None:
+            raise CapabilityError(
+                f"{pipeline.source}: model '{pipeline.model.registered_name}' is not trained"
+            )
+        self.pipeline, self.cfg, self.loss_fn = pipeline, cfg, loss
+        self.backend = pipeline.device
+        self.device = self.backend.device
+        self.network = pipeline.model
+        self.role = pipeline.context.roles[loss.trains]
+        self.params = [p for p in self.network.parameters() if p.requires_grad]
+        if not self.params:
+            raise CapabilityError(
+                f"{pipeline.source}: [model]: model '{self.network.registered_name}' has "
+                "no trainable parameters"
+            )
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # A constant rate needs no scheduler: skipping it keeps the hot loop as lean as a hand-written one.
+        scheduled = cfg.lr_schedule != "constant" or cfg.warmup_steps > 0
+        self.scheduler = (
+            torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg)) if scheduled else None
+        )
+        self.ema = None
+        if cfg.ema_decay > 0:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.network,
+                multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
+                use_buffers=True,
+            )
+        seed = pipeline.run.seed
+        self.data_gen = self.backend.generator(stage_seed(seed, "data"))
+        self.loss_gen = self.backend.generator(stage_seed(seed, "loss"))
+        self.network.train()
+
+    @property
+    def lr(self) -> float:
+        """The current learning rate."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def step(self) -> Tensor:
+        """One optimisation step; returns the loss as a detached scalar tensor (no device sync)."""
+        z = self.pipeline.dataset.sample(self.cfg.batch_size, generator=self.data_gen, device=self.device)
+        with self.backend.autocast():
+            loss = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.network)
+        return loss.detach()
+
+    def weights(self, step: int) -> dict[str, Any]:
+        """Weights-only state: ``model`` (what sampling uses: the EMA where enabled) and ``raw``."""
+        if self.ema is None:
+            return {"step": step, "model": self.network.state_dict()}
+        return {"step": step, "model": self.ema.module.state_dict(), "raw": self.network.state_dict()}
+
+    def finish(self) -> None:
+        """Put the weights sampling should use (the EMA, where enabled) into the network."""
+        if self.ema is not None:
+            self.network.load_state_dict(self.ema.module.state_dict())
+        self.network.eval()
+
+
 def train(run: Run) -> None:
-    """The training loop: AdamW on the loss, a learning-rate schedule, EMA of the weights."""
+    """Run the :class:`TrainLoop` for ``[train] steps``, logging, checkpointing and calling the hooks."""
     pipe = run.pipeline
-    cfg, loss_fn, path, dataset = pipe.train, pipe.loss, pipe.path, pipe.dataset
-    assert cfg is not None and loss_fn is not None
-    backend, device = pipe.device, run.device
-    network = pipe.model
-    role = pipe.context.roles[loss_fn.trains]
-    params = [p for p in network.parameters() if p.requires_grad]
-    if not params:
-        raise CapabilityError(
-            f"{pipe.source}: [model]: model '{network.registered_name}' has no trainable parameters"
-        )
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    ema = None
-    if cfg.ema_decay > 0:
-        ema = torch.optim.swa_utils.AveragedModel(
-            network, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
-        )
-    data_gen = backend.generator(stage_seed(pipe.run.seed, "data"))
-    loss_gen = backend.generator(stage_seed(pipe.run.seed, "loss"))
-    hook = run.hook
-    network.train()
-    running = torch.zeros((), device=device)
-    window = 0
+    loop = TrainLoop(pipe)
+    cfg, hook = loop.cfg, run.hook
+    window: list[Tensor] = []  # losses since the last log; summed then, so no per-step device sync
     step = 0
     try:
         for step in range(1, cfg.steps + 1):
-            z = dataset.sample(cfg.batch_size, generator=data_gen, device=device)
-            with backend.autocast():
-                loss = loss_fn(role, path, z, generator=loss_gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(network)
-            detached = loss.detach()
-            running += detached
-            window += 1
-            hook.flowkit_train_step(run=run, step=step, loss=detached)
+            loss = loop.step()
+            window.append(loss)
+            hook.flowkit_train_step(run=run, step=step, loss=loss)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                mean_loss = float(running) / window
+                mean_loss = float(torch.stack(window).mean())
+                window.clear()
                 if not math.isfinite(mean_loss):
-                    _save_weights(run, network, ema, step, "model-diverged.pt")
+                    saved = _save_weights(run, loop.weights(step), step, "model-diverged.pt")
                     raise FlowkitError(
                         f"{pipe.source}: training diverged at step {step} (loss {mean_loss}); "
                         f"lower [train] lr (now {cfg.lr}) or set [train] grad_clip. "
-                        f"The weights are in {run.directory / 'model-diverged.pt'}"
+                        f"The weights are in {saved}"
                     )
-                hook.flowkit_log(
-                    run=run, step=step, metrics={"loss": mean_loss, "lr": scheduler.get_last_lr()[0]}
-                )
+                hook.flowkit_log(run=run, step=step, metrics={"loss": mean_loss, "lr": loop.lr})
                 run.metrics["final_loss"] = mean_loss
-                running.zero_()
-                window = 0
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                _save_weights(run, network, ema, step, f"checkpoint-{step:07d}.pt")
+                _save_weights(run, loop.weights(step), step, f"checkpoint-{step:07d}.pt")
     except KeyboardInterrupt:
-        saved = _save_weights(run, network, ema, step, "model-interrupted.pt")
+        saved = _save_weights(run, loop.weights(step), step, "model-interrupted.pt")
         raise FlowkitError(
             f"interrupted at training step {step}; the weights so far are in {saved}"
         ) from None
-    _save_weights(run, network, ema, cfg.steps, "model.pt")
-    if ema is not None:  # sample with the averaged weights
-        network.load_state_dict(ema.module.state_dict())
-    network.eval()
+    _save_weights(run, loop.weights(cfg.steps), cfg.steps, "model.pt")
+    loop.finish()
     run.metrics["train_steps"] = cfg.steps
 
 
-def _save_weights(run: Run, network: nn.Module, ema: nn.Module | None, step: int, name: str) -> Path:
+def _save_weights(run: Run, state: dict[str, Any], step: int, name: str) -> Path:
     """Write weights only (loadable with ``torch.load(weights_only=True)``), atomically."""
-    state: dict[str, Any] = {"step": step, "model": network.state_dict()}
-    if ema is not None:  # "model" is what sampling uses: the average; "raw" the optimiser's weights
-        state = {"step": step, "model": ema.module.state_dict(), "raw": network.state_dict()}
     target = run.directory / name
     tmp = target.with_suffix(".tmp")
     torch.save(state, tmp)
-    os.replace(tmp, target)
+    os.replace(tmp, target)  # a crash mid-write never leaves a truncated checkpoint under the real name
     run.hook.flowkit_checkpoint(run=run, step=step, path=str(target))
     return target
 
