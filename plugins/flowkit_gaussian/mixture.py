@@ -249,10 +249,14 @@ class MixtureOracle(AnalyticModel):
         self.schedule = schedule
         covariances = torch.as_tensor(covariances, dtype=torch.float64)
         eigenvalues, eigenvectors = _eigh(covariances)
+        means = torch.as_tensor(means, dtype=torch.float64)
+        k, d = means.shape
         self.register_buffer("log_weights", torch.as_tensor(weights, dtype=torch.float64).log())
-        self.register_buffer("means", torch.as_tensor(means, dtype=torch.float64))
-        self.register_buffer("eigenvalues", eigenvalues)
-        self.register_buffer("eigenvectors", eigenvectors)
+        self.register_buffer("means", means)
+        self.register_buffer("eigenvalues", eigenvalues)  # (K, d)
+        # All eigenbases side by side, (d, K d): one matrix product rotates x into every basis.
+        self.register_buffer("bases", eigenvectors.permute(1, 0, 2).reshape(d, k * d).contiguous())
+        self.register_buffer("rotated_means", torch.einsum("kij,ki->kj", eigenvectors, means))  # U_k^T m_k
 
     @classmethod
     def from_components(cls, dataset: Any, path: Any) -> MixtureOracle:
@@ -286,55 +290,60 @@ class MixtureOracle(AnalyticModel):
             raise FlowkitError(
                 f"mixture oracle: x must have shape (B, {self.means.shape[1]}), got {tuple(x.shape)}"
             )
+        batch, dim = x.shape
         x = x.to(torch.float64)
-        t = t.to(device=x.device, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+        t = t.reshape(-1)
+        # One time for the whole batch (a simulator's `ts[i].expand(B)` has stride 0): the
+        # t-dependent factors are computed once, shape (1, K, d), and broadcast.
+        t = t.expand(batch) if t.numel() > 1 and t.stride(0) != 0 else t[:1]
+        t = t.to(device=x.device, dtype=torch.float64)
         alpha = self.schedule.alpha(t)[:, None, None]  # (B, 1, 1)
         beta = self.schedule.beta(t)[:, None, None]
-        residual = x[:, None, :] - alpha * self.means[None]  # (B, K, d)
-        rotated = torch.einsum("kij,bki->bkj", self.eigenvectors, residual)  # U_k^T r
-        variance = alpha * alpha * self.eigenvalues[None] + beta * beta  # eigenvalues of A_k, (B, K, d)
-        log_normal = -0.5 * (
-            (rotated * rotated / variance).sum(-1)
-            + variance.log().sum(-1)
-            + x.shape[1] * math.log(2 * math.pi)
-        )  # (B, K)
-        logits = self.log_weights[None] + log_normal
+        # U_k^T (x - alpha m_k) for every k: (B, K, d)
+        rotated = torch.addcmul((x @ self.bases).view(batch, -1, dim), alpha, self.rotated_means, value=-1)
+        variance = torch.addcmul(beta * beta, alpha * alpha, self.eigenvalues)  # eigenvalues of A_k
+        whitened = rotated / variance  # U_k^T A_k^{-1} (x - alpha m_k)
+        quadratic = torch.einsum("bkd,bkd->bk", rotated, whitened)
+        log_normal = -0.5 * (quadratic + variance.log().sum(-1) + dim * math.log(2 * math.pi))  # (B, K)
         return {
             "t": t,
-            "alpha": alpha[:, :, 0],
-            "beta": beta[:, :, 0],
-            "logits": logits,
-            "rotated": rotated,
-            "variance": variance,
+            "alpha": alpha,
+            "beta": beta,
+            "logits": self.log_weights + log_normal,
+            "whitened": whitened,
         }
 
-    def _score_and_mean(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        c = self._components(x, t)
-        posterior = torch.softmax(c["logits"], dim=1)  # (B, K)
-        whitened = c["rotated"] / c["variance"]  # A_k^{-1} r in the eigenbasis
-        score = -torch.einsum("bk,kij,bkj->bi", posterior, self.eigenvectors, whitened)
-        shift = c["alpha"][:, :, None] * self.eigenvalues[None] * whitened  # alpha S_k A_k^{-1} r
-        mean = posterior @ self.means + torch.einsum("bk,kij,bkj->bi", posterior, self.eigenvectors, shift)
-        return score, mean, c
+    def _back(self, coefficients: Tensor) -> Tensor:
+        """``sum_k U_k c_k`` for eigenbasis coefficients ``c (B, K, d)``; shape ``(B, d)``."""
+        return coefficients.reshape(coefficients.shape[0], -1) @ self.bases.T
 
     def log_prob(self, x: Tensor, t: Tensor) -> Tensor:
         """``log p_t(x)`` for ``x (B, d)``, ``t (B,)``; shape ``(B,)``."""
         return torch.logsumexp(self._components(x, t)["logits"], dim=1).to(x.dtype)
 
     def score(self, x: Tensor, t: Tensor) -> Tensor:
-        """``grad_x log p_t(x)``, shape ``(B, d)``."""
-        return self._score_and_mean(x, t)[0].to(x.dtype)
+        """``grad_x log p_t(x) = -sum_k q_k A_k^{-1} (x - alpha_t m_k)``, shape ``(B, d)``."""
+        c = self._components(x, t)
+        posterior = torch.softmax(c["logits"], dim=1)[:, :, None]  # (B, K, 1)
+        return (-self._back(posterior * c["whitened"])).to(x.dtype)
 
     def posterior_mean(self, x: Tensor, t: Tensor) -> Tensor:
-        """``E[z | x_t = x]``, shape ``(B, d)``."""
-        return self._score_and_mean(x, t)[1].to(x.dtype)
+        """``E[z | x_t = x] = sum_k q_k (m_k + alpha_t S_k A_k^{-1} (x - alpha_t m_k))``, shape ``(B, d)``."""
+        c = self._components(x, t)
+        posterior = torch.softmax(c["logits"], dim=1)
+        shift = self._back(posterior[:, :, None] * c["alpha"] * self.eigenvalues * c["whitened"])
+        return (posterior @ self.means + shift).to(x.dtype)
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """Marginal velocity ``alpha'_t E[z|x] - beta'_t beta_t grad log p_t(x)``, shape ``(B, d)``."""
-        score, mean, c = self._score_and_mean(x, t)
-        d_alpha = self.schedule.d_alpha(c["t"])[:, None]
-        d_beta = self.schedule.d_beta(c["t"])[:, None]
-        return (d_alpha * mean - d_beta * c["beta"] * score).to(x.dtype)
+        c = self._components(x, t)
+        posterior = torch.softmax(c["logits"], dim=1)
+        d_alpha = self.schedule.d_alpha(c["t"])[:, None, None]
+        d_beta = self.schedule.d_beta(c["t"])[:, None, None]
+        # alpha' (alpha S_k A_k^{-1} r) + beta' beta A_k^{-1} r, per component, in its eigenbasis
+        per_component = (d_alpha * c["alpha"] * self.eigenvalues + d_beta * c["beta"]) * c["whitened"]
+        mean_part = d_alpha[:, :, 0] * (posterior @ self.means)
+        return (mean_part + self._back(posterior[:, :, None] * per_component)).to(x.dtype)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """The marginal velocity (as :meth:`velocity`)."""
