@@ -15,7 +15,7 @@ fields directly: ``FlowODE(velocity=lambda x, t: -x)``. A field is any callable
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 from torch import Tensor
@@ -43,7 +43,7 @@ class FlowODE(ODE):
 
     needs = frozenset({"velocity"})
 
-    def __init__(self, params: attrs.AttrsInstance | None = None, *, velocity: Field | None = None) -> None:
+    def __init__(self, params: Any = None, *, velocity: Field | None = None) -> None:
         super().__init__(params)
         self.velocity = velocity
 
