@@ -1,0 +1,118 @@
+"""What the losses share: time sampling, network roles, and the Gaussian-path protocol.
+
+A path is used in its *noise form* when it offers ``coefficients(t, like) -> (alpha, beta, alpha',
+beta')``, ``target_velocity_from_noise(z, noise, t)`` and ``target_score_from_noise(noise, t)`` (as
+``flowkit_gaussian.GaussianPath`` does): the targets are then computed from the drawn noise, never by
+dividing ``x - alpha_t z`` by a small ``beta_t``. Any other path is used through the interface's
+``sample`` / ``target_velocity`` / ``target_score``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from flowkit.interfaces import ProbabilityPath, ScoreModel, VectorField
+from flowkit.params import param
+
+TSampling = Literal["uniform", "logit-normal"]
+
+
+def has_noise_form(path: ProbabilityPath) -> bool:
+    """Whether ``path`` offers the Gaussian noise-form targets (see the module docstring)."""
+    return all(
+        callable(getattr(path, name, None))
+        for name in ("coefficients", "target_velocity_from_noise", "target_score_from_noise")
+    )
+
+
+def t_sampling_field() -> TSampling:
+    return param(
+        "uniform",
+        doc="How t is drawn on the path's t_range: 'uniform' or 'logit-normal' (favours the middle).",
+        validator=attrs.validators.in_(["uniform", "logit-normal"]),
+    )
+
+
+def logit_mean_field() -> float:
+    return param(0.0, doc="Mean of the normal whose sigmoid is t (t_sampling = 'logit-normal').")
+
+
+def logit_std_field() -> float:
+    return param(
+        1.0,
+        doc="Std of the normal whose sigmoid is t (t_sampling = 'logit-normal').",
+        validator=attrs.validators.gt(0.0),
+    )
+
+
+def sample_times(
+    n: int,
+    t_range: tuple[float, float],
+    how: TSampling,
+    logit_mean: float,
+    logit_std: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    """``n`` times in ``t_range``, shape ``(n,)``: uniform, or ``sigmoid(N(logit_mean, logit_std^2))``
+    mapped affinely onto ``t_range``."""
+    lo, hi = t_range
+    if how == "uniform":
+        unit = torch.rand((n,), generator=generator, device=device, dtype=dtype)
+    else:
+        normal = torch.randn((n,), generator=generator, device=device, dtype=dtype)
+        unit = torch.sigmoid(logit_mean + logit_std * normal)
+    return lo + (hi - lo) * unit
+
+
+def mean_squared(a: Tensor, b: Tensor) -> Tensor:
+    """Mean of ``(a - b)^2`` over the batch and the event dims: ``||a - b||^2 / prod(D)`` averaged over
+    the batch, so the loss scale (and a good learning rate) does not depend on the data dimension."""
+    return (a - b).square().mean()
+
+
+class NetworkVelocity(VectorField):
+    """A network playing the velocity: ``forward(x (B, *D), t (B,)) = network(x, t)``."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.network(x, t)
+
+
+class NetworkScore(ScoreModel):
+    """A network playing the score directly: ``forward(x (B, *D), t (B,)) = network(x, t)``."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.network(x, t)
+
+
+class NoisePredictionScore(ScoreModel):
+    """A network predicting the noise ``eps``, seen as a score: ``s(x, t) = -network(x, t) / beta_t``.
+
+    ``x``: ``(B, *D)``, ``t``: ``(B,)``. The network's target is ``eps``, of order 1 at every ``t``;
+    the division by ``beta_t`` happens only when the score itself is asked for.
+    """
+
+    def __init__(self, network: nn.Module, path: ProbabilityPath) -> None:
+        super().__init__()
+        self.network = network
+        self.path = path
+
+    def predict_noise(self, x: Tensor, t: Tensor) -> Tensor:
+        """The network's noise prediction, ``(B, *D)``."""
+        return self.network(x, t)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.path.target_score_from_noise(self.network(x, t), t)  # type: ignore[attr-defined]

@@ -1,0 +1,119 @@
+"""Denoising score matching (``MATH.md``, "Losses")."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from flowkit.errors import CapabilityError
+from flowkit.interfaces import Loss, Network, ProbabilityPath
+from flowkit.params import param
+from flowkit_losses.common import (
+    NetworkScore,
+    NoisePredictionScore,
+    TSampling,
+    has_noise_form,
+    logit_mean_field,
+    logit_std_field,
+    mean_squared,
+    sample_times,
+    t_sampling_field,
+)
+
+
+class DSMLoss(Loss):
+    """Denoising score matching; same gradient as score matching with the same weighting.
+
+    * ``weighting = "noise"`` (default): ``E ||beta_t s^theta_t(x) + eps||^2``, i.e. the weight
+      ``lambda_t = beta_t^2`` on ``||s - grad log p_t(x|z)||^2``. :meth:`model_role` parametrizes the
+      score by noise prediction, ``s = -network(x, t) / beta_t``, so the loss is ``||network(x, t) -
+      eps||^2``: the network's target is of order 1 at every ``t``, and nothing is divided by a small
+      ``beta_t`` while training. The plain weighting's target ``-eps / beta_t`` has variance
+      ``E[1 / beta_t^2]``, which diverges as ``beta_t -> 0`` (for OT, ``∫ dt / (1 - t)^2``): its
+      gradients are dominated by the few ``t`` near 1. Hence the default. Needs a Gaussian path.
+    * ``weighting = "score"``: ``E ||s^theta_t(x) - grad log p_t(x|z)||^2``; the network is the score.
+      Works on any path with a conditional score.
+
+    Means are over the batch and the event dims (see :func:`flowkit_losses.common.mean_squared`).
+    """
+
+    trains = "score"
+
+    @attrs.define(frozen=True)
+    class Params:
+        weighting: Literal["noise", "score"] = param(
+            "noise",
+            doc="'noise': beta_t^2-weighted, network predicts eps (stable); 'score': plain.",
+            validator=attrs.validators.in_(["noise", "score"]),
+        )
+        t_sampling: TSampling = t_sampling_field()
+        logit_mean: float = logit_mean_field()
+        logit_std: float = logit_std_field()
+
+    def check(self, path: ProbabilityPath) -> None:
+        """Raise :class:`CapabilityError` when ``path`` gives no score (or no noise scale, for "noise")."""
+        name = path.registered_name or type(path).__name__
+        if not path.provides_score:
+            raise CapabilityError(
+                f"loss 'dsm' trains a score, but path '{name}' provides no conditional score; use "
+                f'[loss] kind = "cfm" (trains a velocity) or a path with a score '
+                f'([path] kind = "gaussian")'
+            )
+        if self.params.weighting == "noise" and not has_noise_form(path):
+            raise CapabilityError(
+                f"loss 'dsm' with weighting = \"noise\" needs a Gaussian path (its noise scale beta_t), "
+                f'but path \'{name}\' is not one; use weighting = "score" or [path] kind = "gaussian"'
+            )
+
+    def model_role(self, network: Network, path: ProbabilityPath) -> nn.Module:
+        """A :class:`~flowkit.interfaces.ScoreModel`: ``-network / beta_t`` ("noise") or ``network``."""
+        self.check(path)
+        if self.params.weighting == "noise":
+            return NoisePredictionScore(network, path)
+        return NetworkScore(network)
+
+    def sample_times(
+        self,
+        n: int,
+        path: ProbabilityPath,
+        generator: torch.Generator | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """``n`` training times on ``path.t_range``, shape ``(n,)``."""
+        p = self.params
+        return sample_times(
+            n,
+            path.t_range,
+            p.t_sampling,
+            p.logit_mean,
+            p.logit_std,
+            generator,
+            device or torch.device("cpu"),
+            dtype,
+        )
+
+    def __call__(
+        self, model: nn.Module, path: ProbabilityPath, z: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Scalar loss on data ``z (B, *D)``; draws ``t (B,)`` then ``eps (B, *D)`` from ``generator``."""
+        t = self.sample_times(z.shape[0], path, generator, z.device, z.dtype)
+        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        return self.loss_at(model, path, z, t, noise)
+
+    def loss_at(self, model: nn.Module, path: ProbabilityPath, z: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """The loss at given times ``t (B,)`` and noise ``(B, *D)`` (deterministic); a scalar."""
+        x = path.sample(z, t, noise)
+        if self.params.weighting == "noise":
+            if isinstance(model, NoisePredictionScore):
+                return mean_squared(model.predict_noise(x, t), noise)
+            beta = path.coefficients(t, x)[1]  # type: ignore[attr-defined]
+            return mean_squared(beta * model(x, t), -noise)
+        if has_noise_form(path):
+            target = path.target_score_from_noise(noise, t)  # type: ignore[attr-defined]
+        else:
+            target = path.target_score(x, z, t)
+        return mean_squared(model(x, t), target)
