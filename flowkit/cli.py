@@ -152,3 +152,81 @@ def plugins(state: _State, as_json: bool) -> None:
             click.echo("    (no components: hooks only)")
     for name in sorted(manager.blocked):
         click.echo(f"{name}  (blocked)")
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.pass_obj
+@_user_errors
+def describe(state: _State, kind: str, name: str | None) -> None:
+    """Print a component's parameters (type, default, doc), or list the components of KIND.
+
+    KIND is a kind of component (schedule, simulator, ...) or a section of the pipeline file (run,
+    train, sample, evaluate, report); NAME a registered component, e.g. `flowkit describe schedule vp`.
+    """
+    from flowkit import docs
+    from flowkit.errors import RegistryError, suggest
+
+    if kind in docs.sections() and kind not in state.manager().registry.kinds():
+        if name is not None:
+            raise RegistryError(f"[{kind}] is a section of the pipeline file, not a kind: drop '{name}'")
+        click.echo(docs.describe_section(kind), nl=False)
+        return
+    registry = state.manager().registry
+    if kind not in registry.kinds():
+        choices = [*registry.kinds(), *docs.sections()]
+        raise RegistryError(
+            f"unknown kind '{kind}'.{suggest(kind, choices)} Known kinds: {', '.join(registry.kinds())}; "
+            f"sections: {', '.join(docs.sections())}"
+        )
+    if name is None:
+        click.echo(docs.describe_kind(state.manager(), kind), nl=False)
+    else:
+        click.echo(docs.describe_component(state.manager(), kind, name), nl=False)
+
+
+def _templates() -> dict[str, Any]:
+    from importlib.resources import files
+
+    folder = files("flowkit") / "templates"
+    return {p.name[: -len(".toml")]: p for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def _template_summary(text: str) -> str:
+    first = next((line for line in text.splitlines() if line.startswith("#")), "# ")
+    return first.lstrip("# ").strip()
+
+
+@main.command()
+@click.argument("file", default="pipeline.toml", type=click.Path(dir_okay=False))
+@click.option("-t", "--template", default="moons", show_default=True, help="Starter pipeline to write.")
+@click.option("--list", "list_templates", is_flag=True, help="List the templates and exit.")
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+@click.pass_obj
+@_user_errors
+def init(state: _State, file: str, template: str, list_templates: bool, force: bool) -> None:
+    """Write a starter pipeline FILE (default: pipeline.toml) from a template."""
+    from pathlib import Path
+
+    from flowkit.errors import ConfigError, suggest
+
+    templates = _templates()
+    if list_templates:
+        width = max(len(name) for name in templates)
+        for name in sorted(templates):
+            summary = _template_summary(templates[name].read_text(encoding="utf-8"))
+            click.echo(f"{name.ljust(width)}  {summary}")
+        return
+    if template not in templates:
+        raise ConfigError(
+            f"unknown template '{template}'.{suggest(template, templates)} "
+            f"Templates: {', '.join(sorted(templates))} (see `flowkit init --list`)"
+        )
+    target = Path(file)
+    if target.exists() and not force:
+        raise ConfigError(f"{target} exists; choose another FILE or pass --force to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(templates[template].read_text(encoding="utf-8"), encoding="utf-8")
+    click.echo(f"wrote {target} (template '{template}'); check it with `flowkit validate {target}`, ")
+    click.echo(f"run it with `flowkit run {target}`")
