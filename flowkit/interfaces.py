@@ -282,10 +282,15 @@ class TimeGrid(Component):
 
 
 class _CountingDynamics:
-    """Counts drift evaluations (one per batch) so a simulator reports its NFE."""
+    """Counts drift evaluations (one per batch) so a simulator reports its NFE.
+
+    ``is_sde`` tells a simulator whether the wrapped dynamics has noise; ``diffusion`` is zero for an ODE.
+    """
 
     def __init__(self, dynamics: ODE) -> None:
         self.dynamics = dynamics
+        self.is_sde = isinstance(dynamics, SDE)
+        self.registered_name = dynamics.registered_name
         self.count = 0
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
@@ -293,6 +298,8 @@ class _CountingDynamics:
         return self.dynamics.drift(x, t)
 
     def diffusion(self, t: Tensor) -> Tensor:
+        if not self.is_sde:
+            return torch.zeros_like(t)
         return self.dynamics.diffusion(t)  # type: ignore[attr-defined]
 
 
@@ -314,12 +321,21 @@ class Simulator(Component):
         """Advance ``x (B, *D)`` from time ``t (B,)`` by ``h (B,)``; returns ``(B, *D)``."""
 
     def check(self, dynamics: ODE) -> None:
-        """Raise :class:`CapabilityError` when this simulator cannot integrate ``dynamics``."""
+        """Raise :class:`CapabilityError` when this simulator cannot integrate ``dynamics``.
+
+        An ODE simulator refuses an SDE (it would silently drop the noise), although ``SDE`` derives
+        from ``ODE``.
+        """
+        name, kind = dynamics.registered_name, _dynamics_kind(dynamics)
+        if self.solves is ODE and isinstance(dynamics, SDE):
+            raise CapabilityError(
+                f"simulator '{self.registered_name}' integrates an ODE, but dynamics '{name}' is an SDE; "
+                f'choose a simulator for an SDE (e.g. "euler-maruyama") or ODE dynamics ("flow")'
+            )
         if not isinstance(dynamics, self.solves):
             raise CapabilityError(
                 f"simulator '{self.registered_name}' integrates an {self.solves.__name__}, but dynamics "
-                f"'{dynamics.registered_name}' is an {_dynamics_kind(dynamics)}; choose a simulator for "
-                f'an {_dynamics_kind(dynamics)} (e.g. "euler-maruyama") or ODE dynamics ("flow")'
+                f"'{name}' is an {kind}; choose a simulator for an {kind} or other dynamics"
             )
 
     def _run(

@@ -19,13 +19,6 @@ def per_sample(values: Tensor, x: Tensor) -> Tensor:
     return values.reshape((-1,) + (1,) * (x.dim() - 1))
 
 
-def _is_sde(dynamics: object) -> bool:
-    # Simulator._run hands ``step`` a drift-counting wrapper that keeps the real dynamics in
-    # ``.dynamics``; look through it to learn whether there is any noise to add.
-    inner = getattr(dynamics, "dynamics", dynamics)
-    return isinstance(inner, SDE)
-
-
 def _require_dynamics(simulator: Simulator, dynamics: object) -> None:
     if not isinstance(dynamics, ODE):
         raise CapabilityError(
@@ -44,13 +37,6 @@ class _ODESimulator(Simulator):
     def check(self, dynamics: ODE) -> None:
         """Raise :class:`CapabilityError` unless ``dynamics`` is an ODE that is not an SDE."""
         _require_dynamics(self, dynamics)
-        # SDE derives from ODE, so the base isinstance check alone would accept an SDE.
-        if isinstance(dynamics, SDE):
-            raise CapabilityError(
-                f"simulator '{self.registered_name}' integrates an ODE, but dynamics "
-                f"'{dynamics.registered_name}' is an SDE; choose a simulator for an SDE "
-                f'(e.g. "euler-maruyama") or ODE dynamics ("flow")'
-            )
         super().check(dynamics)
 
 
@@ -105,7 +91,7 @@ class EulerMaruyamaSimulator(Simulator):
     ) -> Tensor:
         """Advance ``x (B, *D)`` from ``t (B,)`` by ``h (B,)``; returns a new ``(B, *D)``."""
         out = torch.addcmul(x, per_sample(h, x), dynamics.drift(x, t))
-        if not _is_sde(dynamics):
+        if not getattr(dynamics, "is_sde", isinstance(dynamics, SDE)):
             return out
         noise_scale = dynamics.diffusion(t) * h.abs().sqrt()  # type: ignore[attr-defined]
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
