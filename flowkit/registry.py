@@ -274,7 +274,14 @@ class PluginManager:
 
     def _entry_point_plugins(self) -> Iterator[tuple[PluginInfo, Any]]:
         seen: set[tuple[str, str]] = set()
-        for ep in importlib_metadata.entry_points(group=hookspecs.PROJECT):
+
+        # flowkit's own plugins first, then the others by distribution: the order in which names are
+        # claimed (and so which of two duplicates is kept) never depends on sys.path order.
+        def order(ep: Any) -> tuple[bool, str, str]:
+            dist = ep.dist.metadata["Name"] if getattr(ep, "dist", None) else ""
+            return (dist != hookspecs.PROJECT, dist, ep.name)
+
+        for ep in sorted(importlib_metadata.entry_points(group=hookspecs.PROJECT), key=order):
             if (ep.name, ep.value) in seen:  # editable installs can list an entry point twice
                 continue
             seen.add((ep.name, ep.value))
