@@ -44,7 +44,7 @@ class FileDataset(Dataset):
     def from_params(cls, params: Params, context: BuildContext) -> FileDataset:
         """Build, resolving a relative path against the folder of ``context.source``."""
         source = Path(context.source)
-        base_dir = source.parent if source.suffix else None  # "<pipeline>" names no file
+        base_dir = source.parent if source.is_file() else None  # "<pipeline>" names no file
         return cls(params, base_dir=base_dir)
 
     @property
