@@ -1,0 +1,271 @@
+"""Quality against cost: sample distance as a function of the number of network evaluations.
+
+Run from the repository root::
+
+    python benchmarks/bench_quality.py            # about 1–2 minutes on 2 CPU cores
+    python benchmarks/bench_quality.py --quick    # tiny sizes, to check that it runs
+
+Two models, everything through flowkit's own code path (pipeline files built by the registry;
+``flowkit.pipeline.run_pipeline`` to train, ``flowkit.pipeline.sample`` and
+``flowkit.pipeline.evaluate`` for each point):
+
+* **trained**: CFM on the two moons (OT path, MLP 3×256, EMA weights), trained for ``--train-steps``;
+* **oracle**: the exact marginal velocity and score of the Gaussian mixture (``mixture-oracle`` on
+  ``gaussian-mixture`` data, preset "asymmetric"): what is left is the simulator's error alone.
+
+Each is sampled with Euler and Heun (the flow ODE) and Euler–Maruyama (the extension SDE,
+``sigma_t = 1 - t``) at several step counts. The distance is the exact W2 between ``--n`` samples and
+as many held-out data points; the noise floor is the W2 between two such draws of data, the
+smallest distance a perfect sampler could show at this sample size. Network evaluations are counted
+on the network itself (Euler–Maruyama on a trained velocity evaluates it twice per step: once for
+the velocity and once inside the score converted from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, format_table, machine_description, make_manager, make_run, write_pipeline
+
+#: The simulators compared: flowkit ``[sample]`` tables without ``steps``.
+SIMULATORS: dict[str, dict[str, Any]] = {
+    "euler": {"simulator": "euler", "dynamics": "flow"},
+    "heun": {"simulator": "heun", "dynamics": "flow"},
+    "euler-maruyama": {
+        "simulator": "euler-maruyama",
+        "dynamics": {"kind": "extension-sde", "sigma": 1.0, "sigma_schedule": "linear-decay"},
+    },
+}
+
+
+@dataclass
+class QualityConfig:
+    """What to run."""
+
+    threads: int = 2
+    train_steps: int = 3000
+    batch_size: int = 256
+    lr: float = 2e-3
+    steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
+    n: int = 2000
+    simulators: list[str] = field(default_factory=lambda: list(SIMULATORS))
+    models: list[str] = field(default_factory=lambda: ["trained", "oracle"])
+    seed: int = 0
+
+
+def _tables(model: str, cfg: QualityConfig, simulator: str) -> dict[str, Any]:
+    sample = {**SIMULATORS[simulator], "steps": cfg.steps[0], "n": cfg.n, "trajectories": 0}
+    common = {
+        "run": {"seed": cfg.seed, "device": "cpu"},
+        "sample": sample,
+        "evaluate": {"metric": "w2", "n": cfg.n},
+        "report": {"progress": False, "plots": False, "log": False},
+    }
+    if model == "oracle":
+        return {
+            **common,
+            "data": {"kind": "gaussian-mixture", "preset": "asymmetric"},
+            "path": {"kind": "gaussian", "schedule": {"kind": "ot", "sigma_min": 0.0}},
+            "model": {"kind": "mixture-oracle"},
+        }
+    return {
+        **common,
+        "data": {"kind": "moons"},
+        "path": {"kind": "gaussian", "schedule": {"kind": "ot", "sigma_min": 0.0}},
+        "model": {"kind": "mlp", "hidden": [256, 256, 256], "activation": "silu"},
+        "loss": {"kind": "cfm"},
+        "train": {
+            "steps": cfg.train_steps,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "lr_schedule": "cosine",
+            "warmup_steps": min(200, cfg.train_steps // 10),
+            "ema_decay": 0.999 if cfg.train_steps >= 2000 else 0.9,
+            "log_every": 500,
+        },
+    }
+
+
+def _network_calls(pipeline: Any) -> tuple[Callable[[], int], Any]:
+    """A counter of calls to the pipeline's network(s) (the oracle counts its roles' calls)."""
+    calls = [0]
+
+    def count(module: Any, inputs: Any) -> None:
+        calls[0] += 1
+
+    modules = [pipeline.model] if pipeline.model.trainable else list(pipeline.context.roles.values())
+    handles = [m.register_forward_pre_hook(count) for m in modules]
+    return (lambda: calls[0]), handles
+
+
+def run_quality(cfg: QualityConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (once), then sample and evaluate every simulator at every step count; returns the results."""
+    import attrs
+
+    from flowkit.pipeline import build_pipeline, evaluate, load_weights, run_pipeline, sample
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    result: dict[str, Any] = {
+        "machine": machine_description(cfg.threads, torch.device("cpu")),
+        "config": asdict(cfg),
+        "models": {},
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="flowkit-quality-") as tmp:
+            workdir = Path(tmp)
+            manager, _ = make_manager()
+            for model in cfg.models:
+                entry: dict[str, Any] = {"simulators": {}}
+                weights = None
+                if model == "trained":
+                    file = write_pipeline(workdir, "trained-train", _tables(model, cfg, cfg.simulators[0]))
+                    started = time.perf_counter()
+                    trained = run_pipeline(
+                        build_pipeline(file, manager=manager), manager, out=str(workdir / "train"), quiet=True
+                    )
+                    weights = trained.directory / "model.pt"
+                    entry["train_seconds"] = round(time.perf_counter() - started, 2)
+                    entry["final_loss"] = trained.metrics.get("final_loss")
+                    log(f"trained {cfg.train_steps} steps in {entry['train_seconds']} s")
+                for simulator in cfg.simulators:
+                    file = write_pipeline(workdir, f"{model}-{simulator}", _tables(model, cfg, simulator))
+                    pipeline = build_pipeline(file, manager=manager)
+                    if weights is not None:
+                        load_weights(weights, pipeline.model)  # the EMA weights
+                        pipeline.model.eval()
+                    points = []
+                    section = pipeline.sample
+                    for steps in cfg.steps:
+                        pipeline.sample = attrs.evolve(section, steps=steps)
+                        run = make_run(pipeline, manager, workdir / f"{model}-{simulator}-{steps}")
+                        calls, handles = _network_calls(pipeline)
+                        started = time.perf_counter()
+                        samples, _ = sample(run)
+                        seconds = time.perf_counter() - started
+                        for handle in handles:
+                            handle.remove()
+                        evaluate(run, samples, None)
+                        m = run.metrics
+                        points.append(
+                            {
+                                "steps": steps,
+                                "drift_evals": m["nfe"],
+                                "network_evals": calls(),
+                                "distance": m["distance"],
+                                "noise_floor": m["noise_floor"],
+                                "sample_seconds": round(seconds, 4),
+                            }
+                        )
+                        log(
+                            f"{model} {simulator} {steps:4d} steps: W2 {m['distance']:.4f} "
+                            f"(floor {m['noise_floor']:.4f}), {calls()} network evals"
+                        )
+                    entry["simulators"][simulator] = points
+                    entry["noise_floor"] = points[-1]["noise_floor"]
+                entry["data"] = "moons" if model == "trained" else "gaussian-mixture (asymmetric)"
+                result["models"][model] = entry
+    finally:
+        torch.set_num_threads(threads)
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """Markdown: one row per (model, simulator, steps)."""
+    rows = []
+    for model, entry in result["models"].items():
+        for simulator, points in entry["simulators"].items():
+            for p in points:
+                rows.append(
+                    [
+                        model,
+                        simulator,
+                        p["steps"],
+                        p["network_evals"],
+                        p["distance"],
+                        p["noise_floor"],
+                        p["distance"] / p["noise_floor"] if p["noise_floor"] else None,
+                    ]
+                )
+    return format_table(
+        ["model", "simulator", "steps", "network evals", "W2", "noise floor", "W2 / floor"], rows
+    )
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """PNG: W2 against network evaluations (log–log), one panel per model, the noise floor dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    models = list(result["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        entry = result["models"][model]
+        for simulator, points in entry["simulators"].items():
+            ax.plot(
+                [p["network_evals"] for p in points],
+                [p["distance"] for p in points],
+                marker="o",
+                label=simulator,
+            )
+        ax.axhline(entry["noise_floor"], color="gray", linestyle="--", label="noise floor")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("network evaluations")
+        ax.set_ylabel(f"W2 to held-out data (n = {result['config']['n']})")
+        ax.set_title(f"{model}: {entry['data']}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def quick_config() -> QualityConfig:
+    """Tiny sizes (seconds)."""
+    return QualityConfig(train_steps=20, batch_size=64, steps=[1, 4], n=64)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--train-steps", type=int, default=3000)
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS / "quality.json")
+    a = p.parse_args(argv)
+    cfg = (
+        quick_config()
+        if a.quick
+        else QualityConfig(threads=a.threads, train_steps=a.train_steps, n=a.n, steps=a.steps)
+    )
+    result = run_quality(cfg, log=lambda m: print(m, flush=True))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    text = table(result)
+    a.out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+    png = plot(result, a.out.with_suffix(".png"))
+    print("\n" + text)
+    print(f"wrote {a.out}, {a.out.with_suffix('.md')} and {png}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,745 @@
+"""Training and sampling speed of flowkit against a hand-written PyTorch loop and peer libraries.
+
+Run from the repository root::
+
+    python benchmarks/bench_speed.py                 # the full benchmark (a few minutes on 2 cores)
+    python benchmarks/bench_speed.py --quick         # tiny sizes, to check that it runs
+    python benchmarks/bench_speed.py --breakdown     # also time the pieces of flowkit's training step
+
+Contenders do the same work in one process, interleaved: every repetition runs one block of each
+contender in turn, starting with a different one each time, and the table reports medians over
+repetitions and the median of the per-repetition ratios to the raw loop (a paired ratio: load that
+changes between repetitions affects both sides of it).
+
+* **flowkit** is the real code path: the components come from a pipeline file through the registry
+  (``flowkit.pipeline.build_pipeline``) and the timed code is ``flowkit.pipeline.train`` and
+  ``flowkit.pipeline.sample`` themselves. ``train`` is called once per block with ``steps = warm +
+  K``; a plugin's ``flowkit_train_step`` hook reads the clock at step ``warm`` and at step ``warm +
+  K``, so the figure is the steady-state loop (its own hook calls included) without the per-call
+  set-up (optimizer creation, weight saving). EMA is off (``ema_decay = 0``) and the learning rate
+  constant, like the raw loop; the row "flowkit+ema" has the default EMA (0.999) for reference.
+* **raw**: a minimal CFM loop written by hand (MLP 3×256 SiLU on ``[x, t]``, AdamW,
+  ``x_t = (1 - t) x_0 + t z``, target ``z - x_0``, moons generator inlined).
+* **torchcfm** (``ConditionalFlowMatcher(sigma=0)``) and **flow_matching** (``AffineProbPath`` with
+  ``CondOTScheduler``, ``ODESolver``) train the same hand-written MLP; **torchdiffeq** integrates it
+  with ``odeint`` on the same fixed grid (``euler``; ``heun2`` is Heun's method). No peer has an
+  Euler–Maruyama sampler (torchcfm samples through torchdyn, which is not used here).
+
+Peak memory is measured after the timings (see :class:`common.PeakMemory`), on shortened sampling
+runs (``--memory-steps``): the peak of a fixed-step sampler does not grow with the number of steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    RESULTS,
+    PeakMemory,
+    RawMLP,
+    fix_malloc_for_memory_probe,
+    format_table,
+    machine_description,
+    make_manager,
+    make_run,
+    moons_tables,
+    optional_import,
+    raw_moons,
+    rotate,
+    summarize,
+    synchronize,
+    timed,
+    write_pipeline,
+)
+
+from flowkit import hookimpl
+from flowkit.pipeline import stage_seed
+
+#: The sampling workloads: flowkit's ``[sample]`` table for each, and the steps.
+SIMULATORS: dict[str, dict[str, Any]] = {
+    "euler": {"simulator": "euler", "dynamics": "flow", "steps": 100},
+    "heun": {"simulator": "heun", "dynamics": "flow", "steps": 50},
+    "euler-maruyama": {
+        "simulator": "euler-maruyama",
+        "dynamics": {"kind": "extension-sde", "sigma": 1.0, "sigma_schedule": "linear-decay"},
+        "steps": 100,
+    },
+}
+#: torchdiffeq's name for each fixed-step method (``None``: it has no such solver).
+TORCHDIFFEQ_METHOD = {"euler": "euler", "heun": "heun2", "euler-maruyama": None}
+
+
+@dataclass
+class SpeedConfig:
+    """What to run; the defaults are the issue's workloads."""
+
+    device: str = "cpu"
+    threads: int = 2
+    batches: list[int] = field(default_factory=lambda: [256, 4096])
+    block_steps: list[int] = field(default_factory=lambda: [100, 15])
+    train_reps: int = 9
+    warm_steps: int = 3
+    sample_n: int = 10_000
+    sample_reps: int = 3
+    simulators: list[str] = field(default_factory=lambda: list(SIMULATORS))
+    sample_steps: dict[str, int] = field(
+        default_factory=lambda: {k: v["steps"] for k, v in SIMULATORS.items()}
+    )
+    memory: bool = True
+    memory_steps: int = 10
+    peers: bool = True
+    ema_row: bool = True
+    breakdown: bool = False
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training contenders: ``block(k)`` runs k steps and returns the seconds they took
+# ---------------------------------------------------------------------------------------------------
+
+
+class _StepClock:
+    """A flowkit plugin: reads the clock when ``flowkit_train_step`` reports chosen steps."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.marks: dict[int, float | None] = {}
+
+    def arm(self, *steps: int) -> None:
+        self.marks = dict.fromkeys(steps)
+
+    @hookimpl
+    def flowkit_train_step(self, run: Any, step: int, loss: Tensor) -> None:
+        if step in self.marks:
+            synchronize(self.device)
+            self.marks[step] = time.perf_counter()
+
+    def elapsed(self, first: int, last: int) -> float:
+        start, end = self.marks.get(first), self.marks.get(last)
+        if start is None or end is None:
+            raise RuntimeError(f"flowkit.pipeline.train did not report steps {first} and {last}")
+        return end - start
+
+
+class FlowkitTrainer:
+    """``flowkit.pipeline.train`` on the benchmark pipeline (built from TOML through the registry)."""
+
+    def __init__(self, batch: int, cfg: SpeedConfig, workdir: Path, ema_decay: float = 0.0) -> None:
+        from flowkit.pipeline import build_pipeline
+
+        self.device = torch.device(cfg.device)
+        self.clock = _StepClock(self.device)
+        manager, self.device_backend = make_manager([("bench-clock", self.clock)])
+        name = f"train-{batch}-ema{ema_decay:g}"
+        tables = moons_tables(cfg.device, batch, ema_decay=ema_decay, seed=cfg.seed)
+        self.pipeline = build_pipeline(write_pipeline(workdir, name, tables), manager=manager)
+        self.run = make_run(self.pipeline, manager, workdir / name)
+        self.section = self.pipeline.train
+        self.warm = cfg.warm_steps
+
+    def block(self, k: int) -> float:
+        import attrs
+
+        from flowkit.pipeline import train
+
+        first, last = self.warm, self.warm + k
+        self.pipeline.train = attrs.evolve(self.section, steps=last)
+        self.clock.arm(first, last)
+        train(self.run)
+        return self.clock.elapsed(first, last)
+
+
+class _HandWrittenTrainer:
+    """Shared set-up of the loops that use the hand-written MLP and moons generator."""
+
+    def __init__(self, batch: int, cfg: SpeedConfig) -> None:
+        self.device = torch.device(cfg.device)
+        self.batch = batch
+        torch.manual_seed(cfg.seed)
+        self.net = RawMLP().to(self.device)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=1e-3, weight_decay=0.0)
+        self.data_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
+        self.noise_gen = torch.Generator(self.device).manual_seed(cfg.seed + 2)
+
+    def loss(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        z = raw_moons(self.batch, self.data_gen, self.device)
+        loss = self.loss(z)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def block(self, k: int) -> float:
+        def steps() -> None:
+            for _ in range(k):
+                self.step()
+
+        return timed(steps, self.device)
+
+
+class RawTrainer(_HandWrittenTrainer):
+    """The hand-written CFM loop on the OT path."""
+
+    def loss(self, z: Tensor) -> Tensor:
+        x0 = torch.randn(z.shape, generator=self.noise_gen, device=self.device)
+        t = torch.rand(z.shape[0], generator=self.noise_gen, device=self.device)
+        tc = t[:, None]
+        x = (1 - tc) * x0 + tc * z
+        return (self.net(x, t) - (z - x0)).square().mean()
+
+
+class TorchCFMTrainer(_HandWrittenTrainer):
+    """torchcfm's ``ConditionalFlowMatcher(sigma=0)`` (independent coupling, OT path)."""
+
+    def __init__(self, batch: int, cfg: SpeedConfig) -> None:
+        super().__init__(batch, cfg)
+        from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
+
+        self.matcher = ConditionalFlowMatcher(sigma=0.0)
+
+    def loss(self, z: Tensor) -> Tensor:
+        x0 = torch.randn_like(z)
+        t, xt, ut = self.matcher.sample_location_and_conditional_flow(x0, z)
+        return torch.mean((self.net(xt, t) - ut) ** 2)
+
+
+class FlowMatchingTrainer(_HandWrittenTrainer):
+    """flow_matching's ``AffineProbPath(CondOTScheduler())``."""
+
+    def __init__(self, batch: int, cfg: SpeedConfig) -> None:
+        super().__init__(batch, cfg)
+        from flow_matching.path import AffineProbPath
+        from flow_matching.path.scheduler import CondOTScheduler
+
+        self.path = AffineProbPath(scheduler=CondOTScheduler())
+
+    def loss(self, z: Tensor) -> Tensor:
+        x0 = torch.randn_like(z)
+        t = torch.rand(z.shape[0], device=self.device)
+        sample = self.path.sample(t=t, x_0=x0, x_1=z)
+        return torch.pow(self.net(sample.x_t, sample.t) - sample.dx_t, 2).mean()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling contenders: ``__call__(steps)`` draws cfg.sample_n samples
+# ---------------------------------------------------------------------------------------------------
+
+
+class FlowkitSampler:
+    """``flowkit.pipeline.sample`` with the simulator and dynamics of a ``[sample]`` table."""
+
+    def __init__(self, simulator: str, cfg: SpeedConfig, workdir: Path) -> None:
+        from flowkit.pipeline import build_pipeline
+
+        manager, self.device_backend = make_manager()
+        table = {**SIMULATORS[simulator], "steps": cfg.sample_steps[simulator], "n": cfg.sample_n}
+        name = f"sample-{simulator}"
+        tables = moons_tables(cfg.device, sample=table, seed=cfg.seed)
+        self.pipeline = build_pipeline(write_pipeline(workdir, name, tables), manager=manager)
+        self.run = make_run(self.pipeline, manager, workdir / name)
+        self.section = self.pipeline.sample
+        self.network = self.pipeline.model
+
+    def __call__(self, steps: int) -> Tensor:
+        import attrs
+
+        from flowkit.pipeline import sample
+
+        if steps != self.section.steps:
+            self.pipeline.sample = attrs.evolve(self.section, steps=steps)
+        try:
+            return sample(self.run)[0]
+        finally:
+            self.pipeline.sample = self.section
+
+
+class _HandWrittenSampler:
+    def __init__(self, simulator: str, cfg: SpeedConfig, network: torch.nn.Module, t_end: float) -> None:
+        self.simulator = simulator
+        self.device = torch.device(cfg.device)
+        self.n = cfg.sample_n
+        self.network = network
+        self.t_end = t_end
+        self.seed = cfg.seed
+
+    def prior(self) -> tuple[Tensor, torch.Generator]:
+        # flowkit's sampling seed, so every contender starts from the same x_0 (and EM draws the
+        # same noise): the samples must agree, which the benchmark checks and records.
+        generator = torch.Generator(self.device).manual_seed(stage_seed(self.seed, "sample"))
+        return torch.randn((self.n, 2), generator=generator, device=self.device), generator
+
+    def grid(self, steps: int) -> list[float]:
+        return [self.t_end * i / steps for i in range(steps + 1)]
+
+
+class RawSampler(_HandWrittenSampler):
+    """Euler, Heun and Euler–Maruyama written by hand (the extension SDE of the OT path for EM:
+    score ``(t u - x) / (1 - t)`` from the same velocity evaluation, ``sigma_t = 1 - t``)."""
+
+    @torch.no_grad()
+    def __call__(self, steps: int) -> Tensor:
+        net, (x, generator), ts = self.network, self.prior(), self.grid(steps)
+        n = x.shape[0]
+        for i in range(steps):
+            t, h = ts[i], ts[i + 1] - ts[i]
+            u = net(x, x.new_full((n,), t))
+            if self.simulator == "euler":
+                x = x + h * u
+            elif self.simulator == "heun":
+                x_pred = x + h * u
+                x = x + (0.5 * h) * (u + net(x_pred, x.new_full((n,), t + h)))
+            else:
+                sigma = 1.0 - t
+                drift = u + (0.5 * sigma * sigma / (1.0 - t)) * (t * u - x)
+                noise = torch.randn(x.shape, generator=generator, device=x.device)
+                x = x + h * drift + (sigma * math.sqrt(h)) * noise
+        return x
+
+
+class TorchdiffeqSampler(_HandWrittenSampler):
+    """``torchdiffeq.odeint`` on the same fixed grid (``grid_constructor``)."""
+
+    @torch.no_grad()
+    def __call__(self, steps: int) -> Tensor:
+        from torchdiffeq import odeint
+
+        x0, _ = self.prior()
+        grid = torch.tensor(self.grid(steps), device=self.device)
+        n, net = x0.shape[0], self.network
+        return odeint(
+            lambda t, x: net(x, t.expand(n)),
+            x0,
+            grid[[0, -1]],
+            method=TORCHDIFFEQ_METHOD[self.simulator],
+            options={"grid_constructor": lambda func, y0, t: grid},
+        )[-1]
+
+
+class FlowMatchingSampler(_HandWrittenSampler):
+    """flow_matching's ``ODESolver.sample`` (torchdiffeq underneath) with ``step_size = 1 / steps``."""
+
+    @torch.no_grad()
+    def __call__(self, steps: int) -> Tensor:
+        from flow_matching.solver import ODESolver
+
+        x0, _ = self.prior()
+        net = self.network
+        solver = ODESolver(velocity_model=lambda x, t: net(x, t.expand(x.shape[0])))
+        return solver.sample(
+            x_init=x0,
+            step_size=1.0 / steps,
+            method=TORCHDIFFEQ_METHOD[self.simulator],
+            time_grid=torch.tensor([0.0, 1.0], device=self.device),
+        )
+
+
+def count_network_calls(network: torch.nn.Module, fn: Callable[[], Any]) -> int:
+    """How many times ``fn()`` calls ``network`` (a forward pre-hook counts)."""
+    calls = [0]
+
+    def count(module: Any, inputs: Any) -> None:
+        calls[0] += 1
+
+    handle = network.register_forward_pre_hook(count)
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return calls[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------------
+
+
+def _train_contenders(batch: int, cfg: SpeedConfig, workdir: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    contenders: dict[str, Any] = {
+        "raw": RawTrainer(batch, cfg),
+        "flowkit": FlowkitTrainer(batch, cfg, workdir),
+    }
+    if cfg.ema_row:
+        contenders["flowkit+ema"] = FlowkitTrainer(batch, cfg, workdir, ema_decay=0.999)
+    missing: dict[str, str] = {}
+    if cfg.peers:
+        for name, module, cls in (
+            ("torchcfm", "torchcfm", TorchCFMTrainer),
+            ("flow_matching", "flow_matching", FlowMatchingTrainer),
+        ):
+            if optional_import(module) is None:
+                missing[name] = "not installed"
+            else:
+                contenders[name] = cls(batch, cfg)
+    return contenders, missing
+
+
+def _sample_contenders(
+    simulator: str, cfg: SpeedConfig, workdir: Path
+) -> tuple[dict[str, Any], dict[str, str], dict[str, torch.nn.Module]]:
+    flowkit = FlowkitSampler(simulator, cfg, workdir)
+    raw_net = RawMLP().to(torch.device(cfg.device))
+    raw_net.load_state_dict(flowkit.network.state_dict())  # the same (random, seeded) weights
+    raw_net.eval()
+    t_end = flowkit.pipeline.path.t_range[1]
+    contenders: dict[str, Any] = {"raw": RawSampler(simulator, cfg, raw_net, t_end), "flowkit": flowkit}
+    networks = {"raw": raw_net, "flowkit": flowkit.network}
+    missing: dict[str, str] = {}
+    if cfg.peers:
+        for name, module, cls in (
+            ("torchdiffeq", "torchdiffeq", TorchdiffeqSampler),
+            ("flow_matching", "flow_matching", FlowMatchingSampler),
+        ):
+            if TORCHDIFFEQ_METHOD[simulator] is None:
+                missing[name] = "no such solver"
+            elif optional_import(module) is None:
+                missing[name] = "not installed"
+            else:
+                contenders[name] = cls(simulator, cfg, raw_net, t_end)
+                networks[name] = raw_net
+        missing.setdefault("torchcfm", "no sampler (torchcfm samples through torchdyn)")
+    return contenders, missing, networks
+
+
+def _interleave(
+    contenders: dict[str, Any], reps: int, work: Callable[[Any], float], log: Callable[[str], None]
+) -> dict[str, list[float]]:
+    """Per-contender lists of ``work(contender)`` results, one per repetition, rotating the order."""
+    names = list(contenders)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(reps):
+        for name in rotate(names, rep):
+            results[name].append(work(contenders[name]))
+        log(f"  rep {rep + 1}/{reps}: " + ", ".join(f"{n} {results[n][-1]:.4g}" for n in names))
+    return results
+
+
+def run_speed(cfg: SpeedConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the benchmark; returns the results (what the JSON holds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run_speed(cfg, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_speed(cfg: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    device = torch.device(cfg.device)
+    result: dict[str, Any] = {
+        "machine": machine_description(cfg.threads, device),
+        "config": asdict(cfg),
+        "train": {},
+        "sample": {},
+    }
+    if len(cfg.block_steps) != len(cfg.batches):
+        raise ValueError(f"block_steps {cfg.block_steps} must give one block length per batch {cfg.batches}")
+    with tempfile.TemporaryDirectory(prefix="flowkit-bench-") as tmp:
+        workdir = Path(tmp)
+        memory_jobs: list[Callable[[], None]] = []
+        # -- training ------------------------------------------------------------------------------
+        for batch, k in zip(cfg.batches, cfg.block_steps, strict=True):
+            log(f"train, batch {batch}: {cfg.train_reps} blocks of {k} steps per contender")
+            contenders, missing = _train_contenders(batch, cfg, workdir)
+            result["machine"]["device_backend"] = contenders["flowkit"].device_backend
+            for contender in contenders.values():  # warm-up
+                contender.block(max(2, k // 5))
+            seconds = _interleave(contenders, cfg.train_reps, lambda c, k=k: c.block(k), log)
+            rates = {name: [k / s for s in times] for name, times in seconds.items()}
+            entry: dict[str, Any] = {"block_steps": k, "contenders": {}}
+            for name in contenders:
+                entry["contenders"][name] = {
+                    "status": "ok",
+                    "steps_per_s": summarize(rates[name], None if name == "raw" else rates["raw"]),
+                }
+            for name, why in missing.items():
+                entry["contenders"][name] = {"status": why}
+            result["train"][str(batch)] = entry
+            if cfg.memory:
+                for name, contender in contenders.items():
+                    memory_jobs.append(
+                        lambda c=contender, e=entry["contenders"][name], k=k: _peak(c.block, k, e, device)
+                    )
+        # -- sampling ------------------------------------------------------------------------------
+        for simulator in cfg.simulators:
+            steps = cfg.sample_steps[simulator]
+            log(f"sample, {simulator} {steps} steps, n = {cfg.sample_n}: {cfg.sample_reps} runs each")
+            contenders, missing, networks = _sample_contenders(simulator, cfg, workdir)
+            entry = {"steps": steps, "n": cfg.sample_n, "contenders": {}}
+            calls, outputs = {}, {}
+            for name, c in contenders.items():  # doubles as the warm-up
+                calls[name] = count_network_calls(
+                    networks[name], lambda c=c, name=name, out=outputs, s=steps: out.__setitem__(name, c(s))
+                )
+            seconds = _interleave(
+                contenders, cfg.sample_reps, lambda c, s=steps: timed(lambda: c(s), device), log
+            )
+            rates = {name: [cfg.sample_n / s for s in times] for name, times in seconds.items()}
+            for name in contenders:
+                entry["contenders"][name] = {
+                    "status": "ok",
+                    "network_evals": calls[name],
+                    "max_abs_diff_vs_raw": float((outputs[name].cpu() - outputs["raw"].cpu()).abs().max()),
+                    "seconds": summarize(seconds[name], None),
+                    "samples_per_s": summarize(rates[name], None if name == "raw" else rates["raw"]),
+                }
+            for name, why in missing.items():
+                entry["contenders"][name] = {"status": why}
+            result["sample"][simulator] = entry
+            if cfg.memory:
+                for name, contender in contenders.items():
+                    memory_jobs.append(
+                        lambda c=contender, e=entry["contenders"][name]: _peak(c, cfg.memory_steps, e, device)
+                    )
+        # -- memory, after every timing (the probe changes the allocator) -----------------------------
+        if cfg.memory:
+            log("peak memory")
+            result["machine"]["malloc_fixed_threshold"] = (
+                fix_malloc_for_memory_probe() if device.type == "cpu" else None
+            )
+            for job in memory_jobs:
+                job()
+        if cfg.breakdown:
+            log("breakdown of flowkit's training step")
+            result["breakdown"] = {str(b): step_breakdown(b, cfg, workdir) for b in cfg.batches}
+    result["machine"]["load_average_after"] = list(os.getloadavg())
+    return result
+
+
+def _peak(work: Callable[[int], Any], k: int, entry: dict[str, Any], device: torch.device) -> None:
+    with PeakMemory(device) as probe:
+        work(k)
+    entry["peak_mib"] = probe.mib
+    entry["peak_method"] = probe.method
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where flowkit's training step spends its time beyond the raw loop's
+# ---------------------------------------------------------------------------------------------------
+
+
+def _per_call_us(fn: Callable[[], Any], device: torch.device, calls: int, reps: int = 5) -> float:
+    """Median over ``reps`` of the mean microseconds per call of ``fn``."""
+    fn()
+    times = []
+    for _ in range(reps):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) / calls * 1e6)
+    return sorted(times)[len(times) // 2]
+
+
+def step_breakdown(batch: int, cfg: SpeedConfig, workdir: Path, calls: int = 200) -> dict[str, float]:
+    """Microseconds per call of each piece of flowkit's training step and of its raw counterpart."""
+    from flowkit.pipeline import _lr_lambda, stage_seed
+
+    device = torch.device(cfg.device)
+    trainer = FlowkitTrainer(batch, cfg, workdir, ema_decay=0.0)
+    pipe, run = trainer.pipeline, trainer.run
+    role = pipe.context.roles[pipe.loss.trains]
+    network = pipe.model
+    data_gen = pipe.device.generator(stage_seed(0, "data"))
+    loss_gen = pipe.device.generator(stage_seed(0, "loss"))
+    raw = RawTrainer(batch, cfg)
+    raw.net.load_state_dict(network.state_dict())
+    z = pipe.dataset.sample(batch, generator=data_gen, device=device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(pipe.train))
+    ema = torch.optim.swa_utils.AveragedModel(
+        network, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999), use_buffers=True
+    )
+    x = torch.randn(batch, 2)
+    t = torch.rand(batch)
+    detached = torch.zeros(())
+    running = torch.zeros(())
+
+    def flowkit_loss_only() -> None:
+        # the loss's own work: draws, path, targets, without the network (a zero "model")
+        pipe.loss(lambda x, t: x, pipe.path, z, generator=loss_gen)
+
+    def raw_loss_only() -> None:
+        x0 = torch.randn(z.shape, generator=raw.noise_gen)
+        tt = torch.rand(z.shape[0], generator=raw.noise_gen)[:, None]
+        ((1 - tt) * x0 + tt * z - (z - x0)).square().mean()
+
+    with torch.no_grad():
+        pieces = {
+            "data: flowkit dataset.sample": _per_call_us(
+                lambda: pipe.dataset.sample(batch, generator=data_gen, device=device), device, calls
+            ),
+            "data: raw inline moons": _per_call_us(
+                lambda: raw_moons(batch, raw.data_gen, device), device, calls
+            ),
+            "loss without network: flowkit cfm": _per_call_us(flowkit_loss_only, device, calls),
+            "loss without network: raw": _per_call_us(raw_loss_only, device, calls),
+            "forward: flowkit role(x, t)": _per_call_us(lambda: role(x, t), device, calls),
+            "forward: raw net(x, t)": _per_call_us(lambda: raw.net(x, t), device, calls),
+        }
+    pieces["LambdaLR scheduler.step()"] = _per_call_us(scheduler.step, device, calls)
+    pieces["hook flowkit_train_step (reporters + clock)"] = _per_call_us(
+        lambda: run.hook.flowkit_train_step(run=run, step=1, loss=detached), device, calls
+    )
+    pieces["running += loss.detach()"] = _per_call_us(lambda: running.add_(detached), device, calls)
+    pieces["EMA update_parameters (off in the benchmark)"] = _per_call_us(
+        lambda: ema.update_parameters(network), device, calls
+    )
+    pieces["whole step: flowkit (train())"] = trainer.block(calls) / calls * 1e6
+    pieces["whole step: raw"] = raw.block(calls) / calls * 1e6
+    return pieces
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------------
+
+
+def tables(result: dict[str, Any]) -> str:
+    """The markdown tables of medians and ratios."""
+    rows = []
+    for batch, entry in result["train"].items():
+        for name, c in entry["contenders"].items():
+            if c["status"] != "ok":
+                rows.append([batch, name, c["status"], None, None, None, None])
+                continue
+            s = c["steps_per_s"]
+            rows.append(
+                [
+                    batch,
+                    name,
+                    s["median"],
+                    f"{s['min']:.4g}–{s['max']:.4g}",
+                    s.get("ratio", 1.0),
+                    s.get("ratio_of_medians", 1.0),
+                    c.get("peak_mib"),
+                ]
+            )
+    train = format_table(
+        [
+            "batch",
+            "contender",
+            "steps/s (median)",
+            "range",
+            "× raw (paired median)",
+            "× raw (of medians)",
+            "peak MiB",
+        ],
+        rows,
+    )
+    rows = []
+    for simulator, entry in result["sample"].items():
+        for name, c in entry["contenders"].items():
+            label = f"{simulator} ({entry['steps']} steps)"
+            if c["status"] != "ok":
+                rows.append([label, name, c["status"], None, None, None, None, None])
+                continue
+            s = c["samples_per_s"]
+            rows.append(
+                [
+                    label,
+                    name,
+                    c["seconds"]["median"],
+                    c["network_evals"],
+                    s.get("ratio", 1.0),
+                    s.get("ratio_of_medians", 1.0),
+                    c.get("peak_mib"),
+                    f"{c['max_abs_diff_vs_raw']:.1e}",
+                ]
+            )
+    n = next(iter(result["sample"].values()))["n"] if result["sample"] else 0
+    sample = format_table(
+        [
+            "simulator",
+            "contender",
+            f"seconds for {n} samples (median)",
+            "network evals",
+            "speed × raw (paired median)",
+            "speed × raw (of medians)",
+            "peak MiB",
+            "max |x - x_raw|",
+        ],
+        rows,
+    )
+    text = f"### Training (CFM, OT path, MLP 3×256)\n\n{train}\n\n### Sampling\n\n{sample}\n"
+    if "breakdown" in result:
+        for batch, pieces in result["breakdown"].items():
+            text += f"\n### flowkit training step, batch {batch}: µs per call\n\n"
+            text += format_table(["piece", "µs"], [[k, v] for k, v in pieces.items()]) + "\n"
+    return text
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batches", type=int, nargs="+", default=[256, 4096])
+    p.add_argument("--block-steps", type=int, nargs="+", default=[100, 15], help="steps per block, per batch")
+    p.add_argument("--train-reps", type=int, default=9)
+    p.add_argument("--sample-n", type=int, default=10_000)
+    p.add_argument("--sample-reps", type=int, default=3)
+    p.add_argument("--memory-steps", type=int, default=10)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--breakdown", action="store_true")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
+    p.add_argument("--out", type=Path, default=RESULTS / "speed.json")
+    a = p.parse_args(argv)
+    cfg = SpeedConfig(
+        device=a.device,
+        threads=a.threads,
+        batches=a.batches,
+        block_steps=a.block_steps,
+        train_reps=a.train_reps,
+        sample_n=a.sample_n,
+        sample_reps=a.sample_reps,
+        memory=not a.no_memory,
+        memory_steps=a.memory_steps,
+        peers=not a.no_peers,
+        breakdown=a.breakdown,
+    )
+    if a.quick:
+        cfg = quick_config(cfg)
+    return cfg, a.out
+
+
+def quick_config(cfg: SpeedConfig | None = None) -> SpeedConfig:
+    """Tiny sizes (seconds): for the smoke test and for checking an installation."""
+    cfg = cfg or SpeedConfig()
+    cfg.batches, cfg.block_steps, cfg.train_reps = [32, 64], [3, 2], 2
+    cfg.sample_n, cfg.sample_reps, cfg.memory_steps = 64, 2, 2
+    cfg.sample_steps = {"euler": 4, "heun": 2, "euler-maruyama": 4}
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg, out = parse_args(argv)
+    result = run_speed(cfg, log=lambda m: print(m, flush=True))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    text = tables(result)
+    out.with_suffix(".md").write_text(text, encoding="utf-8")
+    print("\n" + text)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

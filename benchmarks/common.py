@@ -1,0 +1,362 @@
+"""What the benchmark scripts share: building flowkit pipelines from TOML, the hand-written baseline
+(MLP and moons generator written out by hand), peak-memory probes, the machine's description, and
+the medians/ratios/table helpers.
+
+Nothing here is part of flowkit: the scripts use flowkit only through its public entry points
+(``flowkit.registry.PluginManager``, ``flowkit.pipeline.build_pipeline`` and the stage functions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+# ---------------------------------------------------------------------------------------------------
+# flowkit through its registry and pipeline files
+# ---------------------------------------------------------------------------------------------------
+
+
+class _FallbackCPU:
+    """A CPU device backend for checkouts where ``flowkit_devices`` registers none yet.
+
+    Used only when the installed plugins provide no ``cpu`` device; the JSON records which was used.
+    """
+
+    @staticmethod
+    def flowkit_register(registry: Any) -> None:
+        from flowkit.interfaces import DeviceBackend
+
+        class BenchCPU(DeviceBackend):
+            """CPU (benchmark fallback)."""
+
+            @property
+            def device(self) -> torch.device:
+                return torch.device("cpu")
+
+        registry.add("device", "cpu", BenchCPU)
+
+
+def make_manager(plugins: Iterable[tuple[str, Any]] = ()) -> tuple[Any, str]:
+    """A :class:`flowkit.registry.PluginManager` with the installed plugins plus ``plugins``.
+
+    Returns ``(manager, device_backend)`` where ``device_backend`` says where the ``cpu`` device came
+    from ("flowkit_devices" or "benchmark fallback").
+    """
+    from flowkit import hookimpl
+    from flowkit.registry import PluginManager
+
+    plugins = list(plugins)
+    manager = PluginManager(plugins=plugins, warn=False)
+    if "cpu" in manager.registry.names("device"):
+        return manager, "flowkit_devices"
+    fallback = type(
+        "BenchFallbackCPU", (), {"flowkit_register": staticmethod(hookimpl(_FallbackCPU.flowkit_register))}
+    )
+    return PluginManager(plugins=[*plugins, ("bench-fallback-cpu", fallback())], warn=False), (
+        "benchmark fallback"
+    )
+
+
+def write_pipeline(directory: Path, name: str, tables: dict[str, Any]) -> Path:
+    """Write ``tables`` as ``directory/name.toml`` and return its path."""
+    import tomli_w
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.toml"
+    path.write_text(tomli_w.dumps(tables), encoding="utf-8")
+    return path
+
+
+def moons_tables(
+    device: str = "cpu",
+    batch_size: int = 256,
+    steps: int = 1000,
+    lr: float = 1e-3,
+    ema_decay: float = 0.0,
+    lr_schedule: str = "constant",
+    warmup_steps: int = 0,
+    sample: dict[str, Any] | None = None,
+    sample_n: int = 64,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The benchmark's pipeline: moons, OT path, CFM, MLP 3×256 SiLU; reporters silent."""
+    sample_table: dict[str, Any] = {"simulator": "euler", "dynamics": "flow", "steps": 10}
+    sample_table.update(sample or {})
+    sample_table.setdefault("n", sample_n)
+    sample_table.setdefault("trajectories", 0)
+    return {
+        "run": {"seed": seed, "device": device},
+        "data": {"kind": "moons"},
+        "path": {"kind": "gaussian", "schedule": {"kind": "ot", "sigma_min": 0.0}},
+        "model": {"kind": "mlp", "hidden": [256, 256, 256], "activation": "silu"},
+        "loss": {"kind": "cfm"},
+        "train": {
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "lr_schedule": lr_schedule,
+            "warmup_steps": warmup_steps,
+            "ema_decay": ema_decay,
+            "log_every": 100,
+        },
+        "sample": sample_table,
+        "evaluate": {"n": min(sample_table["n"], 2000)},
+        "report": {"progress": False, "plots": False, "log": False},
+    }
+
+
+def make_run(pipeline: Any, manager: Any, directory: Path) -> Any:
+    """A :class:`flowkit.pipeline.Run` in ``directory``, prepared as ``run_pipeline`` prepares it."""
+    from flowkit.pipeline import Run
+
+    directory.mkdir(parents=True, exist_ok=True)
+    run = Run(pipeline, directory, manager.hook, quiet=True)
+    device = pipeline.device.device
+    pipeline.model.to(device)
+    for module in pipeline.context.roles.values():
+        module.to(device)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+# The hand-written baseline
+# ---------------------------------------------------------------------------------------------------
+
+
+class RawMLP(nn.Module):
+    """MLP on ``[x, t]``: Linear(3, 256), SiLU, 2 × (Linear(256, 256), SiLU), Linear(256, 2).
+
+    Same layer names as flowkit's ``mlp`` (``net.0`` … ``net.6``), so weights load across.
+    """
+
+    def __init__(self, dim: int = 2, width: int = 256, depth: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(dim + 1, width), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(width, width), nn.SiLU()]
+        layers.append(nn.Linear(width, dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """``x (B, 2)``, ``t (B,)`` -> ``(B, 2)``."""
+        return self.net(torch.cat([x, t[:, None]], dim=1))
+
+
+# The moons generator, inlined by hand (same maths as flowkit_data.toy.Moons, noise 0.1).
+_MOONS_SCALE = 1.0 / math.sqrt((0.75 + ((0.5 + (0.75 - 2.0 / math.pi)) / 2.0 - 0.0625)) / 2.0)
+
+
+def raw_moons(n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """``n`` standardised two-moons points with noise 0.1, shape ``(n, 2)``."""
+    angle = math.pi * torch.rand(n, generator=generator, device=device)
+    inner = torch.rand(n, generator=generator, device=device) < 0.5
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    x = torch.where(inner, 1.0 - cos, cos) - 0.5
+    y = torch.where(inner, 0.5 - sin, sin) - 0.25
+    points = _MOONS_SCALE * torch.stack([x, y], dim=1)
+    return points + 0.1 * torch.randn(points.shape, generator=generator, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Timing and memory
+# ---------------------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued work on ``device`` (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def optional_import(name: str) -> Any | None:
+    """The module ``name``, or ``None`` when it is not installed (or fails to import)."""
+    try:
+        return importlib.import_module(name)
+    except Exception:
+        return None
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def fix_malloc_for_memory_probe() -> bool:
+    """Make glibc return every block of 128 KiB or more to the OS when it is freed.
+
+    By default glibc raises its mmap threshold after large frees and then keeps freed tensors in the
+    heap, so the resident set stops tracking what is live. With a fixed threshold (``mallopt``) every
+    tensor of 32 Ki floats or more is its own mapping, and the peak resident set measures the peak
+    of live tensor memory (plus small-object heap growth). Slows allocation, so it is called only
+    after the timings. Returns whether it took effect (glibc only).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_mmap_threshold = -3
+        ok = bool(libc.mallopt(m_mmap_threshold, 128 * 1024))
+        libc.malloc_trim(0)
+        return ok
+    except (OSError, AttributeError):
+        return False
+
+
+class PeakMemory:
+    """Peak memory of a block of work, in MiB above what was in use when it started.
+
+    * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (tensor memory
+      only, exact).
+    * CPU (Linux): the resident set's high-water mark ``VmHWM``, reset through
+      ``/proc/self/clear_refs`` (Linux >= 4.0) just before the block; its increase over the resident
+      set at the start. Counts every page the process touches (tensors, allocator caches, Python),
+      at page resolution. Where it cannot be reset, ``None`` (never a wrong number).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.method = "unavailable"
+        self.mib: float | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            self.method = "torch.cuda.max_memory_allocated"
+            return self
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self._start = _status_kib("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            reset = _status_kib("VmHWM") is not None
+        except OSError:
+            reset = False
+        self.method = "VmHWM-VmRSS (/proc, reset via clear_refs)" if reset else "unavailable"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mib = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
+        elif self.method != "unavailable" and self._start is not None:
+            peak = _status_kib("VmHWM")
+            self.mib = None if peak is None else max(0, peak - self._start) / 1024
+
+
+# ---------------------------------------------------------------------------------------------------
+# Statistics and reporting
+# ---------------------------------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float | None:
+    """Median of ``values`` (``None`` when empty)."""
+    return statistics.median(values) if values else None
+
+
+def paired_ratios(numerator: Sequence[float], denominator: Sequence[float]) -> list[float]:
+    """Per-repetition ratios ``numerator[i] / denominator[i]`` (same repetition, so load drifts cancel)."""
+    if len(numerator) != len(denominator):
+        raise ValueError(f"paired ratios need as many values: {len(numerator)} vs {len(denominator)}")
+    return [a / b for a, b in zip(numerator, denominator, strict=True) if b > 0]
+
+
+def summarize(values: Sequence[float], reference: Sequence[float] | None) -> dict[str, Any]:
+    """Median, spread and ratios to ``reference`` (both lists are per-repetition, higher is better).
+
+    ``ratio``: median of the per-repetition ratios; ``ratio_of_medians``: ratio of the two medians.
+    """
+    values = list(values)
+    out: dict[str, Any] = {
+        "values": values,
+        "median": median(values),
+        "min": min(values) if values else None,
+        "max": max(values) if values else None,
+    }
+    if reference is not None and values:
+        ratios = paired_ratios(values, reference)
+        ref_median = median(reference)
+        out["ratio"] = median(ratios)
+        out["ratio_of_medians"] = out["median"] / ref_median if ref_median else None
+        out["ratios"] = ratios
+    return out
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_description(threads: int, device: torch.device) -> dict[str, Any]:
+    """CPU model, cores, load, library versions: what a reader needs to judge the numbers."""
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for name in ("torch", "numpy", "flowkit", "torchcfm", "flow_matching", "torchdiffeq"):
+        module = optional_import(name)
+        versions[name] = getattr(module, "__version__", "installed") if module else "not installed"
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": threads,
+        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+        "device": str(device),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def rotate(items: Sequence[Any], by: int) -> list[Any]:
+    """``items`` rotated left by ``by`` (each repetition starts with a different contender)."""
+    if not items:
+        return []
+    by %= len(items)
+    return [*items[by:], *items[:by]]
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds ``fn()`` takes, with the device synchronized before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start

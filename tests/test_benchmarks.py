@@ -1,0 +1,126 @@
+"""Smoke tests of the benchmark scripts at tiny sizes: the JSON's structure, the ratios' arithmetic,
+and that every contender computes the same samples. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_quality  # noqa: E402
+import bench_speed  # noqa: E402
+import common  # noqa: E402
+
+
+def test_summarize_pairs_ratios_by_repetition():
+    out = common.summarize([2.0, 6.0, 3.0], [1.0, 2.0, 3.0])
+    assert out["median"] == 3.0
+    assert out["ratios"] == [2.0, 3.0, 1.0]
+    assert out["ratio"] == 2.0  # median of the paired ratios
+    assert out["ratio_of_medians"] == pytest.approx(3.0 / 2.0)
+    assert "ratio" not in common.summarize([1.0], None)
+    with pytest.raises(ValueError, match="as many values: 2 vs 1"):
+        common.paired_ratios([1.0, 2.0], [1.0])
+
+
+def test_rotate_starts_each_repetition_with_another_contender():
+    assert [common.rotate("abc", k) for k in range(4)] == [
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
+
+
+def test_raw_moons_match_flowkit_moons():
+    from flowkit_data.toy import Moons
+
+    raw = common.raw_moons(500, torch.Generator().manual_seed(3), torch.device("cpu"))
+    flowkit = Moons().sample(500, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(raw, flowkit)
+
+
+@pytest.fixture(scope="module")
+def speed():
+    cfg = bench_speed.quick_config()
+    cfg.threads, cfg.batches, cfg.block_steps, cfg.train_reps = 1, [16], [2], 2
+    cfg.sample_n, cfg.sample_reps, cfg.sample_steps = 32, 2, {"euler": 3, "heun": 2, "euler-maruyama": 3}
+    return cfg, bench_speed.run_speed(cfg, log=lambda message: None)
+
+
+def test_speed_json_structure_and_ratios(speed):
+    cfg, result = speed
+    json.dumps(result)  # serializable as written
+    assert result["machine"]["torch_threads"] == 1
+    contenders = result["train"]["16"]["contenders"]
+    raw = contenders["raw"]["steps_per_s"]
+    assert len(raw["values"]) == cfg.train_reps and "ratio" not in raw
+    for name in ("flowkit", "flowkit+ema", "torchcfm", "flow_matching"):
+        entry = contenders[name]
+        if entry["status"] != "ok":
+            assert entry["status"] == "not installed"
+            continue
+        rates = entry["steps_per_s"]
+        expected = [a / b for a, b in zip(rates["values"], raw["values"], strict=True)]
+        assert rates["ratios"] == pytest.approx(expected)
+        assert rates["ratio"] == pytest.approx(statistics.median(expected))
+        assert entry["peak_mib"] is None or entry["peak_mib"] >= 0
+
+
+def test_every_sampler_computes_the_same_samples(speed):
+    cfg, result = speed
+    assert set(result["sample"]) == {"euler", "heun", "euler-maruyama"}
+    for simulator, entry in result["sample"].items():
+        steps = cfg.sample_steps[simulator]
+        raw = entry["contenders"]["raw"]
+        assert raw["network_evals"] == (2 * steps if simulator == "heun" else steps)
+        assert entry["contenders"]["flowkit"]["status"] == "ok"
+        for name, c in entry["contenders"].items():
+            if c["status"] != "ok":
+                continue
+            # Same x_0, same grid (up to flowkit's t_end = 1 - 1e-5), same noise for EM.
+            assert c["max_abs_diff_vs_raw"] < 1e-4, (simulator, name)
+            assert len(c["seconds"]["values"]) == cfg.sample_reps
+            if name != "raw":
+                assert c["samples_per_s"]["ratio"] > 0
+        if simulator != "euler-maruyama":
+            assert entry["contenders"]["flowkit"]["network_evals"] == raw["network_evals"]
+
+
+def test_speed_tables_list_every_contender(speed):
+    _, result = speed
+    text = bench_speed.tables(result)
+    assert "| 16 | flowkit |" in text
+    assert "| euler-maruyama (3 steps) | raw |" in text
+    assert "no such solver" in text or "not installed" in text
+
+
+def test_quality_oracle_converges_and_writes_outputs(tmp_path):
+    cfg = bench_quality.QualityConfig(threads=1, steps=[1, 16], n=256, models=["oracle"], simulators=["heun"])
+    result = bench_quality.run_quality(cfg, log=lambda message: None)
+    points = result["models"]["oracle"]["simulators"]["heun"]
+    assert [p["steps"] for p in points] == [1, 16]
+    assert [p["drift_evals"] for p in points] == [2, 32]
+    # Heun on the exact field: one step is far off, sixteen reach the sampling noise floor.
+    assert points[0]["distance"] > 1.5 * points[1]["distance"]
+    assert points[1]["distance"] < 1.5 * points[1]["noise_floor"]
+    png = bench_quality.plot(result, tmp_path / "quality.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| oracle | heun | 16 | 32 |" in bench_quality.table(result)
+
+
+def test_quality_trained_model_uses_the_trained_weights():
+    cfg = bench_quality.QualityConfig(
+        threads=1, train_steps=10, batch_size=32, steps=[2], n=64, models=["trained"], simulators=["euler"]
+    )
+    result = bench_quality.run_quality(cfg, log=lambda message: None)
+    entry = result["models"]["trained"]
+    assert entry["final_loss"] is not None and entry["final_loss"] > 0
+    assert entry["simulators"]["euler"][0]["network_evals"] == 2
