@@ -1,0 +1,298 @@
+"""Device backends: CPU behaviour, the CUDA availability errors, and (on a GPU) graphs and autocast."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import flowkit_devices
+import pytest
+import torch
+from flowkit_devices.backends import AutoBackend, CPUBackend, CUDABackend
+from torch import nn
+
+from flowkit.errors import FlowkitError
+from flowkit.interfaces import BuildContext
+from flowkit.testing import check_component
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_registers_every_backend():
+    added = {}
+
+    class Recorder:
+        def add(self, kind, name, cls):
+            added[(kind, name)] = cls
+
+    flowkit_devices.flowkit_register(Recorder())
+    assert added == {
+        ("device", "cpu"): CPUBackend,
+        ("device", "cuda"): CUDABackend,
+        ("device", "auto"): AutoBackend,
+    }
+    for cls in added.values():
+        check_component("device", cls)
+
+
+# --------------------------------------------------------------------------------------------------
+# CPU
+# --------------------------------------------------------------------------------------------------
+
+
+def test_cpu_backend_is_plain_eager_torch():
+    backend = CPUBackend()
+    assert backend.device == torch.device("cpu")
+    generator = backend.generator(7)
+    assert generator.device.type == "cpu"
+    assert torch.equal(
+        torch.rand(4, generator=generator), torch.rand(4, generator=torch.Generator().manual_seed(7))
+    )
+    module = nn.Linear(2, 2)
+    assert backend.prepare_module(module) is module
+    assert isinstance(backend.autocast(), contextlib.nullcontext)
+
+    def fn(x):
+        return 2 * x
+
+    assert backend.compile_sampler(fn, torch.zeros(3, 2)) is fn
+
+
+def test_cpu_backend_sets_the_thread_count():
+    before = torch.get_num_threads()
+    try:
+        CPUBackend(CPUBackend.Params(threads=1))
+        assert torch.get_num_threads() == 1
+        CPUBackend()  # threads = 0 keeps the current setting
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA requested without a GPU, and the CUDA parameters (simulated availability)
+# --------------------------------------------------------------------------------------------------
+
+
+def _no_gpu(monkeypatch, cuda_version):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", cuda_version)
+
+
+def test_cuda_without_cuda_build_fails_before_any_work(monkeypatch):
+    _no_gpu(monkeypatch, None)
+    with pytest.raises(FlowkitError) as error:
+        CUDABackend.from_params(CUDABackend.Params(), BuildContext())
+    assert str(error.value) == (
+        "device 'cuda' was requested but torch.cuda.is_available() is False "
+        f'(torch {torch.__version__} was built without CUDA); use device = "cpu" or "auto"'
+    )
+
+
+def test_cuda_without_visible_gpu_names_the_cause(monkeypatch):
+    _no_gpu(monkeypatch, "12.4")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(FlowkitError) as error:
+        CUDABackend()
+    assert str(error.value) == (
+        "device 'cuda' was requested but torch.cuda.is_available() is False "
+        f"(torch {torch.__version__} is built with CUDA 12.4 but no GPU is visible); "
+        'use device = "cpu" or "auto"'
+    )
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(FlowkitError) as error:
+        CUDABackend()
+    assert "but no GPU is visible, CUDA_VISIBLE_DEVICES=''); use device" in str(error.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_on_this_machine_gives_the_exact_message():
+    with pytest.raises(FlowkitError) as error:
+        CUDABackend()
+    reason = (
+        f"torch {torch.__version__} was built without CUDA"
+        if torch.version.cuda is None
+        else f"torch {torch.__version__} is built with CUDA {torch.version.cuda} but no GPU is visible"
+    )
+    assert str(error.value).startswith(
+        f"device 'cuda' was requested but torch.cuda.is_available() is False ({reason}"
+    )
+    assert str(error.value).endswith('; use device = "cpu" or "auto"')
+
+
+def test_auto_falls_back_to_the_cpu(monkeypatch):
+    _no_gpu(monkeypatch, None)
+    backend = AutoBackend(AutoBackend.Params(threads=0))
+    assert isinstance(backend.backend, CPUBackend)
+    assert backend.device == torch.device("cpu")
+    assert backend.generator(0).device.type == "cpu"
+
+
+def _fake_gpus(monkeypatch, count=2, bf16=True):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args, **kwargs: "Fake GPU")
+
+
+def test_cuda_index_out_of_range_is_refused(monkeypatch):
+    _fake_gpus(monkeypatch, count=1)
+    with pytest.raises(FlowkitError) as error:
+        CUDABackend(CUDABackend.Params(index=2))
+    assert str(error.value) == (
+        "device 'cuda' index 2 was requested but only 1 GPU(s) are visible (indices 0 to 0); "
+        "set index to one of those"
+    )
+
+
+def test_cuda_bf16_needs_support(monkeypatch):
+    _fake_gpus(monkeypatch, bf16=False)
+    with pytest.raises(FlowkitError) as error:
+        CUDABackend(CUDABackend.Params(precision="bf16"))
+    assert str(error.value) == (
+        'precision "bf16" was requested but Fake GPU does not support bfloat16; '
+        'use precision = "fp32" or "tf32"'
+    )
+
+
+def test_cuda_precision_settings(monkeypatch):
+    _fake_gpus(monkeypatch)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    backend = CUDABackend(CUDABackend.Params(index=1))
+    assert backend.device == torch.device("cuda", 1)
+    assert isinstance(backend.autocast(), contextlib.nullcontext)
+    assert torch.backends.cuda.matmul.allow_tf32 is False  # fp32 leaves the global setting alone
+    CUDABackend(CUDABackend.Params(precision="tf32"))
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+    assert torch.backends.cudnn.allow_tf32 is True
+    autocast = CUDABackend(CUDABackend.Params(precision="bf16")).autocast()
+    assert isinstance(autocast, torch.autocast)
+    assert (autocast.device, autocast.fast_dtype) == ("cuda", torch.bfloat16)
+    assert CUDABackend(CUDABackend.Params(cuda_graph=False)).compile_sampler(abs, torch.zeros(1)) is abs
+
+
+# --------------------------------------------------------------------------------------------------
+# On a GPU
+# --------------------------------------------------------------------------------------------------
+
+
+def _velocity(device):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 64), nn.SiLU(), nn.Linear(64, 2)).to(device)
+
+
+def _euler(net, ts, generator=None, sigma=0.0):
+    """Fixed-step Euler (Euler–Maruyama when sigma > 0) over the grid ``ts`` (on the GPU)."""
+
+    def run(x):
+        for i in range(ts.numel() - 1):
+            t = ts[i].expand(x.shape[0])
+            h = ts[i + 1] - ts[i]
+            x = x + h * net(torch.cat([x, t[:, None]], dim=1))
+            if sigma > 0:
+                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x = x + sigma * h.sqrt() * noise
+        return x
+
+    return run
+
+
+@pytest.mark.cuda
+@CUDA
+def test_graph_captured_euler_equals_eager():
+    backend = CUDABackend()
+    device = backend.device
+    net = backend.prepare_module(_velocity(device))
+    ts = torch.linspace(0, 1, 21, device=device)
+    euler = _euler(net, ts)
+    x0 = torch.randn(512, 2, device=device)
+    sampler = backend.compile_sampler(euler, x0)
+    with torch.no_grad():
+        first = sampler(x0)
+        expected = euler(x0)
+        assert torch.allclose(first, expected, atol=1e-5, rtol=1e-5)
+        other = torch.randn(512, 2, device=device)
+        assert torch.allclose(sampler(other), euler(other), atol=1e-5, rtol=1e-5)
+        assert torch.equal(first, sampler(x0))  # replays are deterministic; outputs are not aliased
+        smaller = torch.randn(100, 2, device=device)  # another shape: captured anew
+        assert torch.allclose(sampler(smaller), euler(smaller), atol=1e-5, rtol=1e-5)
+
+
+def _no_drift(z):
+    return torch.zeros_like(z[:, :2])
+
+
+@pytest.mark.cuda
+@CUDA
+def test_sde_graph_draws_fresh_noise_each_replay_reproducibly_from_a_seed():
+    backend = CUDABackend()
+    device = backend.device
+    ts = torch.linspace(0, 1, 11, device=device)
+    generator = backend.generator(0)  # made before the capture: registered with the graph
+    x0 = torch.zeros(4096, 2, device=device)
+    sampler = backend.compile_sampler(_euler(_no_drift, ts, generator, sigma=1.0), x0)
+    generator.manual_seed(123)
+    a, b = sampler(x0), sampler(x0)
+    generator.manual_seed(123)
+    a2, b2 = sampler(x0), sampler(x0)
+    assert torch.equal(a, a2) and torch.equal(b, b2)  # the same sequence of replays from the seed
+    # With zero drift X_1 = W_1 ~ N(0, I): each replay is a fresh Brownian endpoint, independent of
+    # the last (8192 values: the sd of the std is 0.008, that of the correlation 0.011).
+    for endpoint in (a, b):
+        assert abs(endpoint.std().item() - 1.0) < 0.05
+        assert endpoint.mean().abs().item() < 0.05
+    correlation = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+    assert abs(correlation) < 0.05
+
+
+@pytest.mark.cuda
+@CUDA
+def test_sde_graph_with_the_default_generator():
+    backend = CUDABackend()
+    device = backend.device
+    ts = torch.linspace(0, 1, 11, device=device)
+    sampler = backend.compile_sampler(
+        _euler(_no_drift, ts, None, sigma=1.0), torch.zeros(1024, 2, device=device)
+    )
+    x0 = torch.zeros(1024, 2, device=device)
+    torch.cuda.manual_seed(5)
+    a, b = sampler(x0), sampler(x0)
+    torch.cuda.manual_seed(5)
+    assert not torch.equal(a, b)
+    assert torch.equal(sampler(x0), a)
+
+
+@pytest.mark.cuda
+@CUDA
+def test_bf16_autocast_runs_the_forward_in_bfloat16():
+    backend = CUDABackend(CUDABackend.Params(precision="bf16"))
+    layer = backend.prepare_module(nn.Linear(8, 8))
+    x = torch.randn(4, 8, device=backend.device)
+    with backend.autocast():
+        assert layer(x).dtype == torch.bfloat16
+    assert layer(x).dtype == torch.float32
+    assert layer.weight.dtype == torch.float32  # master weights stay fp32
+
+
+@pytest.mark.cuda
+@CUDA
+def test_cuda_generator_and_sampling_of_data_on_the_device():
+    backend = CUDABackend()
+    generator = backend.generator(3)
+    assert generator.device.type == "cuda"
+    x = torch.randn(10_000, generator=generator, device=backend.device)
+    assert x.device.type == "cuda" and abs(x.std().item() - 1) < 0.05
+    assert math.isfinite(x.mean().item())
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@CUDA
+def test_compiled_module_matches_eager():
+    backend = CUDABackend(CUDABackend.Params(compile=True))
+    net = _velocity(backend.device)
+    compiled = backend.prepare_module(net)
+    x = torch.randn(256, 3, device=backend.device)
+    assert torch.allclose(compiled(x), net(x), atol=1e-5, rtol=1e-5)
+    assert set(map(id, compiled.parameters())) == set(map(id, net.parameters()))
