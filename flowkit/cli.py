@@ -230,3 +230,7 @@ def init(state: _State, file: str, template: str, list_templates: bool, force: b
     target.write_text(templates[template].read_text(encoding="utf-8"), encoding="utf-8")
     click.echo(f"wrote {target} (template '{template}'); check it with `flowkit validate {target}`, ")
     click.echo(f"run it with `flowkit run {target}`")
+
+
+if __name__ == "__main__":  # `python -m flowkit.cli`, e.g. with an interpreter that has no `flowkit` script
+    main()

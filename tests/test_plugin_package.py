@@ -1,0 +1,196 @@
+"""examples/plugin-package, installed for real: pip builds and installs it into a virtual environment
+(that sees this environment's packages), and flowkit's CLI in that environment finds, lists, runs,
+blocks and — after ``pip uninstall`` — forgets its components. Offline: no package index is used.
+
+This environment is never modified: the package is copied and built in a temporary folder and
+installed into a temporary virtual environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "examples" / "plugin-package"
+
+pytestmark = pytest.mark.slow
+
+
+BATCH = """
+import json, sys
+from click.testing import CliRunner
+from flowkit.cli import main
+rows = []
+for args, env in json.loads(sys.argv[1]):
+    result = CliRunner().invoke(main, args, env=env)
+    rows.append({"code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr})
+print(json.dumps(rows))
+"""
+
+
+@attrs.define
+class Invocation:
+    code: int
+    stdout: str
+    stderr: str
+
+
+class Environment:
+    """A virtual environment with ``--system-site-packages`` (flowkit, torch, pytest come from here)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.source = root / "flowkit-extras"
+        shutil.copytree(
+            PACKAGE, self.source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+        )
+        venv = root / "venv"
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True
+        )
+        bindir = "Scripts" if os.name == "nt" else "bin"
+        self.python = str(venv / bindir / ("python.exe" if os.name == "nt" else "python"))
+        self.present = False
+        self.env = {k: v for k, v in os.environ.items() if k not in ("FLOWKIT_DISABLE_PLUGINS", "PYTHONPATH")}
+
+    def pip(self, *args: str) -> None:
+        command = [sys.executable, "-m", "pip", "--python", self.python, "--disable-pip-version-check"]
+        done = subprocess.run([*command, *args], capture_output=True, text=True, env=self.env)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def install(self) -> None:
+        self.pip("install", "--no-index", "--no-deps", "--no-build-isolation", "-q", str(self.source))
+        self.present = True
+
+    def uninstall(self) -> None:
+        self.pip("uninstall", "-y", "-q", "flowkit-extras")
+        self.present = False
+
+    def flowkit(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        """``flowkit ARGS`` with this environment's interpreter."""
+        return subprocess.run(
+            [self.python, "-m", "flowkit.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.root,
+        )
+
+    def flowkit_many(self, *calls: tuple[list[str | Path], dict[str, str]]) -> list[Invocation]:
+        """Several ``flowkit`` commands (arguments, extra environment variables) in one interpreter of
+        this environment, through Click's test runner: torch and the plugins load once."""
+        payload = json.dumps([([str(a) for a in args], env) for args, env in calls])
+        done = subprocess.run(
+            [self.python, "-c", BATCH, payload], capture_output=True, text=True, env=self.env, cwd=self.root
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return [Invocation(**row) for row in json.loads(done.stdout)]
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory):
+    environment = Environment(tmp_path_factory.mktemp("plugin-package"))
+    environment.install()
+    return environment
+
+
+@pytest.fixture
+def installed(environment):
+    """The environment with flowkit-extras installed (again, after the uninstall test)."""
+    if not environment.present:
+        environment.install()
+    return environment
+
+
+def test_installed_plugin_is_listed_with_its_distribution_and_version(installed):
+    listing, as_json, described = installed.flowkit_many(
+        (["plugins"], {}), (["plugins", "--json"], {}), (["describe", "schedule", "polynomial"], {})
+    )
+    assert listing.code == 0, listing.stderr
+    assert "extras  (flowkit-extras 0.2.0)\n    schedule   polynomial\n    simulator  midpoint, rk4\n" in (
+        listing.stdout
+    )
+    data = json.loads(as_json.stdout)
+    row = next(r for r in data["plugins"] if r["name"] == "extras")
+    assert row == {
+        "name": "extras",
+        "distribution": "flowkit-extras",
+        "version": "0.2.0",
+        "module": "flowkit_extras",
+        "components": [
+            {"kind": "schedule", "name": "polynomial"},
+            {"kind": "simulator", "name": "midpoint"},
+            {"kind": "simulator", "name": "rk4"},
+        ],
+    }
+    assert data["problems"] == []
+    assert described.code == 0, described.stderr
+    assert "schedule 'polynomial'  (plugin 'extras', flowkit-extras 0.2.0;" in described.stdout
+    assert "power      float  2.0      Exponent p of (1 - t)^p" in described.stdout
+
+
+def test_the_packages_own_tests_pass_against_the_installed_package(installed):
+    """Its tests use flowkit's pytest plugin (flowkit_manager) and fit the convergence orders."""
+    done = subprocess.run(
+        [installed.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        capture_output=True,
+        text=True,
+        env=installed.env,
+        cwd=installed.source,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "6 passed" in done.stdout
+
+
+def test_its_pipeline_runs_through_the_cli(installed):
+    out = installed.root / "run"
+    result = installed.flowkit(
+        "run",
+        installed.source / "pipelines" / "moons-rk4.toml",
+        "--out",
+        out,
+        "--quiet",
+        *("--set", "train.steps=300", "--set", "train.ema_decay=0", "--set", "model.hidden=[64, 64]"),
+        *("--set", "sample.n=500", "--set", "evaluate.n=500", "--set", "report.plots=false"),
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["nfe"] == 4 * 12  # rk4: four drift evaluations per step, 12 steps
+    # 300 steps already move the noise towards the moons: W2 from N(0, I) to them is 0.67 (n = 500).
+    assert metrics["distance"] < 0.5, metrics
+    resolved = (out / "pipeline.toml").read_text()
+    assert 'extras = "flowkit-extras 0.2.0"' in resolved
+    assert 'kind = "polynomial"' in resolved and 'kind = "rk4"' in resolved
+
+
+def test_blocking_the_plugin_removes_its_components(installed):
+    pipeline = installed.source / "pipelines" / "moons-rk4.toml"
+    with_option, with_env, not_blocked = installed.flowkit_many(
+        (["-p", "no:extras", "validate", pipeline], {}),
+        (["plugins"], {"FLOWKIT_DISABLE_PLUGINS": "extras"}),
+        (["validate", pipeline], {}),
+    )
+    assert with_option.code == 1
+    assert "[path.schedule] key 'kind': unknown schedule 'polynomial'" in with_option.stderr
+    assert "extras  (blocked)" in with_env.stdout and "polynomial" not in with_env.stdout
+    assert not_blocked.code == 0, not_blocked.stderr
+    assert "simulator=rk4" in not_blocked.stdout
+
+
+def test_uninstalling_removes_its_components(installed):
+    pipeline = installed.source / "pipelines" / "moons-rk4.toml"
+    installed.uninstall()
+    listing, validated = installed.flowkit_many((["plugins", "--json"], {}), (["validate", pipeline], {}))
+    data = json.loads(listing.stdout)
+    assert "extras" not in {row["name"] for row in data["plugins"]}
+    assert data["problems"] == []
+    assert validated.code == 1
+    assert "[path.schedule] key 'kind': unknown schedule 'polynomial'" in validated.stderr
