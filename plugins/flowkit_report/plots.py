@@ -1,12 +1,25 @@
-"""PNG plots of a run (matplotlib, Agg backend: no display needed)."""
+"""PNG plots of a run (matplotlib, Agg backend: no display needed).
+
+For 2D data: ``samples.png`` (held-out data beside the samples), ``trajectories.png`` (paths from noise
+at ``t = 0`` to samples at ``t = 1``) and ``vector_field.png`` (streamlines of the learned velocity
+``u_t`` at four times, over the particles at those times). A plot that fails is reported and skipped:
+a plot never breaks a run.
+"""
 
 from __future__ import annotations
 
+import traceback
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+
+class ReportWarning(UserWarning):
+    """A reporter could not write one of its files; the run itself is unaffected."""
 
 
 def _pyplot() -> Any:
@@ -19,13 +32,51 @@ def _pyplot() -> Any:
 
 
 def write_plots(run: Any, samples: Tensor, reference: Tensor, trajectory: Tensor | None) -> list[Path]:
-    """Write ``samples.png`` (samples beside held-out data); 2D runs only. Returns the files written."""
+    """Write the PNGs of a 2D run (none for other shapes); returns the files written.
+
+    Each plot is attempted on its own: one that raises is reported (a :class:`ReportWarning`, or a
+    line in ``report-errors.log`` under ``--quiet``) and the others are still written.
+    """
     if samples.dim() != 2 or samples.shape[1] != 2:
         return []
-    written = [samples_png(run.directory / "samples.png", samples, reference, run.metrics)]
+    directory = run.directory
+    plots: list[tuple[str, Callable[[], Path]]] = [
+        ("samples.png", lambda: samples_png(directory / "samples.png", samples, reference, run.metrics))
+    ]
     if trajectory is not None:
-        written.append(trajectories_png(run.directory / "trajectories.png", trajectory))
+        plots.append(
+            ("trajectories.png", lambda: trajectories_png(directory / "trajectories.png", trajectory))
+        )
+    plots.append(
+        (
+            "vector_field.png",
+            lambda: vector_field_png(directory / "vector_field.png", run, reference, trajectory),
+        )
+    )
+    written = []
+    for name, plot in plots:
+        try:
+            written.append(plot())
+        except Exception as exc:  # a plot must never break a run
+            _report_failure(run, name, exc)
+        finally:
+            _close_all()
     return written
+
+
+def _close_all() -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def _report_failure(run: Any, name: str, exc: Exception) -> None:
+    message = f"flowkit_report: could not write {name}: {type(exc).__name__}: {exc}"
+    if getattr(run, "quiet", False):
+        with open(run.directory / "report-errors.log", "a", encoding="utf-8") as handle:
+            handle.write(message + "\n" + traceback.format_exc() + "\n")
+    else:
+        warnings.warn(message, ReportWarning, stacklevel=2)
 
 
 def _limits(*clouds: Tensor) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -77,5 +128,91 @@ def trajectories_png(path: Path, trajectory: Tensor) -> Path:
     ax.set_title("trajectories")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+#: Fractions of the path's time range at which ``vector_field.png`` shows the field.
+FIELD_TIMES = (0.0, 1 / 3, 2 / 3, 1.0)
+
+
+def field_times(t_range: tuple[float, float]) -> list[float]:
+    """The times of ``vector_field.png``: :data:`FIELD_TIMES` of ``t_range = (t_start, t_end)``."""
+    lo, hi = t_range
+    return [lo + f * (hi - lo) for f in FIELD_TIMES]
+
+
+@torch.no_grad()
+def velocity_on_grid(
+    velocity: Callable[[Tensor, Tensor], Tensor],
+    t: float,
+    xlim: tuple[float, float],
+    ylim: tuple[float, float],
+    resolution: int = 25,
+    device: torch.device | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``u_t`` on a ``resolution x resolution`` grid: ``X, Y, U, V``, each ``(resolution, resolution)``.
+
+    Rows follow ``y``, columns ``x`` (matplotlib's ``streamplot`` layout); non-finite values are 0.
+    """
+    xs = torch.linspace(*xlim, resolution)
+    ys = torch.linspace(*ylim, resolution)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    points = torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1).to(device)
+    times = torch.full((points.shape[0],), float(t), device=device)
+    u = velocity(points, times).float().cpu()
+    u = torch.where(torch.isfinite(u), u, torch.zeros_like(u))
+    shape = (resolution, resolution)
+    return grid_x, grid_y, u[:, 0].reshape(shape), u[:, 1].reshape(shape)
+
+
+def vector_field_png(path: Path, run: Any, reference: Tensor, trajectory: Tensor | None) -> Path:
+    """Streamlines of the model's velocity ``u_t`` at four times from noise to data, coloured by speed,
+    over the sampled particles at the nearest simulator time (``reference`` data in the last panel)."""
+    plt = _pyplot()
+    pipe = run.pipeline
+    # The model's velocity (converted from a score through the path where it learned a score).
+    velocity = pipe.context.role("velocity", needed_by="the vector-field plot")
+    t_range = tuple(float(v) for v in pipe.path.t_range)
+    times = field_times(t_range)  # type: ignore[arg-type]
+    clouds = [reference] if trajectory is None else [reference, trajectory.reshape(-1, 2)]
+    xlim, ylim = _limits(*clouds)
+    grid_times = None
+    if trajectory is not None:
+        sample = pipe.sample
+        grid_times = sample.grid(sample.steps, *t_range).cpu()
+    fig, axes = plt.subplots(
+        1, len(times), figsize=(4.0 * len(times) + 1.0, 4.2), sharex=True, sharey=True, layout="constrained"
+    )
+    fields = [velocity_on_grid(velocity, t, xlim, ylim, device=run.device) for t in times]
+    top = max(float(torch.hypot(u, v).max()) for _, _, u, v in fields) or 1.0
+    norm = plt.Normalize(0.0, top)
+    for ax, t, (gx, gy, u, v) in zip(axes, times, fields, strict=True):
+        speed = torch.hypot(u, v)
+        if grid_times is not None:
+            index = int(torch.argmin((grid_times - t).abs()))
+            points = trajectory[index].reshape(-1, 2)  # type: ignore[index]
+            ax.scatter(points[:, 0], points[:, 1], s=4, color="tab:orange", alpha=0.7, zorder=3)
+        if t == times[-1]:
+            ax.scatter(reference[:, 0], reference[:, 1], s=2, color="tab:blue", alpha=0.25, zorder=2)
+        stream = ax.streamplot(
+            gx.numpy(),
+            gy.numpy(),
+            u.numpy(),
+            v.numpy(),
+            color=speed.numpy(),
+            cmap="viridis",
+            norm=norm,
+            density=1.0,
+            linewidth=0.8,
+            arrowsize=0.8,
+        )
+        ax.set_title(f"u_t at t = {t:.2f}")
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        ax.set_aspect("equal")
+    fig.colorbar(stream.lines, ax=list(axes), shrink=0.8, label="speed |u_t(x)|")
+    fig.suptitle("the model's vector field u_t (orange: sample paths at time t; blue: held-out data)")
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -77,7 +77,10 @@ def flowkit_samples_ready(run: Any, samples: Any, reference: Any, trajectory: An
         return
     from flowkit_report import plots
 
-    plots.write_plots(run, samples, reference, trajectory)
+    try:
+        plots.write_plots(run, samples, reference, trajectory)
+    except Exception as exc:  # e.g. matplotlib missing or broken: the run's results are already saved
+        plots._report_failure(run, "the plots", exc)
 
 
 @hookimpl
