@@ -508,7 +508,17 @@ def sample(run: Run) -> tuple[Tensor, Tensor | None]:
     def progress(done: int, total: int) -> None:
         run.hook.flowkit_sampling_progress(run=run, done=done, total=total)
 
-    samples = cfg.simulator.simulate(cfg.dynamics, x0, ts, generator=generator, progress=progress)
+    def draw(x: Tensor) -> Tensor:
+        return cfg.simulator.simulate(cfg.dynamics, x, ts, generator=generator)
+
+    # A backend may capture the whole fixed-step sampler (a CUDA graph); per-step hooks cannot run
+    # inside a replay, so progress is then reported once, at the end.
+    captured = backend.compile_sampler(draw, x0)
+    if captured is draw:
+        samples = cfg.simulator.simulate(cfg.dynamics, x0, ts, generator=generator, progress=progress)
+    else:
+        samples = captured(x0)
+        progress(cfg.steps, cfg.steps)
     run.metrics["nfe"] = cfg.simulator.last_nfe
     run.metrics["sample_steps"] = cfg.steps
     trajectory = None
