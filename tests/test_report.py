@@ -159,18 +159,18 @@ def test_a_failing_plot_is_reported_and_the_run_goes_on(write_pipeline, tmp_path
     def broken(*args, **kwargs):
         raise RuntimeError("no fonts today")
 
-    monkeypatch.setattr(plots, "trajectories_png", broken)
+    monkeypatch.setattr(plots, "vector_field_png", broken)
     pipeline = write_pipeline(ORACLE.format(data=""), "oracle.toml")
-    with pytest.warns(plots.ReportWarning, match="could not write trajectories.png: RuntimeError: no fonts"):
+    with pytest.warns(plots.ReportWarning, match="could not write vector_field.png: RuntimeError: no fonts"):
         result = invoke("run", pipeline, "--out", tmp_path / "loud")
     assert result.exit_code == 0, result.output
-    assert {"samples.png", "vector_field.png", "metrics.json"} <= _files(tmp_path / "loud")
-    assert "trajectories.png" not in _files(tmp_path / "loud")
+    assert {"samples.png", "trajectories.png", "metrics.json"} <= _files(tmp_path / "loud")
+    assert "vector_field.png" not in _files(tmp_path / "loud")
 
     quiet = invoke("run", pipeline, "--out", tmp_path / "quiet", "--quiet")
     assert quiet.exit_code == 0 and quiet.stderr == ""
     log = (tmp_path / "quiet" / "report-errors.log").read_text()
-    assert log.startswith("flowkit_report: could not write trajectories.png: RuntimeError: no fonts today")
+    assert log.startswith("flowkit_report: could not write vector_field.png: RuntimeError: no fonts today")
 
 
 def test_data_that_is_not_2d_gets_no_plots(write_pipeline, tmp_path):
