@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 import sys
 import types
 import typing
@@ -118,9 +119,14 @@ def toml_value(value: Any) -> str:
     return repr(value)
 
 
+def plain(text: str) -> str:
+    """Docstring text without Sphinx roles: ``:class:`ODE``` becomes ```ODE```."""
+    return re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text)
+
+
 def first_paragraph(obj: Any) -> str:
     """The first paragraph of ``obj``'s docstring, joined into one line."""
-    doc = inspect.getdoc(obj) or ""
+    doc = plain(inspect.getdoc(obj) or "")
     return " ".join(doc.split("\n\n", 1)[0].split())
 
 
@@ -215,7 +221,7 @@ def describe_component(manager: PluginManager, kind: str, name: str) -> str:
     if plugin.dist:
         origin += f", {plugin.dist} {plugin.version}".rstrip()
     lines = [f"{kind} '{name}'  ({origin}; {cls.__module__}.{cls.__qualname__})", ""]
-    doc = inspect.getdoc(cls) or "(no docstring)"
+    doc = plain(inspect.getdoc(cls) or "(no docstring)")
     lines += ["  " + line if line else "" for line in doc.splitlines()]
     rows = param_rows(cls.Params)
     lines += ["", "Parameters:", *_table(rows), "", "Example:"]
@@ -236,7 +242,8 @@ def describe_kind(manager: PluginManager, kind: str) -> str:
     entries = registry.entries(kind)
     width = max((len(e.name) for e in entries), default=0)
     for entry in entries:
-        lines.append(f"  {entry.name.ljust(width)}  {entry.doc}  [{entry.plugin.name or '-'}]".rstrip())
+        summary = plain(entry.doc)
+        lines.append(f"  {entry.name.ljust(width)}  {summary}  [{entry.plugin.name or '-'}]".rstrip())
     if not entries:
         lines.append("  (none registered: is a plugin blocked or broken? see `flowkit plugins`)")
     lines += ["", f"`flowkit describe {kind} NAME` shows a component's parameters."]
@@ -323,7 +330,7 @@ def generate_reference(manager: PluginManager | None = None) -> str:
         if methods:
             out.append(f"- To implement: {', '.join(f'`{m}`' for m in methods)}")
         if where.get(kind):
-            out.append(f"- Used in: {', '.join(where[kind])}")
+            out.append(f"- Used in: {', '.join(f'`{w}`' for w in where[kind])}")
         entries = registry.entries(kind)
         out.append(f"- Built-in: {', '.join(f'`{e.name}`' for e in entries) or '(none)'}")
         out.append("")
