@@ -38,10 +38,11 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -518,6 +519,10 @@ def _run_speed(cfg: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
         if cfg.breakdown:
             log("breakdown of flowkit's training step")
             result["breakdown"] = {str(b): step_breakdown(b, cfg, workdir) for b in cfg.batches}
+            result["ablation"] = {
+                str(b): ablation(b, k, cfg, workdir, log)
+                for b, k in zip(cfg.batches, cfg.block_steps, strict=True)
+            }
     result["machine"]["load_average_after"] = list(os.getloadavg())
     return result
 
@@ -594,7 +599,9 @@ def step_breakdown(batch: int, cfg: SpeedConfig, workdir: Path, calls: int = 200
             "forward: flowkit role(x, t)": _per_call_us(lambda: role(x, t), device, calls),
             "forward: raw net(x, t)": _per_call_us(lambda: raw.net(x, t), device, calls),
         }
-    pieces["LambdaLR scheduler.step()"] = _per_call_us(scheduler.step, device, calls)
+    with warnings.catch_warnings():  # stepped alone here, without optimizer.step()
+        warnings.simplefilter("ignore", UserWarning)
+        pieces["LambdaLR scheduler.step()"] = _per_call_us(scheduler.step, device, calls)
     pieces["hook flowkit_train_step (reporters + clock)"] = _per_call_us(
         lambda: run.hook.flowkit_train_step(run=run, step=1, loss=detached), device, calls
     )
@@ -605,6 +612,73 @@ def step_breakdown(batch: int, cfg: SpeedConfig, workdir: Path, calls: int = 200
     pieces["whole step: flowkit (train())"] = trainer.block(calls) / calls * 1e6
     pieces["whole step: raw"] = raw.block(calls) / calls * 1e6
     return pieces
+
+
+class AblationTrainer(_HandWrittenTrainer):
+    """The raw loop with flowkit's pieces swapped in one by one (``level`` 1 to 4), to attribute
+    flowkit's overhead: 1 the network as flowkit builds it (``NetworkVelocity(MLP)``), 2 plus the
+    ``cfm`` loss with the path, 3 plus ``dataset.sample``, 4 plus ``LambdaLR``, the train-step hook
+    and the running loss (``train()`` minus its bookkeeping)."""
+
+    LEVELS: ClassVar[dict[int, str]] = {
+        1: "raw + flowkit network",
+        2: "+ flowkit cfm loss/path",
+        3: "+ flowkit dataset.sample",
+        4: "+ LambdaLR, hook, running loss",
+    }
+
+    def __init__(self, batch: int, cfg: SpeedConfig, workdir: Path, level: int) -> None:
+        super().__init__(batch, cfg)
+        from flowkit.pipeline import _lr_lambda
+
+        self.level = level
+        self.flowkit = FlowkitTrainer(batch, cfg, workdir / f"ablation-{level}")
+        pipe = self.flowkit.pipeline
+        self.pipe, self.run = pipe, self.flowkit.run
+        self.role = pipe.context.roles[pipe.loss.trains]
+        self.opt = torch.optim.AdamW(pipe.model.parameters(), lr=1e-3, weight_decay=0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(pipe.train))
+        self.running = torch.zeros((), device=self.device)
+        self.count = 0
+
+    def loss(self, z: Tensor) -> Tensor:
+        if self.level >= 2:
+            return self.pipe.loss(self.role, self.pipe.path, z, generator=self.noise_gen)
+        x0 = torch.randn(z.shape, generator=self.noise_gen, device=self.device)
+        t = torch.rand(z.shape[0], generator=self.noise_gen, device=self.device)
+        tc = t[:, None]
+        return (self.role((1 - tc) * x0 + tc * z, t) - (z - x0)).square().mean()
+
+    def step(self) -> None:
+        if self.level >= 3:
+            z = self.pipe.dataset.sample(self.batch, generator=self.data_gen, device=self.device)
+        else:
+            z = raw_moons(self.batch, self.data_gen, self.device)
+        loss = self.loss(z)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.level >= 4:
+            self.scheduler.step()
+            detached = loss.detach()
+            self.running += detached
+            self.count += 1
+            self.run.hook.flowkit_train_step(run=self.run, step=self.count, loss=detached)
+
+
+def ablation(
+    batch: int, k: int, cfg: SpeedConfig, workdir: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Steps/s of the raw loop, each ablation level and ``train()``, interleaved; ratios to raw."""
+    contenders: dict[str, Any] = {"raw": RawTrainer(batch, cfg)}
+    for level, label in AblationTrainer.LEVELS.items():
+        contenders[label] = AblationTrainer(batch, cfg, workdir, level)
+    contenders["flowkit train()"] = FlowkitTrainer(batch, cfg, workdir)
+    for contender in contenders.values():
+        contender.block(max(2, k // 5))
+    seconds = _interleave(contenders, cfg.train_reps, lambda c: c.block(k), log)
+    rates = {name: [k / s for s in times] for name, times in seconds.items()}
+    return {name: summarize(rates[name], None if name == "raw" else rates["raw"]) for name in contenders}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -679,6 +753,15 @@ def tables(result: dict[str, Any]) -> str:
         rows,
     )
     text = f"### Training (CFM, OT path, MLP 3×256)\n\n{train}\n\n### Sampling\n\n{sample}\n"
+    for batch, levels in result.get("ablation", {}).items():
+        text += f"\n### Where flowkit's training overhead comes from, batch {batch}\n\n"
+        text += (
+            format_table(
+                ["variant", "steps/s (median)", "× raw (paired median)"],
+                [[name, v["median"], v.get("ratio", 1.0)] for name, v in levels.items()],
+            )
+            + "\n"
+        )
     if "breakdown" in result:
         for batch, pieces in result["breakdown"].items():
             text += f"\n### flowkit training step, batch {batch}: µs per call\n\n"
