@@ -116,6 +116,14 @@ class Schedule(Component):
     def d_beta(self, t: Tensor) -> Tensor:
         """Time derivative ``beta'_t``, shape ``(B,)``."""
 
+    def coefficients(self, t: Tensor) -> tuple[Tensor | float, ...]:
+        """``(alpha_t, beta_t, alpha'_t, beta'_t)`` at once, each ``(B,)`` or a Python float where constant.
+
+        The training hot loop calls this once per step; a schedule may override it to share work or to
+        return constants as floats (which broadcast without allocating a tensor).
+        """
+        return self.alpha(t), self.beta(t), self.d_alpha(t), self.d_beta(t)
+
 
 class ProbabilityPath(Component):
     """A conditional probability path ``p_t(x|z)`` with ``p_0(.|z) = p_init`` and ``p_1(.|z) ~ delta_z``.
@@ -156,6 +164,18 @@ class ProbabilityPath(Component):
     def target_velocity(self, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """Conditional vector field ``u_t(x|z)``, shape ``(B, *D)``."""
 
+    def sample_with_target(
+        self, z: Tensor, t: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(x, u_t(x|z))`` with ``x ~ p_t(.|z)``; both ``(B, *D)``.
+
+        What a flow-matching loss needs per step. Paths override it to compute both from one evaluation
+        of their coefficients (and, for a Gaussian path, the target from the noise: no division by a
+        vanishing ``beta_t``).
+        """
+        x = self.sample(z, t, noise, generator)
+        return x, self.target_velocity(x, z, t)
+
     def target_score(self, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """Conditional score ``grad_x log p_t(x|z)``, shape ``(B, *D)``."""
         raise CapabilityError(
@@ -185,7 +205,21 @@ class VectorField(nn.Module, abc.ABC):
 
 
 class ScoreModel(nn.Module, abc.ABC):
-    """A score ``grad_x log p_t(x)``: ``forward(x (B, *D), t (B,)) -> (B, *D)``."""
+    """A score ``grad_x log p_t(x)``: ``forward(x (B, *D), t (B,)) -> (B, *D)``.
+
+    A score converted from a vector field (through a Gaussian path) names that field in
+    ``velocity_source`` and implements :meth:`from_velocity`, so dynamics that need both (the
+    extension-trick SDE) evaluate the network once per step instead of twice.
+    """
+
+    @property
+    def velocity_source(self) -> nn.Module | None:
+        """The vector field this score is computed from, or ``None`` for a score in its own right."""
+        return None
+
+    def from_velocity(self, x: Tensor, t: Tensor, velocity: Tensor) -> Tensor:
+        """The score at ``(x, t)`` given ``velocity = velocity_source(x, t)``; ``(B, *D)``."""
+        raise CapabilityError(f"{type(self).__name__} is not computed from a vector field")
 
     @abc.abstractmethod
     def forward(self, x: Tensor, t: Tensor) -> Tensor: ...

@@ -60,6 +60,15 @@ def _per_sample(coefficient: Tensor, like: Tensor) -> Tensor:
     return coefficient.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def _combine(a: Tensor | float, z: Tensor, b: Tensor | float, noise: Tensor) -> Tensor:
+    """``a z + b noise`` for per-sample tensors or float constants, in as few operations as possible."""
+    if isinstance(b, float):
+        if isinstance(a, float):
+            return torch.add(z, noise, alpha=b) if a == 1.0 else torch.add(z * a, noise, alpha=b)
+        return torch.addcmul(noise * b, a, z)
+    return torch.addcmul(b * noise, a, z) if not isinstance(a, float) else torch.addcmul(z * a, b, noise)
+
+
 class GaussianPath(ProbabilityPath):
     """``p_t(x|z) = N(alpha_t z, beta_t^2 I)`` for a :class:`Schedule`; ``p_init = N(0, prior_std^2 I)``.
 
@@ -141,6 +150,22 @@ class GaussianPath(ProbabilityPath):
             raise FlowkitError(f"noise has shape {tuple(noise.shape)}, expected that of z {tuple(z.shape)}")
         alpha, beta, _, _ = self.coefficients(t, z)
         return alpha * z + beta * noise, noise
+
+    def sample_with_target(
+        self, z: Tensor, t: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(x, u_t(x|z))`` with ``x = alpha_t z + beta_t noise`` and ``u = alpha'_t z + beta'_t noise``.
+
+        One evaluation of the schedule (constants stay floats): the CFM loss's hot path.
+        """
+        if noise is None:
+            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        self._check_shapes(z, t)
+        alpha, beta, d_alpha, d_beta = (
+            c if isinstance(c, float) else _per_sample(c, z)
+            for c in self.schedule.coefficients(t.to(z.dtype))
+        )
+        return _combine(alpha, z, beta, noise), _combine(d_alpha, z, d_beta, noise)
 
     # -- targets ---------------------------------------------------------------------------------
 
@@ -244,6 +269,14 @@ class VelocityAsScore(ScoreModel):
         super().__init__()
         self.velocity = velocity
         self.path = path
+
+    @property
+    def velocity_source(self) -> nn.Module:
+        return self.velocity
+
+    def from_velocity(self, x: Tensor, t: Tensor, velocity: Tensor) -> Tensor:
+        """The score given the velocity's value at ``(x, t)``: no second network evaluation."""
+        return self.path.velocity_to_score(x, velocity, t)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.path.velocity_to_score(x, self.velocity(x, t), t)

@@ -59,6 +59,11 @@ class OTSchedule(Schedule):
     def d_beta(self, t: Tensor) -> Tensor:
         return torch.full_like(t, -(1.0 - self.sigma_min))
 
+    def coefficients(self, t: Tensor) -> tuple[Tensor | float, ...]:
+        """``(t, 1 - (1 - sigma_min) t, 1, -(1 - sigma_min))``; the constant derivatives as floats."""
+        slope = 1.0 - self.sigma_min
+        return t, 1.0 - slope * t, 1.0, -slope
+
 
 class VPSchedule(Schedule):
     """Variance preserving (DDPM / score-SDE VP) with a linear ``beta(s)``, ``s = 1 - t``.

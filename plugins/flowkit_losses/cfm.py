@@ -10,7 +10,6 @@ from flowkit.interfaces import Loss, Network, ProbabilityPath
 from flowkit_losses.common import (
     NetworkVelocity,
     TSampling,
-    has_noise_form,
     logit_mean_field,
     logit_std_field,
     mean_squared,
@@ -22,10 +21,11 @@ from flowkit_losses.common import (
 class CFMLoss(Loss):
     """``L_CFM = E_{t, z ~ p_data, x ~ p_t(.|z)} ||u^theta_t(x) - u_t(x|z)||^2`` (mean over dims).
 
-    ``t`` is drawn on the path's ``t_range``; ``x = path.sample(z, t, noise)``. For a Gaussian path the
-    target is the noise form ``alpha'_t z + beta'_t eps`` (for OT: ``z - (1 - sigma_min) eps``), which is
-    regular even where ``beta_t`` vanishes; other paths give ``path.target_velocity(x, z, t)``. It
-    has the same gradient as flow matching against the marginal field. Works on any path.
+    ``t`` is drawn on the path's ``t_range``; ``x`` and the target come from ``path.sample_with_target``.
+    For a Gaussian path the target is the noise form ``alpha'_t z + beta'_t eps`` (for OT:
+    ``z - (1 - sigma_min) eps``), which is regular even where ``beta_t`` vanishes; other paths give
+    ``path.target_velocity(x, z, t)``. It has the same gradient as flow matching against the marginal
+    field. Works on any path.
     """
 
     trains = "velocity"
@@ -71,9 +71,7 @@ class CFMLoss(Loss):
 
     def loss_at(self, model: nn.Module, path: ProbabilityPath, z: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """The loss at given times ``t (B,)`` and noise ``(B, *D)`` (deterministic); a scalar."""
-        x = path.sample(z, t, noise)
-        if has_noise_form(path):
-            target = path.target_velocity_from_noise(z, noise, t)  # type: ignore[attr-defined]
-        else:
-            target = path.target_velocity(x, z, t)
+        x, target = path.sample_with_target(z, t, noise)
+        if type(model) is NetworkVelocity:  # skip the wrapper's own module call in the hot loop
+            model = model.network
         return mean_squared(model(x, t), target)

@@ -125,7 +125,11 @@ class ExtensionSDE(SDE):
         if self.score is None:
             raise _missing("extension-sde", "score", "score")
         half_var = 0.5 * self.diffusion(t).square()
-        return velocity.addcmul(per_sample(half_var, x), self.score(x, t))
+        if getattr(self.score, "velocity_source", None) is self.velocity:
+            score = self.score.from_velocity(x, t, velocity)  # one network evaluation, not two
+        else:
+            score = self.score(x, t)
+        return velocity.addcmul(per_sample(half_var, x), score)
 
 
 class LangevinSDE(SDE):
