@@ -94,7 +94,8 @@ def run(state: _State, file: str, overrides: tuple[str, ...], out: str | None, q
     result = run_pipeline(pipeline, manager, out=out, quiet=quiet)
     metrics = result.metrics
     if not quiet:
-        line = f"{metrics['metric']} = {metrics['distance']:.4f} (noise floor {metrics['noise_floor']:.4f}, "
+        floor = f"{metrics['noise_floor']:.4f} ± {metrics['noise_floor_std']:.4f}"
+        line = f"{metrics['metric']} = {metrics['distance']:.4f} (noise floor {floor}, "
         line += f"ratio {metrics['ratio_to_floor']:.2f}), nfe = {metrics['nfe']}"
         click.echo(line)
     click.echo(f"run directory: {result.directory}")

@@ -121,3 +121,29 @@ def test_more_evaluation_points_than_samples_is_refused(tiny_pipeline, manager):
         r"many samples, but \[sample\] n = 200",
     ):
         build_pipeline(tiny_pipeline, ["evaluate.n=500"], manager)
+
+
+def test_weight_average_matches_torch_ema():
+    """The EMA of the training loop equals torch's AveragedModel EMA (after its first copy)."""
+    from torch import nn
+
+    from flowkit.pipeline import WeightAverage
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 8), nn.SiLU(), nn.Linear(8, 2))
+    ref = torch.optim.swa_utils.AveragedModel(
+        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9)
+    )
+    ref.update_parameters(net)
+    mine = WeightAverage(net, 0.9)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(25):
+        opt.zero_grad()
+        net(torch.randn(4, 3)).pow(2).sum().backward()
+        opt.step()
+        ref.update_parameters(net)
+        mine.update()
+    averaged = mine.state_dict()
+    for name, value in ref.module.state_dict().items():
+        assert torch.allclose(averaged[name], value, atol=1e-6), name
+    assert not torch.allclose(averaged["0.weight"], net.state_dict()["0.weight"])
