@@ -350,6 +350,7 @@ def run_pipeline(
         samples, trajectory = sample(run)
     with _stage(run, "evaluate"):
         evaluate(run, samples, trajectory)
+    _write_json(run.directory / "metrics.json", run.metrics)  # again, now with the evaluation's timing
     run.hook.flowkit_run_end(run=run, metrics=run.metrics)
     return run
 
