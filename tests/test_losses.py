@@ -203,7 +203,14 @@ def test_noise_weighting_equals_the_beta_weighted_score_loss_for_any_score_model
     z, eps = torch.randn(128, 2, generator=g, dtype=F64), torch.randn(128, 2, generator=g, dtype=F64)
     t = loss.sample_times(128, path, g, dtype=F64)
     shortcut = loss.loss_at(loss.model_role(net, path), path, z, t, eps)
-    generic_model = NetworkScore(lambda x, t: -net(x, t) / path.schedule.beta(t)[:, None])
+    # The noise-prediction role scales its input by 1 / sqrt(alpha^2 + beta^2) (EDM's c_in).
+    sched = path.schedule
+
+    def score(x, t):
+        c_in = torch.rsqrt(sched.alpha(t) ** 2 + sched.beta(t) ** 2)[:, None]
+        return -net(x * c_in, t) / sched.beta(t)[:, None]
+
+    generic_model = NetworkScore(score)
     assert torch.allclose(loss.loss_at(generic_model, path, z, t, eps), shortcut, rtol=1e-9)
 
 

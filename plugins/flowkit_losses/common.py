@@ -9,13 +9,14 @@ dividing ``x - alpha_t z`` by a small ``beta_t``. Any other path is used through
 
 from __future__ import annotations
 
+import abc
 from typing import Literal
 
 import attrs
 import torch
 from torch import Tensor, nn
 
-from flowkit.interfaces import ProbabilityPath, ScoreModel, VectorField
+from flowkit.interfaces import Loss, ProbabilityPath, ScoreModel, VectorField
 from flowkit.params import param
 
 TSampling = Literal["uniform", "logit-normal"]
@@ -70,6 +71,46 @@ def sample_times(
     return lo + (hi - lo) * unit
 
 
+class TimeSampledLoss(Loss):
+    """A loss that draws ``t`` (by ``params.t_sampling``) and ``eps``, then calls :meth:`loss_at`.
+
+    Subclasses' ``Params`` have ``t_sampling``, ``logit_mean`` and ``logit_std``.
+    """
+
+    def sample_times(
+        self,
+        n: int,
+        path: ProbabilityPath,
+        generator: torch.Generator | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """``n`` training times on ``path.t_range``, shape ``(n,)``."""
+        p = self.params
+        return sample_times(
+            n,
+            path.t_range,
+            p.t_sampling,
+            p.logit_mean,
+            p.logit_std,
+            generator,
+            device or torch.device("cpu"),
+            dtype,
+        )
+
+    def __call__(
+        self, model: nn.Module, path: ProbabilityPath, z: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Scalar loss on data ``z (B, *D)``; draws ``t (B,)`` then ``eps (B, *D)`` from ``generator``."""
+        t = self.sample_times(z.shape[0], path, generator, z.device, z.dtype)
+        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        return self.loss_at(model, path, z, t, noise)
+
+    @abc.abstractmethod
+    def loss_at(self, model: nn.Module, path: ProbabilityPath, z: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """The loss at given times ``t (B,)`` and noise ``(B, *D)`` (deterministic); a scalar."""
+
+
 def mean_squared(a: Tensor, b: Tensor) -> Tensor:
     """Mean of ``(a - b)^2`` over the batch and the event dims: ``||a - b||^2 / prod(D)`` averaged over
     the batch, so the loss scale (and a good learning rate) does not depend on the data dimension."""
@@ -99,10 +140,14 @@ class NetworkScore(ScoreModel):
 
 
 class NoisePredictionScore(ScoreModel):
-    """A network predicting the noise ``eps``, seen as a score: ``s(x, t) = -network(x, t) / beta_t``.
+    """A network predicting the noise ``eps``, seen as a score: ``s(x, t) = -network(c_t x, t) / beta_t``.
 
     ``x``: ``(B, *D)``, ``t``: ``(B,)``. The network's target is ``eps``, of order 1 at every ``t``;
-    the division by ``beta_t`` happens only when the score itself is asked for.
+    the division by ``beta_t`` happens only when the score itself is asked for. Its input is scaled by
+    ``c_t = 1 / sqrt(alpha_t^2 + beta_t^2)`` (EDM's ``c_in``), the inverse standard deviation of
+    ``x_t`` for data of unit variance: a no-op for variance-preserving schedules, and for VE it keeps
+    the input of order 1 where ``x_t`` has the prior's scale (``sigma_max = 50``), which an MLP
+    cannot otherwise resolve.
     """
 
     def __init__(self, network: nn.Module, path: ProbabilityPath) -> None:
@@ -112,7 +157,8 @@ class NoisePredictionScore(ScoreModel):
 
     def predict_noise(self, x: Tensor, t: Tensor) -> Tensor:
         """The network's noise prediction, ``(B, *D)``."""
-        return self.network(x, t)
+        alpha, beta, _, _ = self.path.coefficients(t, x)  # type: ignore[attr-defined]
+        return self.network(x * torch.rsqrt(alpha.square() + beta.square()), t)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.path.target_score_from_noise(self.network(x, t), t)  # type: ignore[attr-defined]
+        return self.path.target_score_from_noise(self.predict_noise(x, t), t)  # type: ignore[attr-defined]

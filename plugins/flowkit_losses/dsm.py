@@ -5,26 +5,25 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
-import torch
 from torch import Tensor, nn
 
 from flowkit.errors import CapabilityError
-from flowkit.interfaces import Loss, Network, ProbabilityPath
+from flowkit.interfaces import Network, ProbabilityPath
 from flowkit.params import param
 from flowkit_losses.common import (
     NetworkScore,
     NoisePredictionScore,
+    TimeSampledLoss,
     TSampling,
     has_noise_form,
     logit_mean_field,
     logit_std_field,
     mean_squared,
-    sample_times,
     t_sampling_field,
 )
 
 
-class DSMLoss(Loss):
+class DSMLoss(TimeSampledLoss):
     """Denoising score matching; same gradient as score matching with the same weighting.
 
     * ``weighting = "noise"`` (default): ``E ||beta_t s^theta_t(x) + eps||^2``, i.e. the weight
@@ -74,35 +73,6 @@ class DSMLoss(Loss):
         if self.params.weighting == "noise":
             return NoisePredictionScore(network, path)
         return NetworkScore(network)
-
-    def sample_times(
-        self,
-        n: int,
-        path: ProbabilityPath,
-        generator: torch.Generator | None = None,
-        device: torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        """``n`` training times on ``path.t_range``, shape ``(n,)``."""
-        p = self.params
-        return sample_times(
-            n,
-            path.t_range,
-            p.t_sampling,
-            p.logit_mean,
-            p.logit_std,
-            generator,
-            device or torch.device("cpu"),
-            dtype,
-        )
-
-    def __call__(
-        self, model: nn.Module, path: ProbabilityPath, z: Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Scalar loss on data ``z (B, *D)``; draws ``t (B,)`` then ``eps (B, *D)`` from ``generator``."""
-        t = self.sample_times(z.shape[0], path, generator, z.device, z.dtype)
-        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        return self.loss_at(model, path, z, t, noise)
 
     def loss_at(self, model: nn.Module, path: ProbabilityPath, z: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """The loss at given times ``t (B,)`` and noise ``(B, *D)`` (deterministic); a scalar."""
