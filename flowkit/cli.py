@@ -95,8 +95,10 @@ def run(state: _State, file: str, overrides: tuple[str, ...], out: str | None, q
     metrics = result.metrics
     if not quiet:
         floor = f"{metrics['noise_floor']:.4f} ± {metrics['noise_floor_std']:.4f}"
+        ratio = metrics["ratio_to_floor"]
+        ratio_text = f"{ratio:.2f}" if ratio is not None else "n/a: the noise floor is 0"
         line = f"{metrics['metric']} = {metrics['distance']:.4f} (noise floor {floor}, "
-        line += f"ratio {metrics['ratio_to_floor']:.2f}), nfe = {metrics['nfe']}"
+        line += f"ratio {ratio_text}), nfe = {metrics['nfe']}"
         click.echo(line)
     click.echo(f"run directory: {result.directory}")
 

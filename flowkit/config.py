@@ -11,9 +11,11 @@ was found and what was expected, and the nearest valid name where one was misspe
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -119,7 +121,7 @@ def apply_overrides(
         node = data
         for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
-            if isinstance(child, str) and i > 0:  # `simulator = "heun"` then --set sample.simulator.x=1
+            if isinstance(child, str):  # `simulator = "heun"` then --set sample.simulator.x=1
                 child = node[part] = {"kind": child}
             if not isinstance(child, dict):
                 where = _dotted(parts[: i + 1])
@@ -171,7 +173,7 @@ class Structurer:
                 values[field.name] = self.convert(table[field.name], tp, where, field)
             elif field.default is attrs.NOTHING:
                 raise where.error(f"missing required key ({_describe_type(tp)})")
-            elif _is_component(field, tp):
+            elif _is_component(field, tp, self.registry):
                 default = (
                     field.default.factory() if isinstance(field.default, attrs.Factory) else field.default
                 )
@@ -184,8 +186,8 @@ class Structurer:
 
     def convert(self, value: Any, tp: Any, loc: Location, field: attrs.Attribute | None = None) -> Any:
         """Check ``value`` against the type ``tp`` and convert it (ints to floats, tables to objects)."""
-        if _is_component(field, tp):
-            return self.build(_component_kind(tp, loc), value, loc)
+        if _is_component(field, tp, self.registry):
+            return self.build(_component_kind(tp, loc, self.registry), value, loc)
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
         if tp is Any:
@@ -215,7 +217,14 @@ class Structurer:
                 return value
         elif tp is float:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
+                try:
+                    number = float(value)
+                except OverflowError:
+                    digits = len(str(abs(value)))
+                    raise loc.error(f"expected a number, found an integer of {digits} digits") from None
+                if not math.isfinite(number):
+                    raise loc.error(f"expected a finite number, found {number}")
+                return number
         elif tp is str:
             if isinstance(value, str):
                 return value
@@ -286,27 +295,56 @@ def _locate_validator_error(cls: type, values: dict[str, Any], loc: Location, ex
     return ConfigError(f"{where}: invalid parameters: {exc}")
 
 
-def _is_component(field: attrs.Attribute | None, tp: Any) -> bool:
+def _kind_of(tp: Any, registry: ComponentRegistry | None) -> str | None:
+    """The kind whose interface ``tp`` is (a kind a plugin added included), or ``None``."""
+    if not isinstance(tp, type):
+        return None
+    if registry is not None:
+        for kind in registry.kinds():
+            if issubclass(tp, registry.interface(kind)):
+                return kind
+    return kind_of(tp)
+
+
+def _is_component(field: attrs.Attribute | None, tp: Any, registry: ComponentRegistry | None = None) -> bool:
     if field is not None and field.metadata.get(COMPONENT):
         return True
     inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
-    return any(isinstance(a, type) and kind_of(a) is not None for a in inner)
+    return any(_kind_of(a, registry) is not None for a in inner)
 
 
-def _component_kind(tp: Any, loc: Location) -> str:
+def _component_kind(tp: Any, loc: Location, registry: ComponentRegistry | None = None) -> str:
     inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
     for option in inner:
-        kind = kind_of(option) if isinstance(option, type) else None
+        kind = _kind_of(option, registry)
         if kind is not None:
             return kind
     raise CapabilityError(f"{loc.where()}: field type {tp!r} is not a component interface")
 
 
 def _type_hints(cls: type) -> dict[str, Any]:
+    """The fields' types; one unresolvable annotation leaves only its own field unchecked (warned)."""
     try:
         return typing.get_type_hints(cls)
-    except Exception:  # unresolvable annotations: fall back to attrs' own (possibly strings)
-        return {f.name: (f.type if not isinstance(f.type, str) else Any) for f in attrs.fields(cls)}
+    except Exception:
+        pass
+    module = sys.modules.get(cls.__module__)
+    namespace = dict(vars(module)) if module is not None else {}
+    hints: dict[str, Any] = {}
+    for field in attrs.fields(cls):
+        tp = field.type
+        if isinstance(tp, str):
+            try:
+                tp = eval(tp, namespace)  # what typing.get_type_hints does, one field at a time
+            except Exception:
+                warnings.warn(
+                    f"{cls.__module__}.{cls.__qualname__}.{field.name}: annotation {field.type!r} cannot be "
+                    "resolved, so its values are not type-checked",
+                    stacklevel=3,
+                )
+                tp = Any
+        hints[field.name] = tp
+    return hints
 
 
 def _describe_type(tp: Any) -> str:

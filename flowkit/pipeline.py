@@ -314,12 +314,31 @@ def run_directory(pipeline: Pipeline, out: str | None = None) -> Path:
     """The run directory: ``--out`` or ``[run] out``, never an existing non-empty one."""
     name = Path(pipeline.source).stem
     base = Path(out if out is not None else pipeline.run.out.replace("{name}", name))
+    if not base.name:  # "." or "": number a sibling of the folder it names
+        base = base.resolve()
     candidate, i = base, 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+    while not _claim(candidate):
         i += 1
         candidate = base.with_name(f"{base.name}-{i}")
-    candidate.mkdir(parents=True, exist_ok=True)
     return candidate
+
+
+def _claim(directory: Path) -> bool:
+    """Make ``directory`` ours: a new one, or an empty one nobody else has claimed (atomic).
+
+    Two runs started together must never share a directory: creating the directory, or the marker
+    file in an existing empty one, succeeds for exactly one of them.
+    """
+    try:
+        directory.mkdir(parents=True)
+    except FileExistsError:
+        if not directory.is_dir() or any(directory.iterdir()):
+            return False
+    try:
+        with open(directory / "pipeline.toml", "x", encoding="utf-8"):
+            return True
+    except FileExistsError:
+        return False
 
 
 def run_pipeline(
@@ -359,10 +378,12 @@ def run_pipeline(
 def _stage(run: Run, name: str) -> Iterator[None]:
     run.hook.flowkit_stage(run=run, stage=name, state="start")
     started = time.perf_counter()
-    yield
-    run.pipeline.device.synchronize()
-    run.metrics[f"{name}_seconds"] = round(time.perf_counter() - started, 3)
-    run.hook.flowkit_stage(run=run, stage=name, state="end")
+    try:
+        yield
+        run.pipeline.device.synchronize()
+        run.metrics[f"{name}_seconds"] = round(time.perf_counter() - started, 3)
+    finally:  # reporters close what they opened (progress bars) even when the stage fails
+        run.hook.flowkit_stage(run=run, stage=name, state="end")
 
 
 def _lr_lambda(cfg: TrainSection) -> Any:
@@ -378,15 +399,18 @@ def _lr_lambda(cfg: TrainSection) -> Any:
 
 
 class WeightAverage:
-    """Exponential moving average of a network's parameters: ``avg <- decay avg + (1 - decay) param``.
+    """Exponential moving average of a network's parameters: ``avg <- d_k avg + (1 - d_k) param``.
 
-    One fused ``_foreach_lerp_`` per step over preallocated copies (``AveragedModel`` also keeps a
-    step counter and rebuilds parameter lists on every update, which costs more than the lerp itself).
+    The decay warms up, ``d_k = min(decay, (1 + k) / (10 + k))`` at update ``k``: with a fixed 0.999
+    the average would still hold 37% of the random initial weights after 1,000 steps (5% after
+    3,000). One fused ``_foreach_lerp_`` per step over preallocated copies (``AveragedModel`` also
+    rebuilds parameter lists on every update, which costs more than the lerp itself).
     """
 
     def __init__(self, network: nn.Module, decay: float) -> None:
         self.network = network
-        self.weight = 1.0 - decay
+        self.decay = decay
+        self.updates = 0
         self.names = [name for name, _ in network.named_parameters()]
         self.params = [p for _, p in network.named_parameters()]
         self.averages = [p.detach().clone() for p in self.params]
@@ -394,13 +418,24 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         """Move the averages towards the current parameters."""
-        torch._foreach_lerp_(self.averages, self.params, self.weight)
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        torch._foreach_lerp_(self.averages, self.params, 1.0 - decay)
 
     def state_dict(self) -> dict[str, Tensor]:
         """The network's state dict with the averaged parameters (buffers as they are)."""
         state = dict(self.network.state_dict())
         state.update({name: avg.clone() for name, avg in zip(self.names, self.averages, strict=True)})
         return state
+
+
+def _adamw(params: list[nn.Parameter], cfg: TrainSection) -> torch.optim.Optimizer:
+    """AdamW with its fused kernel where the device has one (CPU and CUDA in torch >= 2.4): the same
+    update in one kernel, about 3x faster than the default per-tensor loop for an MLP on the CPU."""
+    try:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # e.g. a device without a fused implementation
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 class TrainLoop:
@@ -428,7 +463,7 @@ class TrainLoop:
                 f"{pipeline.source}: [model]: model '{self.network.registered_name}' has "
                 "no trainable parameters"
             )
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = _adamw(self.params, cfg)
         # A constant rate needs no scheduler: skipping it keeps the hot loop as lean as a hand-written one.
         scheduled = cfg.lr_schedule != "constant" or cfg.warmup_steps > 0
         self.scheduler = (
@@ -568,7 +603,15 @@ def evaluate(run: Run, samples: Tensor, trajectory: Tensor | None) -> None:
     fresh = [pipe.dataset.sample(cfg.n, generator=generator).float().cpu() for _ in range(cfg.floor_repeats)]
     finite = torch.isfinite(samples.flatten(1)).all(dim=1)
     metrics = run.metrics
-    metrics.update({"metric": cfg.metric.registered_name, "n_evaluated": cfg.n, "seed": pipe.run.seed})
+    metrics.update(
+        {
+            "metric": cfg.metric.registered_name,
+            "n_evaluated": cfg.n,
+            "seed": pipe.run.seed,
+            # float reductions depend on the thread count: same seed and threads, same samples
+            "torch_threads": torch.get_num_threads(),
+        }
+    )
     if not bool(finite.all()):
         bad = int((~finite).sum())
         metrics.update({"distance": None, "noise_floor": None, "non_finite_samples": bad})

@@ -123,27 +123,43 @@ def test_more_evaluation_points_than_samples_is_refused(tiny_pipeline, manager):
         build_pipeline(tiny_pipeline, ["evaluate.n=500"], manager)
 
 
-def test_weight_average_matches_torch_ema():
-    """The EMA of the training loop equals torch's AveragedModel EMA (after its first copy)."""
+def test_weight_average_is_the_warmed_up_ema():
+    """avg <- d_k avg + (1 - d_k) param, d_k = min(decay, (1 + k) / (10 + k)), from the initial weights."""
     from torch import nn
 
     from flowkit.pipeline import WeightAverage
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 8), nn.SiLU(), nn.Linear(8, 2))
-    ref = torch.optim.swa_utils.AveragedModel(
-        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9)
-    )
-    ref.update_parameters(net)
+    expected = {k: v.detach().clone() for k, v in net.named_parameters()}
     mine = WeightAverage(net, 0.9)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    for _ in range(25):
+    for k in range(40):
         opt.zero_grad()
         net(torch.randn(4, 3)).pow(2).sum().backward()
         opt.step()
-        ref.update_parameters(net)
         mine.update()
+        d = min(0.9, (1 + k) / (10 + k))
+        for name, param in net.named_parameters():
+            expected[name] = d * expected[name] + (1 - d) * param.detach()
     averaged = mine.state_dict()
-    for name, value in ref.module.state_dict().items():
+    for name, value in expected.items():
         assert torch.allclose(averaged[name], value, atol=1e-6), name
     assert not torch.allclose(averaged["0.weight"], net.state_dict()["0.weight"])
+
+
+def test_weight_average_forgets_the_initial_weights():
+    """With decay 0.999 and no warm-up, 37% of the random start would remain after 1,000 steps."""
+    from torch import nn
+
+    from flowkit.pipeline import WeightAverage
+
+    net = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    average = WeightAverage(net, 0.999)
+    with torch.no_grad():
+        net.weight.fill_(1.0)  # the trained value, from the first step on
+    for _ in range(1000):
+        average.update()
+    assert average.state_dict()["weight"].item() > 0.99

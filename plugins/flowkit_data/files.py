@@ -45,7 +45,10 @@ class FileDataset(Dataset):
         """Build, resolving a relative path against the folder of ``context.source``."""
         source = Path(context.source)
         base_dir = source.parent if source.is_file() else None  # "<pipeline>" names no file
-        return cls(params, base_dir=base_dir)
+        dataset = cls(params, base_dir=base_dir)
+        # The resolved pipeline (written into the run directory) must find the file from anywhere.
+        dataset.params = attrs.evolve(params, path=str(_resolve(params.path, base_dir).resolve()))
+        return dataset
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -91,8 +94,9 @@ def _load(file: Path) -> Tensor:
     if file.suffix == ".npy":
         try:
             array = np.load(file, allow_pickle=False)
-        except (ValueError, OSError) as error:
-            raise FlowkitError(f"data file '{file}' is not a readable .npy array: {error}") from error
+        except (ValueError, OSError, EOFError) as error:  # an empty file raises EOFError
+            reason = str(error) or type(error).__name__
+            raise FlowkitError(f"data file '{file}' is not a readable .npy array: {reason}") from error
         if array.dtype.kind != "f":
             raise FlowkitError(
                 f"data file '{file}' holds {array.dtype} values; expected floating point samples "
@@ -103,7 +107,8 @@ def _load(file: Path) -> Tensor:
         try:
             data = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for unreadable files
-            raise FlowkitError(f"data file '{file}' is not a readable torch file: {error}") from error
+            reason = str(error) or type(error).__name__
+            raise FlowkitError(f"data file '{file}' is not a readable torch file: {reason}") from error
         if not isinstance(data, Tensor):
             raise FlowkitError(
                 f"data file '{file}' holds a {type(data).__name__}; expected one tensor of samples "
