@@ -369,7 +369,7 @@ def run_pipeline(
         samples, trajectory = sample(run)
     with _stage(run, "evaluate"):
         evaluate(run, samples, trajectory)
-    _write_json(run.directory / "metrics.json", run.metrics)  # again, now with the evaluation's timing
+    _write_json(run.directory / "metrics.json", run.metrics)  # after the stage: with its own timing
     run.hook.flowkit_run_end(run=run, metrics=run.metrics)
     return run
 
@@ -525,7 +525,7 @@ def train(run: Run) -> None:
                 mean_loss = float(torch.stack(window).mean())
                 window.clear()
                 if not math.isfinite(mean_loss):
-                    saved = _save_weights(run, loop.weights(step), step, "model-diverged.pt")
+                    saved = _save_weights(run, loop.weights(step), "model-diverged.pt")
                     raise FlowkitError(
                         f"{pipe.source}: training diverged at step {step} (loss {mean_loss}); "
                         f"lower [train] lr (now {cfg.lr}) or set [train] grad_clip. "
@@ -534,24 +534,24 @@ def train(run: Run) -> None:
                 hook.flowkit_log(run=run, step=step, metrics={"loss": mean_loss, "lr": loop.lr})
                 run.metrics["final_loss"] = mean_loss
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                _save_weights(run, loop.weights(step), step, f"checkpoint-{step:07d}.pt")
+                _save_weights(run, loop.weights(step), f"checkpoint-{step:07d}.pt")
     except KeyboardInterrupt:
-        saved = _save_weights(run, loop.weights(step), step, "model-interrupted.pt")
+        saved = _save_weights(run, loop.weights(step), "model-interrupted.pt")
         raise FlowkitError(
             f"interrupted at training step {step}; the weights so far are in {saved}"
         ) from None
-    _save_weights(run, loop.weights(cfg.steps), cfg.steps, "model.pt")
+    _save_weights(run, loop.weights(cfg.steps), "model.pt")
     loop.finish()
     run.metrics["train_steps"] = cfg.steps
 
 
-def _save_weights(run: Run, state: dict[str, Any], step: int, name: str) -> Path:
+def _save_weights(run: Run, state: dict[str, Any], name: str) -> Path:
     """Write weights only (loadable with ``torch.load(weights_only=True)``), atomically."""
     target = run.directory / name
     tmp = target.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, target)  # a crash mid-write never leaves a truncated checkpoint under the real name
-    run.hook.flowkit_checkpoint(run=run, step=step, path=str(target))
+    run.hook.flowkit_checkpoint(run=run, step=state["step"], path=str(target))
     return target
 
 
@@ -595,7 +595,11 @@ def sample(run: Run) -> tuple[Tensor, Tensor | None]:
 
 
 def evaluate(run: Run, samples: Tensor, trajectory: Tensor | None) -> None:
-    """Distance between samples and held-out data, and the noise floor; writes ``metrics.json``."""
+    """Distance between samples and held-out data, and the noise floor, into ``run.metrics``.
+
+    ``run_pipeline`` writes ``metrics.json`` after this stage; non-finite samples write it here,
+    before the error, so the record of a failed run is kept.
+    """
     pipe = run.pipeline
     cfg = pipe.evaluate
     generator = torch.Generator().manual_seed(stage_seed(pipe.run.seed, "evaluate"))
@@ -633,7 +637,6 @@ def evaluate(run: Run, samples: Tensor, trajectory: Tensor | None) -> None:
             "ratio_to_floor": distance / floor if floor > 0 else None,
         }
     )
-    _write_json(run.directory / "metrics.json", metrics)
     run.hook.flowkit_samples_ready(run=run, samples=samples, reference=reference, trajectory=trajectory)
 
 
