@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import subprocess
+import sys
+import types
 
 import flowkit_devices
 import pytest
 import torch
+from flowkit_devices import backends
 from flowkit_devices.backends import AutoBackend, CPUBackend, CUDABackend
 from torch import nn
 
@@ -157,19 +162,74 @@ def test_cuda_bf16_needs_support(monkeypatch):
 
 def test_cuda_precision_settings(monkeypatch):
     _fake_gpus(monkeypatch)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    calls = []
+    monkeypatch.setattr(backends, "enable_tf32", lambda: calls.append("tf32"))
     backend = CUDABackend(CUDABackend.Params(index=1))
     assert backend.device == torch.device("cuda", 1)
     assert isinstance(backend.autocast(), contextlib.nullcontext)
-    assert torch.backends.cuda.matmul.allow_tf32 is False  # fp32 leaves the global setting alone
+    assert calls == []  # fp32 leaves the global setting alone
     CUDABackend(CUDABackend.Params(precision="tf32"))
-    assert torch.backends.cuda.matmul.allow_tf32 is True
-    assert torch.backends.cudnn.allow_tf32 is True
+    assert calls == ["tf32"]
     autocast = CUDABackend(CUDABackend.Params(precision="bf16")).autocast()
     assert isinstance(autocast, torch.autocast)
     assert (autocast.device, autocast.fast_dtype) == ("cuda", torch.bfloat16)
+    assert calls == ["tf32"]
     assert CUDABackend(CUDABackend.Params(cuda_graph=False)).compile_sampler(abs, torch.zeros(1)) is abs
+
+
+def _namespace(**kwargs):
+    return types.SimpleNamespace(**kwargs)
+
+
+def test_enable_tf32_uses_the_precision_api_where_torch_has_it():
+    # torch >= 2.9: fp32_precision on cuda.matmul and cudnn.conv; allow_tf32 must not be touched.
+    matmul, conv = _namespace(fp32_precision="none"), _namespace(fp32_precision="none")
+    cudnn = _namespace(conv=conv)
+    settings = backends.enable_tf32(_namespace(cuda=_namespace(matmul=matmul), cudnn=cudnn))
+    assert settings == {"cuda.matmul.fp32_precision": "tf32", "cudnn.conv.fp32_precision": "tf32"}
+    assert matmul.fp32_precision == "tf32" and conv.fp32_precision == "tf32"
+    assert not hasattr(matmul, "allow_tf32") and not hasattr(cudnn, "allow_tf32")
+
+
+def test_enable_tf32_falls_back_to_allow_tf32_on_older_torch():
+    # torch < 2.9 (flowkit supports >= 2.4): only the allow_tf32 flags exist.
+    matmul, cudnn = _namespace(allow_tf32=False), _namespace(allow_tf32=False)
+    settings = backends.enable_tf32(_namespace(cuda=_namespace(matmul=matmul), cudnn=cudnn))
+    assert settings == {"cuda.matmul.allow_tf32": True, "cudnn.allow_tf32": True}
+    assert matmul.allow_tf32 is True and cudnn.allow_tf32 is True
+    assert not hasattr(matmul, "fp32_precision")
+
+
+ENABLE_TF32 = """
+import json, warnings
+import torch
+from flowkit_devices.backends import enable_tf32
+with warnings.catch_warnings():
+    warnings.simplefilter("error")  # a deprecated flag would warn
+    settings = enable_tf32()
+    read = {}
+    for name in settings:
+        target = torch.backends
+        for part in name.split("."):
+            target = getattr(target, part)
+        read[name] = target
+print(json.dumps({"settings": settings, "read": read}))
+"""
+
+
+def test_enable_tf32_on_the_installed_torch():
+    # In a subprocess: the setting is process-wide, and once the new API is used the old one raises.
+    done = subprocess.run([sys.executable, "-c", ENABLE_TF32], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["read"] == result["settings"]
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        assert result["settings"] == {
+            "cuda.matmul.fp32_precision": "tf32",
+            "cudnn.conv.fp32_precision": "tf32",
+        }
+    else:
+        assert result["settings"] == {"cuda.matmul.allow_tf32": True, "cudnn.allow_tf32": True}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import torch
@@ -55,12 +55,41 @@ class CPUBackend(DeviceBackend):
         return torch.device("cpu")
 
 
+def enable_tf32(backends: Any = None) -> dict[str, object]:
+    """Let float32 matmuls (cuBLAS) and cuDNN convolutions use TF32, process-wide; returns what it set.
+
+    torch >= 2.9 has the precision API: ``torch.backends.cuda.matmul.fp32_precision = "tf32"`` and
+    ``torch.backends.cudnn.conv.fp32_precision = "tf32"`` (the old ``allow_tf32`` flags are deprecated,
+    and mixing both APIs is an error). Older torch has only ``torch.backends.cuda.matmul.allow_tf32``
+    and ``torch.backends.cudnn.allow_tf32``; each setting takes the newest form the installed torch
+    has. ``backends`` is ``torch.backends`` (another namespace of the same layout in tests). The
+    result maps each attribute's dotted name under ``torch.backends`` to the value it was given.
+    """
+    backends = torch.backends if backends is None else backends
+    matmul, cudnn = backends.cuda.matmul, backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    settings: dict[str, object] = {}
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = "tf32"
+        settings["cuda.matmul.fp32_precision"] = "tf32"
+    else:
+        matmul.allow_tf32 = True
+        settings["cuda.matmul.allow_tf32"] = True
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        conv.fp32_precision = "tf32"
+        settings["cudnn.conv.fp32_precision"] = "tf32"
+    else:
+        cudnn.allow_tf32 = True
+        settings["cudnn.allow_tf32"] = True
+    return settings
+
+
 class CUDABackend(DeviceBackend):
     """One CUDA GPU.
 
     Built only where ``torch.cuda.is_available()`` (else a :class:`FlowkitError` says why and what to
-    use instead). ``precision = "tf32"`` sets ``torch.backends.cuda.matmul.allow_tf32`` and
-    ``torch.backends.cudnn.allow_tf32`` (process-wide) when built; ``"bf16"`` makes :meth:`autocast`
+    use instead). ``precision = "tf32"`` lets float32 matmuls and cuDNN convolutions use TF32
+    (process-wide) when built, through :func:`enable_tf32`; ``"bf16"`` makes :meth:`autocast`
     run the forward pass under ``torch.autocast("cuda", dtype=torch.bfloat16)``; ``"fp32"`` changes
     nothing. ``compile = true`` wraps the model in ``torch.compile`` in :meth:`prepare_module`.
     ``cuda_graph = true`` captures fixed-step sampling as a CUDA graph in :meth:`compile_sampler`.
@@ -98,8 +127,7 @@ class CUDABackend(DeviceBackend):
                 'support bfloat16; use precision = "fp32" or "tf32"'
             )
         if p.precision == "tf32":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            enable_tf32()
         # Generators made by generator() are registered with every captured graph, so a sampler may
         # draw its noise from them inside the graph.
         self._generators: list[torch.Generator] = []
