@@ -66,6 +66,30 @@ def test_toy_has_mean_zero_and_mean_variance_one_plus_noise_squared(cls):
     assert x.var(0).mean().item() == pytest.approx(1.0 + noise**2, abs=0.02)
 
 
+@pytest.fixture
+def float64_default():
+    """torch's default dtype set to float64 for the test (as in a user's float64 session), then restored."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize("cls", TOYS)
+def test_toy_samples_float32_whatever_the_default_dtype(cls, float64_default):
+    # The Dataset contract says float32; every draw names its dtype, so a float64 default changes nothing.
+    dataset = cls()
+    x = draw(dataset, seed=4)
+    assert x.shape == (N, 2) and x.dtype == torch.float32
+    noise = getattr(dataset.params, "noise", 0.0)
+    assert x.double().mean(0).abs().max() < 0.02  # as in the float32 test: four standard errors
+    assert x.double().var(0).mean().item() == pytest.approx(1.0 + noise**2, abs=0.02)
+    torch.set_default_dtype(torch.float32)
+    assert torch.equal(x, draw(dataset, seed=4))  # the same samples as under the float32 default
+
+
 def test_moons_have_the_documented_axis_stds():
     x = draw(Moons(Moons.Params(noise=0.0))).double()
     var_y = 5 / 8 - 1 / math.pi - 1 / 16

@@ -218,6 +218,27 @@ def test_samples_are_deterministic_and_float32():
     assert abs(on_line.double().mean().item() - 0.5) < 0.04  # weight 0.5; binomial std 0.008
 
 
+def test_samples_are_float32_with_the_moments_when_the_default_dtype_is_float64():
+    # The cached factors are float32; the noise used to take the default dtype and einsum refused.
+    data = GaussianMixture()
+    weights, means, covs = data.mixture_parameters()
+    n = 200_000
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        z = data.sample(n, torch.Generator().manual_seed(0))
+    finally:
+        torch.set_default_dtype(before)
+    assert z.shape == (n, 2) and z.dtype == torch.float32
+    assert torch.equal(z, data.sample(n, torch.Generator().manual_seed(0)))  # as under float32
+    mean = weights @ means
+    centred = means - mean
+    cov = (weights[:, None, None] * (covs + centred[:, :, None] * centred[:, None, :])).sum(0)
+    z = z.to(F64)
+    np.testing.assert_allclose(z.mean(0), mean, atol=0.02)  # standard errors as in the float32 test
+    np.testing.assert_allclose(torch.cov(z.T), cov, atol=0.05)
+
+
 def test_log_prob_is_the_mixture_density():
     data = GaussianMixture()
     x = points(30, 2)

@@ -80,8 +80,8 @@ class Moons(_Toy2D):
     ) -> Tensor:
         """``n`` points of the two moons, shape ``(n, 2)``, float32, on ``device``."""
         device = _target(n, generator, device)
-        angle = math.pi * torch.rand(n, generator=generator, device=device)
-        inner = torch.rand(n, generator=generator, device=device) < 0.5
+        angle = math.pi * torch.rand(n, generator=generator, device=device, dtype=torch.float32)
+        inner = torch.rand(n, generator=generator, device=device, dtype=torch.float32) < 0.5
         cos, sin = torch.cos(angle), torch.sin(angle)
         # Outer moon (cos, sin); inner moon (1 - cos, 1/2 - sin): select without branching.
         x = torch.where(inner, 1.0 - cos, cos) - self.MEAN[0]
@@ -118,9 +118,9 @@ class Circles(_Toy2D):
     ) -> Tensor:
         """``n`` points of the two circles, shape ``(n, 2)``, float32, on ``device``."""
         device = _target(n, generator, device)
-        angle = (2.0 * math.pi) * torch.rand(n, generator=generator, device=device)
-        inner = torch.rand(n, generator=generator, device=device) < 0.5
-        radius = torch.where(inner, self.params.factor * self.radius, self.radius)
+        angle = (2.0 * math.pi) * torch.rand(n, generator=generator, device=device, dtype=torch.float32)
+        inner = torch.rand(n, generator=generator, device=device, dtype=torch.float32) < 0.5
+        radius = torch.full_like(angle, self.radius).masked_fill(inner, self.params.factor * self.radius)
         points = radius[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
         return self._add_noise(points, generator)
 
@@ -202,6 +202,6 @@ class Checkerboard(_Toy2D):
             row = k // per_row
             flat = row * squares + 2 * (k % per_row) + row % 2
         column, row = flat % squares, flat // squares
-        offset = torch.rand((n, 2), generator=generator, device=device)
+        offset = torch.rand((n, 2), generator=generator, device=device, dtype=torch.float32)
         cells = torch.stack([column, row], dim=1).to(torch.float32)
         return (cells + offset) * self.cell_width - self.HALF_WIDTH

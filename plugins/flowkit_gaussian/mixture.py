@@ -215,7 +215,7 @@ class GaussianMixture(Dataset):
             )  # type: ignore[assignment]
         weights, means, factors = self._on_device[device]
         component = torch.multinomial(weights, n, replacement=True, generator=generator)
-        eps = torch.randn((n, self.shape[0]), generator=generator, device=device)
+        eps = torch.randn((n, self.shape[0]), generator=generator, device=device, dtype=factors.dtype)
         return means[component] + torch.einsum("nij,nj->ni", factors[component], eps)
 
     def log_prob(self, x: Tensor) -> Tensor:
