@@ -14,6 +14,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import bench_oracle  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_speed  # noqa: E402
 import common  # noqa: E402
@@ -124,3 +125,19 @@ def test_quality_trained_model_uses_the_trained_weights():
     entry = result["models"]["trained"]
     assert entry["final_loss"] is not None and entry["final_loss"] > 0
     assert entry["simulators"]["euler"][0]["network_evals"] == 2
+
+
+def test_oracle_benchmark_structure_and_ratios():
+    cfg = bench_oracle.quick_config()
+    result = bench_oracle.run_oracle(cfg, log=lambda message: None)
+    json.dumps(result)
+    entries = result["contenders"]
+    assert set(entries) == {"mlp", "oracle", "oracle, per-sample t"}
+    mlp = entries["mlp"]["seconds_per_call"]
+    assert len(mlp["values"]) == cfg.reps and "ratio" not in mlp
+    for name in ("oracle", "oracle, per-sample t"):
+        seconds = entries[name]["seconds_per_call"]
+        expected = [a / b for a, b in zip(seconds["values"], mlp["values"], strict=True)]
+        assert seconds["ratios"] == pytest.approx(expected)
+        assert seconds["ratio"] == pytest.approx(statistics.median(expected))
+    assert "| oracle, per-sample t | 64 |" in bench_oracle.table(result)

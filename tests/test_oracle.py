@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -144,36 +142,13 @@ def test_oracle_is_finite_on_t_range_in_float32(schedule_name, mixture):
     assert torch.isfinite(oracle.log_prob(x, t)).all()
 
 
-def best_time(fn, repeats=7):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)  # the minimum is robust to other processes sharing the CPU
-
-
-def test_oracle_is_fast_enough_to_integrate():
-    # A sampler calls it ~100 times on 2000-10000 points with one time for the batch (`ts[i].expand(B)`).
-    # Wall time depends on the machine, so compare with a small MLP (3 -> 128 -> 128 -> 2) on the same
-    # points: the oracle (8 components) must cost no more than a few such evaluations (measured: 0.5x).
+def test_per_sample_times_agree_with_the_shared_time_path():
+    # A sampler calls the oracle with one time for the batch (`ts[i].expand(B)`, stride 0), which
+    # takes a fast path; per-sample times (a training-style batch) take the general one. Its cost
+    # against an MLP is measured in benchmarks/bench_oracle.py (no timing is asserted here).
     oracle, _, _ = oracle_for("vp", GaussianMixture.Params(preset="ring"))
     x = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0))
     t = torch.tensor(0.5).expand(4000)
-    torch.manual_seed(0)
-    mlp = torch.nn.Sequential(
-        torch.nn.Linear(3, 128),
-        torch.nn.SiLU(),
-        torch.nn.Linear(128, 128),
-        torch.nn.SiLU(),
-        torch.nn.Linear(128, 2),
-    )
-    with torch.no_grad():
-        oracle_time = best_time(lambda: oracle.velocity(x, t))
-        mlp_time = best_time(lambda: mlp(torch.cat([x, t[:, None]], 1)))
-    assert oracle_time < 3 * mlp_time, f"oracle {oracle_time * 1e3:.1f} ms vs MLP {mlp_time * 1e3:.1f} ms"
-    # per-sample times (a training-style batch) take the general path and agree with the shared-time one
     np.testing.assert_allclose(oracle.velocity(x, t), oracle.velocity(x, torch.full((4000,), 0.5)), rtol=1e-6)
 
 
