@@ -4,6 +4,11 @@ Time runs from noise (``t = 0``) to data (``t = 1``), as everywhere in flowkit (
 schedule gives ``alpha_t``, ``beta_t`` and their analytic time derivatives for ``t`` of shape ``(B,)``,
 and sets ``t_range``, the closed interval where all of them (and the path's targets, which divide by
 ``beta_t``) are finite: a schedule with ``beta_1 = 0`` stops at ``1 - SINGULAR_EDGE``.
+
+A schedule of this package may also define ``d_alpha_split(t) -> (k, alpha'_t - k alpha_t)``: an exact
+constant ``k`` close to ``alpha'_t / alpha_t`` where the velocity is dominated by ``(alpha' / alpha) x``,
+and the remainder computed without cancellation. :class:`~flowkit_gaussian.path.GaussianPath` uses it
+to convert a velocity into a score accurately in float32 (OT defines it; VP, VE and cosine need not).
 """
 
 from __future__ import annotations
@@ -63,6 +68,15 @@ class OTSchedule(Schedule):
         """``(t, 1 - (1 - sigma_min) t, 1, -(1 - sigma_min))``; the constant derivatives as floats."""
         slope = 1.0 - self.sigma_min
         return t, 1.0 - slope * t, 1.0, -slope
+
+    def d_alpha_split(self, t: Tensor) -> tuple[float, Tensor]:
+        """``(k, alpha'_t - k alpha_t) = (1, 1 - t)``, the remainder exact in floating point for ``t >= 1/2``.
+
+        Near ``t = 1`` the OT velocity is ``u = x / t + O(beta_t)``: ``alpha u - alpha' x = t u - x``
+        cancels, and :meth:`GaussianPath.velocity_to_score` computes it as ``t (u - x) - (1 - t) x``
+        (``u - x`` is exact where ``u`` is close to ``x``). ``(B,)``.
+        """
+        return 1.0, 1.0 - t
 
 
 class VPSchedule(Schedule):
