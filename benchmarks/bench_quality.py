@@ -6,8 +6,8 @@ Run from the repository root::
     python benchmarks/bench_quality.py --quick    # tiny sizes, to check that it runs
 
 Two models, everything through flowkit's own code path (pipeline files built by the registry;
-``flowkit.pipeline.run_pipeline`` to train, ``flowkit.pipeline.sample`` and
-``flowkit.pipeline.evaluate`` for each point):
+``flowkit.engine.run_pipeline`` to train, ``flowkit.engine.sample.sample`` and
+``flowkit.engine.evaluate.evaluate`` for each point):
 
 * **trained**: CFM on the two moons (OT path, MLP 3×256, EMA weights), trained for ``--train-steps``;
 * **oracle**: the exact marginal velocity and score of the Gaussian mixture (``mixture-oracle`` on
@@ -113,11 +113,11 @@ def _network_calls(pipeline: Any) -> tuple[Callable[[], int], Any]:
 
 def _noise_floor(pipeline: Any, cfg: QualityConfig) -> dict[str, Any]:
     """The metric between independent pairs of ``n``-point data draws: mean and std over
-    ``cfg.floor_draws`` pairs (``flowkit.pipeline.evaluate`` reports one pair, which fluctuates by
+    ``cfg.floor_draws`` pairs (``flowkit.engine.evaluate.evaluate`` reports one pair, which fluctuates by
     about ten per cent at n = 2000)."""
     import statistics
 
-    from flowkit.pipeline import stage_seed
+    from flowkit.engine import stage_seed
 
     values = []
     for i in range(cfg.floor_draws):
@@ -136,7 +136,9 @@ def run_quality(cfg: QualityConfig, log: Callable[[str], None] = print) -> dict[
     """Train (once), then sample and evaluate every simulator at every step count; returns the results."""
     import attrs
 
-    from flowkit.pipeline import build_pipeline, evaluate, load_weights, run_pipeline, sample
+    from flowkit.engine import build_pipeline, load_weights, run_pipeline
+    from flowkit.engine.evaluate import evaluate
+    from flowkit.engine.sample import sample
 
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -175,11 +177,11 @@ def run_quality(cfg: QualityConfig, log: Callable[[str], None] = print) -> dict[
                         run = make_run(pipeline, manager, workdir / f"{model}-{simulator}-{steps}")
                         calls, handles = _network_calls(pipeline)
                         started = time.perf_counter()
-                        samples, _ = sample(run)
+                        samples = sample(run)
                         seconds = time.perf_counter() - started
                         for handle in handles:
                             handle.remove()
-                        evaluate(run, samples, None)
+                        evaluate(run, samples)
                         m = run.metrics
                         points.append(
                             {

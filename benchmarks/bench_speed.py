@@ -12,8 +12,8 @@ repetitions and the median of the per-repetition ratios to the raw loop (a paire
 changes between repetitions affects both sides of it).
 
 * **flowkit** is the real code path: the components come from a pipeline file through the registry
-  (``flowkit.pipeline.build_pipeline``) and the timed code is ``flowkit.pipeline.train`` and
-  ``flowkit.pipeline.sample`` themselves. ``train`` is called once per block with ``steps = warm +
+  (``flowkit.engine.build_pipeline``) and the timed code is ``flowkit.engine.train.train`` and
+  ``flowkit.engine.sample.sample`` themselves. ``train`` is called once per block with ``steps = warm +
   K``; a plugin's ``flowkit_train_step`` hook reads the clock at step ``warm`` and at step ``warm +
   K``, so the figure is the steady-state loop (its own hook calls included) without the per-call
   set-up (optimizer creation, weight saving). EMA is off (``ema_decay = 0``) and the learning rate
@@ -69,7 +69,7 @@ from common import (
 )
 
 from flowkit import hookimpl
-from flowkit.pipeline import stage_seed
+from flowkit.engine import stage_seed
 
 #: The sampling workloads: flowkit's ``[sample]`` table for each, and the steps.
 SIMULATORS: dict[str, dict[str, Any]] = {
@@ -133,15 +133,15 @@ class _StepClock:
     def elapsed(self, first: int, last: int) -> float:
         start, end = self.marks.get(first), self.marks.get(last)
         if start is None or end is None:
-            raise RuntimeError(f"flowkit.pipeline.train did not report steps {first} and {last}")
+            raise RuntimeError(f"flowkit.engine.train.train did not report steps {first} and {last}")
         return end - start
 
 
 class FlowkitTrainer:
-    """``flowkit.pipeline.train`` on the benchmark pipeline (built from TOML through the registry)."""
+    """``flowkit.engine.train.train`` on the benchmark pipeline (built from TOML through the registry)."""
 
     def __init__(self, batch: int, cfg: SpeedConfig, workdir: Path, ema_decay: float = 0.0) -> None:
-        from flowkit.pipeline import build_pipeline
+        from flowkit.engine import build_pipeline
 
         self.device = torch.device(cfg.device)
         self.clock = _StepClock(self.device)
@@ -156,7 +156,7 @@ class FlowkitTrainer:
     def block(self, k: int) -> float:
         import attrs
 
-        from flowkit.pipeline import train
+        from flowkit.engine.train import train
 
         first, last = self.warm, self.warm + k
         self.pipeline.train = attrs.evolve(self.section, steps=last)
@@ -244,10 +244,10 @@ class FlowMatchingTrainer(_HandWrittenTrainer):
 
 
 class FlowkitSampler:
-    """``flowkit.pipeline.sample`` with the simulator and dynamics of a ``[sample]`` table."""
+    """``flowkit.engine.sample.sample`` with the simulator and dynamics of a ``[sample]`` table."""
 
     def __init__(self, simulator: str, cfg: SpeedConfig, workdir: Path) -> None:
-        from flowkit.pipeline import build_pipeline
+        from flowkit.engine import build_pipeline
 
         manager, self.device_backend = make_manager()
         table = {**SIMULATORS[simulator], "steps": cfg.sample_steps[simulator], "n": cfg.sample_n}
@@ -261,12 +261,12 @@ class FlowkitSampler:
     def __call__(self, steps: int) -> Tensor:
         import attrs
 
-        from flowkit.pipeline import sample
+        from flowkit.engine.sample import sample
 
         if steps != self.section.steps:
             self.pipeline.sample = attrs.evolve(self.section, steps=steps)
         try:
-            return sample(self.run)[0]
+            return sample(self.run).samples
         finally:
             self.pipeline.sample = self.section
 
@@ -555,7 +555,8 @@ def _per_call_us(fn: Callable[[], Any], device: torch.device, calls: int, reps: 
 
 def step_breakdown(batch: int, cfg: SpeedConfig, workdir: Path, calls: int = 200) -> dict[str, float]:
     """Microseconds per call of each piece of flowkit's training step and of its raw counterpart."""
-    from flowkit.pipeline import WeightAverage, _lr_lambda, stage_seed
+    from flowkit.engine import WeightAverage, stage_seed
+    from flowkit.engine.train import lr_factor as _lr_lambda
 
     device = torch.device(cfg.device)
     trainer = FlowkitTrainer(batch, cfg, workdir, ema_decay=0.0)
@@ -625,7 +626,7 @@ class AblationTrainer(_HandWrittenTrainer):
 
     def __init__(self, batch: int, cfg: SpeedConfig, workdir: Path, level: int) -> None:
         super().__init__(batch, cfg)
-        from flowkit.pipeline import _lr_lambda
+        from flowkit.engine.train import lr_factor as _lr_lambda
 
         self.level = level
         self.flowkit = FlowkitTrainer(batch, cfg, workdir / f"ablation-{level}")

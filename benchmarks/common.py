@@ -3,7 +3,7 @@
 the medians/ratios/table helpers.
 
 Nothing here is part of flowkit: the scripts use flowkit only through its public entry points
-(``flowkit.registry.PluginManager``, ``flowkit.pipeline.build_pipeline`` and the stage functions).
+(``flowkit.registry.PluginManager``, ``flowkit.engine.build_pipeline`` and the stage functions).
 """
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ def moons_tables(
 
 
 def make_run(pipeline: Any, manager: Any, directory: Path) -> Any:
-    """A :class:`flowkit.pipeline.Run` in ``directory``, prepared as ``run_pipeline`` prepares it."""
-    from flowkit.pipeline import Run
+    """A :class:`flowkit.engine.PipelineRun` in ``directory``, prepared as ``run_pipeline`` prepares it."""
+    from flowkit.engine import PipelineRun as Run
 
     directory.mkdir(parents=True, exist_ok=True)
     run = Run(pipeline, directory, manager.hook, quiet=True)

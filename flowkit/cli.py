@@ -11,15 +11,19 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 import flowkit
 from flowkit.errors import FlowkitError
-from flowkit.registry import PluginManager, parse_block_options
+
+if TYPE_CHECKING:
+    from flowkit.registry import PluginManager
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Commands import the registry and the engine (and so torch) when they run: `flowkit --help` and
+# argument errors stay fast.
 
 
 class _State:
@@ -29,6 +33,8 @@ class _State:
         self._manager: PluginManager | None = None
 
     def manager(self) -> PluginManager:
+        from flowkit.registry import PluginManager, parse_block_options
+
         if self._manager is None:
             self._manager = PluginManager(blocked=parse_block_options(self.block), warn=False)
             for problem in self._manager.problems:
@@ -41,7 +47,7 @@ def _user_errors(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        state: _State = click.get_current_context().find_object(_State)
+        state: _State | None = click.get_current_context().find_object(_State)
         try:
             return func(*args, **kwargs)
         except FlowkitError as exc:
@@ -87,7 +93,7 @@ _set_option = click.option(
 @_user_errors
 def run(state: _State, file: str, overrides: tuple[str, ...], out: str | None, quiet: bool) -> None:
     """Train, sample and evaluate the pipeline FILE; write a run directory."""
-    from flowkit.pipeline import build_pipeline, run_pipeline
+    from flowkit.engine import build_pipeline, run_pipeline
 
     manager = state.manager()
     pipeline = build_pipeline(file, overrides, manager)
@@ -110,7 +116,7 @@ def run(state: _State, file: str, overrides: tuple[str, ...], out: str | None, q
 @_user_errors
 def validate(state: _State, file: str, overrides: tuple[str, ...]) -> None:
     """Check the pipeline FILE: build every component, train nothing."""
-    from flowkit.pipeline import build_pipeline
+    from flowkit.engine import build_pipeline
 
     pipeline = build_pipeline(file, overrides, state.manager())
     parts = [
@@ -171,17 +177,18 @@ def describe(state: _State, kind: str, name: str | None) -> None:
     from flowkit import docs
     from flowkit.errors import RegistryError, suggest
 
-    if kind in docs.sections() and kind not in state.manager().registry.kinds():
+    registry = state.manager().registry
+    sections = docs.sections(registry)
+    if kind in sections and kind not in registry.kinds():
         if name is not None:
             raise RegistryError(f"[{kind}] is a section of the pipeline file, not a kind: drop '{name}'")
-        click.echo(docs.describe_section(kind), nl=False)
+        click.echo(docs.describe_section(kind, registry), nl=False)
         return
-    registry = state.manager().registry
     if kind not in registry.kinds():
-        choices = [*registry.kinds(), *docs.sections()]
+        choices = [*registry.kinds(), *sections]
         raise RegistryError(
             f"unknown kind '{kind}'.{suggest(kind, choices)} Known kinds: {', '.join(registry.kinds())}; "
-            f"sections: {', '.join(docs.sections())}"
+            f"sections: {', '.join(sections)}"
         )
     if name is None:
         click.echo(docs.describe_kind(state.manager(), kind), nl=False)

@@ -92,6 +92,27 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
+def load_source(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """A pipeline's raw tables and the name errors give it: a file (read with :func:`read_toml`), or a
+    dict (deep-copied; named ``<dict>``) whose keys must be strings."""
+    if isinstance(source, Mapping):
+        _check_keys(source, Location("<dict>"))
+        return _deep_copy(dict(source)), "<dict>"
+    return read_toml(source), str(source)
+
+
+def _check_keys(value: Any, loc: Location) -> None:
+    """Keys of a pipeline given as a dict are strings, as TOML's are."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise loc.error(f"keys are strings, found {key!r} ({type(key).__name__})")
+            _check_keys(item, loc.child(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_keys(item, loc.child(i))
+
+
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     """``"train.steps=100"`` → ``(("train", "steps"), 100)``.
 
@@ -135,9 +156,9 @@ def apply_overrides(
 
 
 def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_deep_copy(v) for v in value]
     return value
 
@@ -175,7 +196,7 @@ class Structurer:
                 raise where.error(f"missing required key ({_describe_type(tp)})")
             elif _is_component(field, tp, self.registry):
                 default = (
-                    field.default.factory() if isinstance(field.default, attrs.Factory) else field.default
+                    field.default.factory() if isinstance(field.default, attrs.Factory) else field.default  # type: ignore[arg-type]
                 )
                 if default is not None:
                     values[field.name] = self.convert(default, tp, where, field)

@@ -147,24 +147,36 @@ def abstract_methods(interface: type) -> list[str]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def sections() -> dict[str, type]:
-    """The pipeline's own tables (``run``, ``train``, ...) and their attrs classes."""
-    from flowkit.pipeline import TABLES
+def sections(registry: ComponentRegistry | None = None) -> dict[str, type]:
+    """The tables that are not components and their attrs classes: flowkit's own (``run``, ``train``,
+    ...) and, given a registry, those its plugins declared (``report``, ...)."""
+    from flowkit.engine.sections import TABLES
 
-    return {table: spec for table, spec in TABLES.items() if isinstance(spec, type) and table != "flowkit"}
+    found = {table: spec for table, spec in TABLES.items() if isinstance(spec, type) and table != "flowkit"}
+    if registry is not None:
+        found.update({entry.name: entry.cls for entry in registry.tables()})
+    return found
+
+
+def table_owner(registry: ComponentRegistry | None, table: str) -> str:
+    """``" (declared by plugin 'report' (flowkit 0.1.0))"`` for a plugin's table, else ``""``."""
+    for entry in registry.tables() if registry is not None else ():
+        if entry.name == table:
+            return f" (declared by {entry.plugin.describe()})"
+    return ""
 
 
 def placements(registry: ComponentRegistry) -> dict[str, list[str]]:
     """For every kind, the places a pipeline file names one: ``[data]``, ``[sample] simulator``, ..."""
     from flowkit.config import _type_hints
+    from flowkit.engine.sections import TABLES
     from flowkit.interfaces import kind_of
-    from flowkit.pipeline import TABLES
 
     where: dict[str, list[str]] = {kind: [] for kind in registry.kinds()}
     for table, spec in TABLES.items():
         if isinstance(spec, str):
             where.setdefault(spec, []).append(f"[{table}]")
-    holders: list[tuple[str, type]] = [(f"[{t}]", cls) for t, cls in sections().items()]
+    holders: list[tuple[str, type]] = [(f"[{t}]", cls) for t, cls in sections(registry).items()]
     holders += [(f"{e.kind} '{e.name}'", e.cls.Params) for e in registry.entries()]
     for holder, params_cls in holders:
         hints = _type_hints(params_cls)
@@ -250,10 +262,11 @@ def describe_kind(manager: PluginManager, kind: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def describe_section(table: str) -> str:
-    """What ``flowkit describe TABLE`` prints for a pipeline section (``run``, ``train``, ...)."""
-    cls = sections()[table]
-    lines = [f"[{table}]: {section_summary(table, cls)}", "", "Keys:", *_table(param_rows(cls))]
+def describe_section(table: str, registry: ComponentRegistry | None = None) -> str:
+    """What ``flowkit describe TABLE`` prints for a pipeline section (``run``, ``train``, ``report``, ...)."""
+    cls = sections(registry)[table]
+    summary = section_summary(table, cls) + table_owner(registry, table)
+    lines = [f"[{table}]: {summary}", "", "Keys:", *_table(param_rows(cls))]
     return "\n".join(lines) + "\n"
 
 
@@ -305,7 +318,7 @@ def generate_reference(manager: PluginManager | None = None) -> str:
         "",
         "## Contents",
         "",
-        "- [Pipeline sections](#pipeline-sections): " + ", ".join(f"`[{t}]`" for t in sections()),
+        "- [Pipeline sections](#pipeline-sections): " + ", ".join(f"`[{t}]`" for t in sections(registry)),
         "- [Kinds of component](#kinds-of-component): "
         + ", ".join(f"[{k}](#kind-{k})" for k in registry.kinds()),
         "",
@@ -315,8 +328,8 @@ def generate_reference(manager: PluginManager | None = None) -> str:
         "(see the kinds below).",
         "",
     ]
-    for table, cls in sections().items():
-        summary = section_summary(table, cls)
+    for table, cls in sections(registry).items():
+        summary = section_summary(table, cls) + table_owner(registry, table)
         out += [f"### `[{table}]`", "", summary[:1].upper() + summary[1:], ""]
         out += [*_markdown_rows(param_rows(cls)), ""]
     out += ["## Kinds of component", ""]

@@ -2,20 +2,27 @@
 
 A plugin is a module (or object) with functions marked ``@flowkit.hookimpl`` whose names match the
 specifications below. Plugins are found through the ``flowkit`` entry-point group and loaded when a
-:class:`flowkit.registry.PluginManager` is created — never at import time.
+:class:`flowkit.registry.PluginManager` is created — never at import time. Importing this module loads
+pluggy only.
 
-Registration goes through one hook, :func:`flowkit_register`, that receives a typed registry, so a
-new kind of component never needs a new hook::
+Three groups of hooks:
 
-    from flowkit import hookimpl
+* **Registration**, one hook, :func:`flowkit_register`, that receives a typed registrar, so a new kind
+  of component never needs a new hook::
 
-    @hookimpl
-    def flowkit_register(registry):
-        registry.add("schedule", "linear", LinearSchedule)
+      from flowkit import hookimpl
 
-The lifecycle hooks let plugins (reporters, loggers) act on a run without the pipeline knowing them.
-Each receives the :class:`flowkit.pipeline.Run` (its config, run directory, components and the
-``quiet`` flag) first.
+      @hookimpl
+      def flowkit_register(registry):
+          registry.add("schedule", "linear", LinearSchedule)
+          registry.add_table("my_reporter", MyReporterSettings)   # a validated [my_reporter] table
+
+* **Lifecycle** hooks let plugins (reporters, loggers) act on a run without the engine knowing them.
+  Each receives the :class:`flowkit.interfaces.Run` first.
+* **Stages** (``firstresult``): the first implementation that returns something other than ``None``
+  does the stage instead of the engine (``tryfirst``/``trylast`` order them); the engine runs its own
+  when every implementation returns ``None``. :func:`flowkit_evaluate_metrics` adds metrics to the
+  built-in evaluation instead of replacing it.
 """
 
 from __future__ import annotations
@@ -27,8 +34,7 @@ import pluggy
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from flowkit.pipeline import Run
-    from flowkit.registry import ComponentRegistry
+    from flowkit.interfaces import Registrar, Run, Samples
 
 PROJECT = "flowkit"
 
@@ -36,13 +42,21 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
-@hookspec
-def flowkit_register(registry: ComponentRegistry) -> None:
-    """Register this plugin's components: ``registry.add(kind, name, cls)``.
+# --- registration --------------------------------------------------------------------------------------
 
-    ``kind`` is one of :data:`flowkit.interfaces.KINDS` (or one added by ``registry.add_kind``);
-    ``cls`` must derive from that kind's interface and implement all its abstract methods.
+
+@hookspec
+def flowkit_register(registry: Registrar) -> None:
+    """Register this plugin's components, kinds and tables.
+
+    ``registry.add(kind, name, cls)``: ``kind`` is one of :data:`flowkit.interfaces.KINDS` (or one added
+    by ``registry.add_kind``); ``cls`` must derive from that kind's interface and implement all its
+    abstract methods. ``registry.add_table(name, params)``: a pipeline table ``[name]`` validated
+    against the attrs class ``params``; a run gives it as ``run.table(name)``.
     """
+
+
+# --- lifecycle -----------------------------------------------------------------------------------------
 
 
 @hookspec
@@ -71,7 +85,8 @@ def flowkit_checkpoint(run: Run, step: int, path: str) -> None:
 
 @hookspec
 def flowkit_sampling_progress(run: Run, done: int, total: int) -> None:
-    """Sampling advanced: ``done`` of ``total`` simulator steps are complete."""
+    """Sampling advanced: ``done`` of ``total`` units (simulator steps, or thousandths of the time
+    span for an adaptive simulator) are complete."""
 
 
 @hookspec
@@ -88,3 +103,30 @@ def flowkit_samples_ready(run: Run, samples: Tensor, reference: Tensor, trajecto
 @hookspec
 def flowkit_run_end(run: Run, metrics: dict[str, Any]) -> None:
     """The run finished; ``metrics`` is what ``metrics.json`` holds."""
+
+
+# --- stages --------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def flowkit_train(run: Run) -> bool | None:
+    """Train the model in place of the engine; return ``True`` when done (``None``: not taken).
+
+    The weights sampling should use must be in ``run.model`` afterwards, and ``model.pt`` written.
+    """
+
+
+@hookspec(firstresult=True)
+def flowkit_sample(run: Run) -> Samples | None:
+    """Draw the run's samples in place of the engine (and write ``samples.npy``); ``None``: not taken."""
+
+
+@hookspec(firstresult=True)
+def flowkit_evaluate(run: Run, samples: Samples) -> dict[str, Any] | None:
+    """Evaluate in place of the engine, filling ``run.metrics``; return them (``None``: not taken)."""
+
+
+@hookspec
+def flowkit_evaluate_metrics(run: Run, samples: Samples, reference: Tensor) -> dict[str, Any] | None:
+    """Extra metrics for ``metrics.json`` from the built-in evaluation (likelihood, image metrics):
+    ``reference`` is the held-out data ``(M, *D)``. A key already set is an error."""

@@ -1,12 +1,16 @@
-"""The abstract interfaces of flowkit: the whole contract between the core and its plugins.
+"""The abstract interfaces of flowkit: with :mod:`flowkit.hookspecs`, the whole contract between the
+core and its plugins. It imports no engine, config, registry or CLI module.
 
-Conventions (``MATH.md``):
+Conventions (``docs/math.md``):
 
 * Time runs from noise to data: ``t = 0`` is the simple distribution ``p_init``, ``t = 1`` is ``p_data``.
   Score-SDE papers run the other way (``s = 1 - t``); plugins translate at their boundary.
 * A batch of states ``x`` has shape ``(B, *D)``; ``D`` is the event shape of the data (``(2,)`` for 2D
-  toy data, ``(C, H, W)`` for images). Times ``t`` have shape ``(B,)`` and broadcast over ``D``.
+  toy data, ``(C, H, W)`` for images). Times ``t`` have shape ``(B,)`` and broadcast over ``D``
+  (:func:`per_sample`).
 * ``z`` is a data point (the condition of a conditional path); ``eps ~ N(0, I)`` has the shape of ``x``.
+* Every random draw a component makes comes from the ``torch.Generator`` it is given, so the same
+  pipeline file and seed give the same run.
 
 Every registered component derives from :class:`Component`. Its parameters are an attrs class,
 ``Params``, whose fields (type, default, validator, ``metadata={"doc": ...}``) are what a pipeline table
@@ -18,8 +22,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, overload
 
 import attrs
 import torch
@@ -28,6 +33,39 @@ from torch import Tensor, nn
 from flowkit.errors import CapabilityError
 
 Role = Literal["velocity", "score"]
+#: ``progress(done, total)``: a simulator reports how far it is (steps, or thousandths of the time span).
+Progress = Callable[[int, int], None]
+
+
+@overload
+def per_sample(values: Tensor, like: Tensor) -> Tensor: ...
+@overload
+def per_sample(values: float, like: Tensor) -> float: ...
+def per_sample(values: Tensor | float, like: Tensor) -> Tensor | float:
+    """View per-sample ``values (B,)`` as ``(B, 1, ..., 1)`` to broadcast over ``like (B, *D)``.
+
+    A Python float (a constant coefficient) is returned as it is: it broadcasts without a tensor.
+    """
+    if isinstance(values, (int, float)):
+        return float(values)
+    return values.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+@attrs.frozen
+class Coefficients:
+    """``alpha_t``, ``beta_t`` and their time derivatives for a Gaussian path, each ``(B,)`` or a float.
+
+    A schedule returns constants (OT's ``alpha' = 1``) as Python floats: they broadcast for free.
+    """
+
+    alpha: Tensor | float
+    beta: Tensor | float
+    d_alpha: Tensor | float
+    d_beta: Tensor | float
+
+    def broadcast(self, like: Tensor) -> Coefficients:
+        """The same coefficients shaped ``(B, 1, ..., 1)`` to broadcast over ``like (B, *D)``."""
+        return Coefficients(*(per_sample(c, like) for c in attrs.astuple(self, recurse=False)))
 
 
 @attrs.define(frozen=True)
@@ -39,8 +77,8 @@ class Component(abc.ABC):
     """Base of every registered component.
 
     ``Params`` is the attrs class of the component's parameters. ``from_params`` builds an instance
-    from validated parameters and the :class:`BuildContext` (what was built before it). The registry
-    sets ``registered_kind`` and ``registered_name`` on every instance it builds, so a resolved
+    from validated parameters and the :class:`BuildContext` (what was built before it). The config
+    loader sets ``registered_kind`` and ``registered_name`` on every instance it builds, so a resolved
     pipeline can be written back to TOML.
     """
 
@@ -116,21 +154,19 @@ class Schedule(Component):
     def d_beta(self, t: Tensor) -> Tensor:
         """Time derivative ``beta'_t``, shape ``(B,)``."""
 
-    def coefficients(self, t: Tensor) -> tuple[Tensor | float, ...]:
-        """``(alpha_t, beta_t, alpha'_t, beta'_t)`` at once, each ``(B,)`` or a Python float where constant.
-
-        The training hot loop calls this once per step; a schedule may override it to share work or to
-        return constants as floats (which broadcast without allocating a tensor).
-        """
-        return self.alpha(t), self.beta(t), self.d_alpha(t), self.d_beta(t)
+    def coefficients(self, t: Tensor) -> Coefficients:
+        """All four at ``t (B,)``. The training hot loop calls this once per step; a schedule may
+        override it to share work or to return constants as floats. It must equal the four methods."""
+        return Coefficients(self.alpha(t), self.beta(t), self.d_alpha(t), self.d_beta(t))
 
 
 class ProbabilityPath(Component):
     """A conditional probability path ``p_t(x|z)`` with ``p_0(.|z) = p_init`` and ``p_1(.|z) ~ delta_z``.
 
     ``provides_score`` says whether ``target_score`` exists; ``converts_roles`` whether a score
-    model and a vector field convert into each other (true for Gaussian paths, MATH.md).
-    ``t_range`` is where the path's formulas are regular.
+    model and a vector field convert into each other (true for Gaussian paths). ``t_range`` is where
+    the path's formulas are regular. A path that draws more randomness than ``noise`` (a second
+    variable, a coupling) draws it from ``generator``, never from torch's global generator.
     """
 
     provides_score: ClassVar[bool] = False
@@ -156,8 +192,8 @@ class ProbabilityPath(Component):
     ) -> Tensor:
         """Draw ``x ~ p_t(.|z)``; ``z`` is ``(B, *D)``, ``t`` is ``(B,)``.
 
-        ``noise`` (shape of ``z``) makes the draw deterministic: for a Gaussian path
-        ``x = alpha_t z + beta_t noise``.
+        ``noise`` (shape of ``z``) fixes the Gaussian part of the draw (``x = alpha_t z + beta_t noise``
+        for a Gaussian path); anything else is drawn from ``generator``.
         """
 
     @abc.abstractmethod
@@ -167,12 +203,8 @@ class ProbabilityPath(Component):
     def sample_with_target(
         self, z: Tensor, t: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
-        """``(x, u_t(x|z))`` with ``x ~ p_t(.|z)``; both ``(B, *D)``.
-
-        What a flow-matching loss needs per step. Paths override it to compute both from one evaluation
-        of their coefficients (and, for a Gaussian path, the target from the noise: no division by a
-        vanishing ``beta_t``).
-        """
+        """``(x, u_t(x|z))`` with ``x ~ p_t(.|z)``; both ``(B, *D)``. What a flow-matching loss needs
+        per step; a path may override it to compute both from one evaluation of its coefficients."""
         x = self.sample(z, t, noise, generator)
         return x, self.target_velocity(x, z, t)
 
@@ -183,13 +215,40 @@ class ProbabilityPath(Component):
             'velocity (e.g. kind = "cfm") or a path that provides a score (e.g. kind = "gaussian")'
         )
 
-    def velocity_from_score(self, score: ScoreModel) -> VectorField:
+    def velocity_from_score(self, score: nn.Module) -> VectorField:
         """Wrap a score model as the vector field with the same marginals (Gaussian paths)."""
         raise CapabilityError(f"path '{self.registered_name}' cannot turn a score into a velocity")
 
-    def score_from_velocity(self, velocity: VectorField) -> ScoreModel:
+    def score_from_velocity(self, velocity: nn.Module) -> ScoreModel:
         """Wrap a vector field as the score of the same marginal path (Gaussian paths)."""
         raise CapabilityError(f"path '{self.registered_name}' cannot turn a velocity into a score")
+
+
+class GaussianProbabilityPath(ProbabilityPath):
+    """A path ``p_t(x|z) = N(alpha_t z, beta_t^2 I)`` given by a :class:`Schedule`: the *noise form*.
+
+    Losses and samplers that need ``beta_t`` (noise prediction, DPM-Solver) require this interface;
+    its targets are computed from the drawn noise, never by dividing ``x - alpha_t z`` by a small
+    ``beta_t``.
+    """
+
+    provides_score = True
+    converts_roles = True
+    schedule: Schedule
+
+    @abc.abstractmethod
+    def sample_with_noise(
+        self, z: Tensor, t: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(x, noise)`` with ``x = alpha_t z + beta_t noise``; both ``(B, *D)``."""
+
+    @abc.abstractmethod
+    def target_velocity_from_noise(self, z: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """``u_t(x|z) = alpha'_t z + beta'_t noise``; ``(B, *D)``."""
+
+    @abc.abstractmethod
+    def target_score_from_noise(self, noise: Tensor, t: Tensor) -> Tensor:
+        """``grad log p_t(x|z) = -noise / beta_t``; ``(B, *D)``."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -225,6 +284,18 @@ class ScoreModel(nn.Module, abc.ABC):
     def forward(self, x: Tensor, t: Tensor) -> Tensor: ...
 
 
+class NoisePredictor(ScoreModel):
+    """A score parametrised by a noise prediction on a Gaussian path: ``s = -eps_theta(x, t) / beta_t``.
+
+    ``predict_noise(x (B, *D), t (B,)) -> (B, *D)`` is what the network learns (a target of order 1 at
+    every ``t``); ``forward`` is the score.
+    """
+
+    @abc.abstractmethod
+    def predict_noise(self, x: Tensor, t: Tensor) -> Tensor:
+        """The predicted noise ``eps_theta(x, t)``, ``(B, *D)``."""
+
+
 class Model(Component, nn.Module):
     """What a pipeline's ``[model]`` table builds: a trainable network or an exact (analytic) model."""
 
@@ -245,10 +316,7 @@ class Network(Model):
 
 
 class AnalyticModel(Model):
-    """A model known in closed form (e.g. the Gaussian-mixture oracle): nothing to train.
-
-    It provides its roles directly; a pipeline samples with it instead of a trained network.
-    """
+    """A model known in closed form (e.g. the Gaussian-mixture oracle): nothing to train."""
 
     trainable = False
 
@@ -271,17 +339,15 @@ class Loss(Component):
         """Raise :class:`CapabilityError` when this loss cannot train on ``path``."""
 
     @abc.abstractmethod
-    def model_role(self, network: Network, path: ProbabilityPath) -> nn.Module:
+    def model_role(self, network: nn.Module, path: ProbabilityPath) -> nn.Module:
         """Wrap ``network`` as the :class:`VectorField` or :class:`ScoreModel` this loss trains."""
 
     @abc.abstractmethod
     def __call__(
         self, model: nn.Module, path: ProbabilityPath, z: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
-        """Scalar loss on a batch of data ``z (B, *D)``; draws ``t`` and ``x ~ p_t(.|z)`` itself.
-
-        ``model`` is what :meth:`model_role` returned.
-        """
+        """Scalar loss on a batch of data ``z (B, *D)``; draws ``t`` and ``x ~ p_t(.|z)`` itself, from
+        ``generator``. ``model`` is what :meth:`model_role` returned."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -300,7 +366,7 @@ class ODE(Component):
 
 
 class SDE(ODE):
-    """``dX_t = drift(X_t, t) dt + diffusion(t) dW_t`` (an ODE has zero diffusion)."""
+    """``dX_t = drift(X_t, t) dt + diffusion(t) dW_t``."""
 
     @abc.abstractmethod
     def diffusion(self, t: Tensor) -> Tensor:
@@ -308,123 +374,79 @@ class SDE(ODE):
 
 
 class TimeGrid(Component):
-    """The times a fixed-step simulator visits."""
+    """The times a simulator visits (or, for an adaptive one, reports its solution at)."""
 
     @abc.abstractmethod
     def __call__(self, steps: int, t_start: float, t_end: float) -> Tensor:
         """Increasing grid of ``steps + 1`` times from ``t_start`` to ``t_end``, shape ``(steps + 1,)``."""
 
 
-class _CountingDynamics:
-    """Counts drift evaluations (one per batch) so a simulator reports its NFE.
-
-    ``is_sde`` tells a simulator whether the wrapped dynamics has noise; ``diffusion`` is zero for an ODE.
-    """
-
-    def __init__(self, dynamics: ODE) -> None:
-        self.dynamics = dynamics
-        self.is_sde = isinstance(dynamics, SDE)
-        self.registered_name = dynamics.registered_name
-        self.count = 0
-
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        self.count += 1
-        return self.dynamics.drift(x, t)
-
-    def diffusion(self, t: Tensor) -> Tensor:
-        if not self.is_sde:
-            return torch.zeros_like(t)
-        return self.dynamics.diffusion(t)  # type: ignore[attr-defined]
-
-
 class Simulator(Component):
-    """A fixed-step integrator of an :class:`ODE` or :class:`SDE`.
+    """An integrator of an :class:`ODE` or :class:`SDE`, fixed-step or adaptive.
 
-    ``solves`` is the dynamics class it integrates (``ODE`` for Euler and Heun, ``SDE`` for
-    Euler–Maruyama). ``simulate`` and ``simulate_trajectory`` run ``step`` over a grid and record the
-    number of function (drift) evaluations in ``last_nfe``.
+    What it is, declared so the engine can plan before any work starts:
+
+    * ``solves``: the dynamics class it integrates (``ODE`` or ``SDE``); see :meth:`check`.
+    * ``adaptive``: ``False`` for a fixed-step simulator, which steps exactly between consecutive
+      times of ``ts``; ``True`` for one that chooses its own steps (error control) and returns its
+      solution at the times of ``ts``. The engine gives an adaptive simulator only the end points
+      of the grid for sampling.
+    * ``capturable``: whether :meth:`simulate` may be captured as a CUDA graph: fixed shapes, no host
+      synchronisation, no data-dependent control flow. Adaptive step control is not capturable.
+
+    ``last_nfe`` is the number of drift evaluations of the last call (per batch). Fixed-step
+    simulators usually derive from :class:`flowkit.solvers.FixedStepSimulator`, which implements
+    both methods from one ``step``.
     """
 
     solves: ClassVar[type] = ODE
+    adaptive: ClassVar[bool] = False
+    capturable: ClassVar[bool] = True
     last_nfe: int = 0
-
-    @abc.abstractmethod
-    def step(
-        self, dynamics: ODE, x: Tensor, t: Tensor, h: Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Advance ``x (B, *D)`` from time ``t (B,)`` by ``h (B,)``; returns ``(B, *D)``."""
 
     def check(self, dynamics: ODE) -> None:
         """Raise :class:`CapabilityError` when this simulator cannot integrate ``dynamics``.
 
         An ODE simulator refuses an SDE (it would silently drop the noise), although ``SDE`` derives
-        from ``ODE``.
+        from ``ODE``; an SDE simulator accepts an ODE too (the noise-free case).
         """
-        name, kind = dynamics.registered_name, _dynamics_kind(dynamics)
+        if not isinstance(dynamics, ODE):
+            raise CapabilityError(
+                f"simulator '{self.registered_name}' integrates flowkit dynamics (an ODE or SDE "
+                f"component), but got a {type(dynamics).__name__}; build the dynamics from the "
+                f'[sample] table (e.g. dynamics = "flow")'
+            )
+        name = dynamics.registered_name or type(dynamics).__name__
+        kind = "SDE" if isinstance(dynamics, SDE) else "ODE"
         if self.solves is ODE and isinstance(dynamics, SDE):
             raise CapabilityError(
                 f"simulator '{self.registered_name}' integrates an ODE, but dynamics '{name}' is an SDE; "
                 f'choose a simulator for an SDE (e.g. "euler-maruyama") or ODE dynamics ("flow")'
             )
-        if not isinstance(dynamics, self.solves):
+        if not isinstance(dynamics, self.solves) and not issubclass(self.solves, SDE):
             raise CapabilityError(
                 f"simulator '{self.registered_name}' integrates an {self.solves.__name__}, but dynamics "
                 f"'{name}' is an {kind}; choose a simulator for an {kind} or other dynamics"
             )
 
-    def _run(
-        self,
-        dynamics: ODE,
-        x: Tensor,
-        ts: Tensor,
-        generator: torch.Generator | None,
-        keep: bool,
-        progress: Callable[[int, int], None] | None,
-    ) -> tuple[Tensor, list[Tensor]]:
-        self.check(dynamics)
-        counting = _CountingDynamics(dynamics)
-        ts = ts.to(device=x.device, dtype=x.dtype)
-        states = [x] if keep else []
-        batch, total = x.shape[0], ts.numel() - 1
-        for i in range(total):
-            t = ts[i].expand(batch)
-            h = (ts[i + 1] - ts[i]).expand(batch)
-            x = self.step(counting, x, t, h, generator)  # type: ignore[arg-type]
-            if keep:
-                states.append(x)
-            if progress is not None:
-                progress(i + 1, total)
-        self.last_nfe = counting.count
-        return x, states
-
+    @abc.abstractmethod
     def simulate(
         self,
         dynamics: ODE,
         x: Tensor,
         ts: Tensor,
         generator: torch.Generator | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Progress | None = None,
     ) -> Tensor:
-        """Integrate from ``x (B, *D)`` over the grid ``ts (T + 1,)``; returns the final ``(B, *D)``.
+        """Integrate from ``x (B, *D)`` at ``ts[0]`` to ``ts[-1]`` (``ts`` is ``(T + 1,)``, increasing);
+        returns the final state ``(B, *D)``. Noise comes from ``generator``; ``progress(done, total)``
+        is called as the integration advances. Sets ``last_nfe``."""
 
-        ``progress(done, total)`` is called after every step.
-        """
-        return self._run(dynamics, x, ts, generator, keep=False, progress=progress)[0]
-
+    @abc.abstractmethod
     def simulate_trajectory(
-        self,
-        dynamics: ODE,
-        x: Tensor,
-        ts: Tensor,
-        generator: torch.Generator | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        self, dynamics: ODE, x: Tensor, ts: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
-        """Like :meth:`simulate`, returning every visited state: shape ``(T + 1, B, *D)``."""
-        return torch.stack(self._run(dynamics, x, ts, generator, keep=True, progress=progress)[1])
-
-
-def _dynamics_kind(dynamics: ODE) -> str:
-    return "SDE" if isinstance(dynamics, SDE) else "ODE"
+        """Like :meth:`simulate`, returning the state at every time of ``ts``: ``(T + 1, B, *D)``."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -444,7 +466,8 @@ class DeviceBackend(Component):
     """Where tensors live and how the hot loops run (device, precision, compilation).
 
     ``from_params`` raises a :class:`flowkit.errors.FlowkitError` when the device is not available, so
-    a run fails before any work starts.
+    a run fails before any work starts. The engine calls :meth:`prepare_module` on the model before
+    training or sampling, and :meth:`compile_sampler` only for a simulator that is ``capturable``.
     """
 
     @property
@@ -457,12 +480,18 @@ class DeviceBackend(Component):
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def prepare_module(self, module: nn.Module) -> nn.Module:
-        """Move a module to the device (and compile it, where the backend is asked to)."""
+        """Move a module to the device and return the module to call (compiled, where asked). The
+        returned module shares ``module``'s parameters."""
         return module.to(self.device)
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         """Context for the forward pass of training (mixed precision, where enabled)."""
         return contextlib.nullcontext()
+
+    @property
+    def captures_samplers(self) -> bool:
+        """Whether :meth:`compile_sampler` captures (so the engine reports progress once, at the end)."""
+        return False
 
     def compile_sampler(self, fn: Callable[[Tensor], Tensor], example: Tensor) -> Callable[[Tensor], Tensor]:
         """Optionally capture a fixed-step sampler ``fn(x0) -> x1`` (e.g. as a CUDA graph)."""
@@ -473,7 +502,7 @@ class DeviceBackend(Component):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Build context
+# What components and plugins are given
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -481,8 +510,8 @@ class DeviceBackend(Component):
 class BuildContext:
     """What a component's ``from_params`` may use: the components built before it.
 
-    The pipeline builds in this order: device, data, path, model, loss, dynamics, simulator, metric.
-    ``roles`` maps ``"velocity"``/``"score"`` to the modules that provide them.
+    ``roles`` maps ``"velocity"``/``"score"`` to the modules that provide them (set once the model
+    and loss are built).
     """
 
     source: str = "<pipeline>"
@@ -505,23 +534,80 @@ class BuildContext:
 
         Raises :class:`CapabilityError` naming ``needed_by`` when nothing provides it.
         """
+        if name not in self.roles and self.path is not None and self.path.converts_roles:
+            if name == "score" and "velocity" in self.roles:
+                self.roles["score"] = self.path.score_from_velocity(self.roles["velocity"])
+            elif name == "velocity" and "score" in self.roles:
+                self.roles["velocity"] = self.path.velocity_from_score(self.roles["score"])
         if name in self.roles:
             return self.roles[name]
-        path = self.path
-        if path is not None and path.converts_roles:
-            if name == "score" and "velocity" in self.roles:
-                self.roles["score"] = path.score_from_velocity(self.roles["velocity"])  # type: ignore
-                return self.roles["score"]
-            if name == "velocity" and "score" in self.roles:
-                self.roles["velocity"] = path.velocity_from_score(self.roles["score"])  # type: ignore
-                return self.roles["velocity"]
         have = ", ".join(sorted(self.roles)) or "nothing"
-        path_name = path.registered_name if path is not None else "(none)"
+        path_name = self.path.registered_name if self.path is not None else "(none)"
         raise CapabilityError(
             f"{needed_by} needs a {name}, but the model provides {have} and path '{path_name}' "
             f"cannot convert between a score and a velocity; train the {name} (a loss that trains "
             f"a {name}) or use a Gaussian path"
         )
+
+
+@attrs.frozen
+class Samples:
+    """What the sampling stage produces: ``samples (N, *D)`` on the CPU, a short ``trajectory
+    (T + 1, K, *D)`` of the first ``K`` of them (or ``None``), and the function evaluations ``nfe``."""
+
+    samples: Tensor
+    trajectory: Tensor | None = None
+    nfe: int = 0
+
+
+class Run(Protocol):
+    """A pipeline being run: what every lifecycle and stage hook receives.
+
+    ``table(name)`` is the validated content of a pipeline table (``"train"``, ``"sample"``, or a
+    table a plugin declared with ``registry.add_table``) as its attrs instance, ``None`` when the
+    pipeline has no such table (a plugin table with no key set gives its defaults).
+    """
+
+    directory: Path
+    quiet: bool
+    metrics: dict[str, Any]
+
+    @property
+    def source(self) -> str:
+        """The pipeline file (or ``"<dict>"``)."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dataset(self) -> Dataset: ...
+
+    @property
+    def path(self) -> ProbabilityPath: ...
+
+    @property
+    def model(self) -> Model: ...
+
+    def table(self, name: str) -> Any: ...
+
+    def role(self, name: str, needed_by: str) -> nn.Module:
+        """The model's velocity or score (converted through the path where needed)."""
+
+    def sample_times(self) -> Tensor:
+        """The sampler's time grid ``(T + 1,)`` on the run's device."""
+
+
+class Registrar(Protocol):
+    """What ``flowkit_register`` receives: adds components, kinds and config tables."""
+
+    def add(self, kind: str, name: str, cls: type) -> None:
+        """Register ``cls`` (derived from ``KINDS[kind]``) as the ``kind`` component ``name``."""
+
+    def add_kind(self, kind: str, interface: type) -> None:
+        """A new kind of component whose classes derive from ``interface``."""
+
+    def add_table(self, name: str, params: type) -> None:
+        """A pipeline table ``[name]`` validated against the attrs class ``params``."""
 
 
 #: The kinds of component and the interface each registered class must derive from.
@@ -545,8 +631,3 @@ def kind_of(interface: type) -> str | None:
         if isinstance(interface, type) and issubclass(interface, base):
             return kind
     return None
-
-
-def iter_kinds() -> Iterator[tuple[str, type]]:
-    """``(kind, interface)`` pairs in pipeline order."""
-    return iter(KINDS.items())

@@ -17,14 +17,14 @@ import inspect
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pluggy
 
 from flowkit import hookspecs
 from flowkit.errors import PluginError, RegistryError, suggest
-from flowkit.interfaces import KINDS
+from flowkit.interfaces import KINDS, Component
 
 #: Environment variable with comma-separated plugin names to block (like ``-p no:NAME``).
 DISABLE_ENV = "FLOWKIT_DISABLE_PLUGINS"
@@ -66,13 +66,22 @@ class ComponentEntry:
 
     kind: str
     name: str
-    cls: type
+    cls: type[Component]
     plugin: PluginInfo
 
     @property
     def doc(self) -> str:
         """First line of the class docstring."""
         return (inspect.getdoc(self.cls) or "").split("\n", 1)[0]
+
+
+@attrs.define
+class TableEntry:
+    """A pipeline table a plugin declared: ``[name]``, validated against the attrs class ``cls``."""
+
+    name: str
+    cls: type
+    plugin: PluginInfo
 
 
 class ComponentRegistry:
@@ -86,6 +95,9 @@ class ComponentRegistry:
     def __init__(self) -> None:
         self._interfaces: dict[str, type] = dict(KINDS)
         self._tables: dict[str, dict[str, ComponentEntry]] = {kind: {} for kind in self._interfaces}
+        self._config_tables: dict[str, TableEntry] = {}
+        #: Plugins blocked in this session (named when a component is not found: one may provide it).
+        self.blocked: frozenset[str] = frozenset()
         self._plugin: PluginInfo = PluginInfo("", "")
         self._collect: list[PluginProblem] | None = None
 
@@ -131,7 +143,8 @@ class ComponentRegistry:
                 f"implement {_qualname(interface)}: missing {', '.join(missing)}"
             )
             return
-        if not attrs.has(cls.Params):
+        params = getattr(cls, "Params", None)
+        if not (isinstance(params, type) and attrs.has(params)):
             self._fail(
                 f"{plugin.describe()} registers {kind} '{name}' as {_qualname(cls)}, whose Params "
                 "is not an attrs class; declare it with @attrs.define(frozen=True)"
@@ -146,7 +159,31 @@ class ComponentRegistry:
                 f"the first is kept. Rename one, or block one with -p no:NAME"
             )
             return
-        table[name] = ComponentEntry(kind, name, cls, plugin)
+        table[name] = ComponentEntry(kind, name, cast("type[Component]", cls), plugin)
+
+    def add_table(self, name: str, params: type) -> None:
+        """Declare the pipeline table ``[name]``, validated against the attrs class ``params`` (its
+        fields documented with :func:`flowkit.params.param`, as a component's ``Params``)."""
+        plugin = self._plugin
+        if not isinstance(name, str) or not name.isidentifier():
+            self._fail(
+                f"{plugin.describe()} declares a table with an invalid name {name!r}; use a TOML bare key"
+            )
+            return
+        if not (isinstance(params, type) and attrs.has(params)):
+            self._fail(
+                f"{plugin.describe()} declares table [{name}] with {_qualname(params)}, which is not an "
+                "attrs class; declare it with @attrs.define(frozen=True)"
+            )
+            return
+        if name in self._config_tables:
+            first = self._config_tables[name]
+            self._fail(
+                f"duplicate table [{name}]: declared by {first.plugin.describe()} and again by "
+                f"{plugin.describe()}; the first is kept. Rename one, or block one with -p no:NAME"
+            )
+            return
+        self._config_tables[name] = TableEntry(name, params, plugin)
 
     def _fail(self, message: str) -> None:
         if self._collect is None:
@@ -175,13 +212,23 @@ class ComponentRegistry:
         table = self._tables[kind]
         if name not in table:
             known = ", ".join(sorted(table)) or "(none: is a plugin blocked or broken? see `flowkit plugins`)"
-            raise RegistryError(f"unknown {kind} '{name}'.{suggest(name, table)} Known {kind}s: {known}")
+            blocked = ""
+            if self.blocked:
+                names = ", ".join(f"'{b}'" for b in sorted(self.blocked))
+                blocked = f". Blocked plugins, which may provide it: {names} (by -p no:NAME or {DISABLE_ENV})"
+            raise RegistryError(
+                f"unknown {kind} '{name}'.{suggest(name, table)} Known {kind}s: {known}{blocked}"
+            )
         return table[name]
 
     def entries(self, kind: str | None = None) -> list[ComponentEntry]:
         """All entries (of one kind), in kind order then name order."""
         kinds = [kind] if kind is not None else self.kinds()
         return [self._tables[k][n] for k in kinds for n in sorted(self._tables[k])]
+
+    def tables(self) -> list[TableEntry]:
+        """The tables plugins declared, in the order they were declared."""
+        return list(self._config_tables.values())
 
     def _check_kind(self, kind: str) -> None:
         if kind not in self._interfaces:
@@ -243,6 +290,7 @@ class PluginManager:
         self.plugins: dict[str, PluginInfo] = {}
         self.problems: list[PluginProblem] = []
         self.blocked = _blocked_names(blocked)
+        self.registry.blocked = self.blocked
         self._warn = warn
         candidates: list[tuple[PluginInfo, Any]] = []
         if entrypoints:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from flowkit.config import apply_overrides, parse_override, read_toml
+from flowkit.engine import build_pipeline
 from flowkit.errors import CapabilityError, ConfigError
-from flowkit.pipeline import build_pipeline
 from flowkit.registry import PluginManager
 
 BASE = """

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flowkit.pipeline import build_pipeline, run_pipeline
+from flowkit.engine import build_pipeline, run_pipeline
 from flowkit.registry import PluginManager
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowkit.pipeline import TrainLoop, build_pipeline, run_pipeline
+from flowkit.engine import TrainLoop, build_pipeline, run_pipeline
 from flowkit.registry import PluginManager
 
 ORACLE = """

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from flowkit.engine import TrainLoop, build_pipeline, load_weights, run_pipeline, stage_seed
 from flowkit.errors import FlowkitError
-from flowkit.pipeline import TrainLoop, build_pipeline, load_weights, run_pipeline, stage_seed
 from flowkit.registry import PluginManager
 
 
@@ -127,7 +127,7 @@ def test_weight_average_is_the_warmed_up_ema():
     """avg <- d_k avg + (1 - d_k) param, d_k = min(decay, (1 + k) / (10 + k)), from the initial weights."""
     from torch import nn
 
-    from flowkit.pipeline import WeightAverage
+    from flowkit.engine import WeightAverage
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 8), nn.SiLU(), nn.Linear(8, 2))
@@ -152,7 +152,7 @@ def test_weight_average_forgets_the_initial_weights():
     """With decay 0.999 and no warm-up, 37% of the random start would remain after 1,000 steps."""
     from torch import nn
 
-    from flowkit.pipeline import WeightAverage
+    from flowkit.engine import WeightAverage
 
     net = nn.Linear(1, 1, bias=False)
     with torch.no_grad():

@@ -249,7 +249,7 @@ def test_importing_flowkit_loads_no_plugin():
     import sys
 
     code = (
-        "import sys, flowkit, flowkit.registry, flowkit.pipeline, flowkit.cli; "
+        "import sys, flowkit, flowkit.registry, flowkit.engine, flowkit.cli; "
         "print(sorted(m for m in sys.modules if m.startswith('flowkit_')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

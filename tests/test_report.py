@@ -16,7 +16,7 @@ from flowkit_report import plots
 
 import flowkit
 from flowkit.cli import main
-from flowkit.pipeline import build_pipeline, run_pipeline
+from flowkit.engine import build_pipeline, run_pipeline
 from flowkit.testing import build_component, make_manager
 
 PNGS = {"samples.png", "trajectories.png", "vector_field.png"}

@@ -10,10 +10,11 @@ from click.testing import CliRunner
 
 from flowkit import hookimpl
 from flowkit.cli import main
+from flowkit.engine import build_pipeline
+from flowkit.engine.rundir import _claim, run_directory
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.interfaces import Component, TimeGrid
 from flowkit.params import component
-from flowkit.pipeline import _claim, build_pipeline, run_directory
 from flowkit.registry import PluginManager
 
 BASE = """
@@ -38,8 +39,8 @@ def manager():
 
 def test_a_run_directory_is_claimed_by_exactly_one_run(tmp_path, write_pipeline, manager):
     pipe = build_pipeline(write_pipeline(BASE), (), manager)
-    first = run_directory(pipe, str(tmp_path / "r"))
-    second = run_directory(pipe, str(tmp_path / "r"))  # nothing written yet by the first
+    first = run_directory(pipe.run.out, pipe.source, str(tmp_path / "r"))
+    second = run_directory(pipe.run.out, pipe.source, str(tmp_path / "r"))  # nothing written yet by the first
     assert first != second and second.name == "r-2"
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -53,7 +54,7 @@ def test_out_dot_numbers_a_sibling(tmp_path, write_pipeline, manager, monkeypatc
     work.mkdir()
     (work / "notes.txt").write_text("mine")
     monkeypatch.chdir(work)
-    assert run_directory(pipe, ".") == tmp_path / "work-2"
+    assert run_directory(pipe.run.out, pipe.source, ".") == tmp_path / "work-2"
     assert (work / "notes.txt").read_text() == "mine"
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import FlowkitError
-from flowkit.interfaces import ProbabilityPath, Schedule, ScoreModel, VectorField
+from flowkit.interfaces import GaussianProbabilityPath, Schedule, ScoreModel, VectorField, per_sample
 from flowkit.params import component, param
 from flowkit_gaussian.errors import InvalidParameter
 from flowkit_gaussian.schedules import CosineSchedule, OTSchedule, VESchedule, VPSchedule
@@ -56,11 +56,6 @@ def _build_schedule(spec: Any) -> Schedule:
     )
 
 
-def _per_sample(coefficient: Tensor, like: Tensor) -> Tensor:
-    """Reshape a per-sample coefficient ``(B,)`` to broadcast over ``like`` ``(B, *D)``."""
-    return coefficient.reshape(-1, *([1] * (like.dim() - 1)))
-
-
 def _combine(a: Tensor | float, z: Tensor, b: Tensor | float, noise: Tensor) -> Tensor:
     """``a z + b noise`` for per-sample tensors or float constants, in as few operations as possible."""
     if isinstance(b, float):
@@ -70,7 +65,7 @@ def _combine(a: Tensor | float, z: Tensor, b: Tensor | float, noise: Tensor) -> 
     return torch.addcmul(b * noise, a, z) if not isinstance(a, float) else torch.addcmul(z * a, b, noise)
 
 
-class GaussianPath(ProbabilityPath):
+class GaussianPath(GaussianProbabilityPath):
     """``p_t(x|z) = N(alpha_t z, beta_t^2 I)`` for a :class:`Schedule`; ``p_init = N(0, prior_std^2 I)``.
 
     Shapes: ``z``, ``x``, ``noise`` are ``(B, *D)``; ``t`` is ``(B,)``. ``t_range`` and ``prior_std``
@@ -83,9 +78,6 @@ class GaussianPath(ProbabilityPath):
     times. (The mixture oracle needs no clamp: it has ``E[z|x]`` in closed form.) The opposite
     direction, :meth:`score_from_velocity`, is regular wherever ``beta_t > 0`` and needs no clamp.
     """
-
-    provides_score = True
-    converts_roles = True
 
     @attrs.define(frozen=True)
     class Params:
@@ -117,12 +109,18 @@ class GaussianPath(ProbabilityPath):
         """Standard deviation of ``p_init = N(0, prior_std^2 I)`` (``sigma_max`` for VE)."""
         return float(self.schedule.prior_std)
 
-    def coefficients(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(alpha, beta, alpha', beta')`` at ``t (B,)``, each shaped to broadcast over ``like (B, *D)``."""
+    def broadcast_coefficients(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(alpha, beta, alpha', beta')`` at ``t (B,)`` as tensors shaped ``(B, 1, ..., 1)`` to
+        broadcast over ``like (B, *D)``, from the schedule's four functions."""
         self._check_shapes(like, t)
         t = t.to(dtype=like.dtype)
         s = self.schedule
-        return tuple(_per_sample(c(t), like) for c in (s.alpha, s.beta, s.d_alpha, s.d_beta))  # type: ignore[return-value]
+        return (
+            per_sample(s.alpha(t), like),
+            per_sample(s.beta(t), like),
+            per_sample(s.d_alpha(t), like),
+            per_sample(s.d_beta(t), like),
+        )
 
     # -- sampling ------------------------------------------------------------------------------------
 
@@ -149,7 +147,7 @@ class GaussianPath(ProbabilityPath):
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
         elif noise.shape != z.shape:
             raise FlowkitError(f"noise has shape {tuple(noise.shape)}, expected that of z {tuple(z.shape)}")
-        alpha, beta, _, _ = self.coefficients(t, z)
+        alpha, beta, _, _ = self.broadcast_coefficients(t, z)
         return alpha * z + beta * noise, noise
 
     def sample_with_target(
@@ -162,11 +160,8 @@ class GaussianPath(ProbabilityPath):
         if noise is None:
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
         self._check_shapes(z, t)
-        alpha, beta, d_alpha, d_beta = (
-            c if isinstance(c, float) else _per_sample(c, z)
-            for c in self.schedule.coefficients(t.to(z.dtype))
-        )
-        return _combine(alpha, z, beta, noise), _combine(d_alpha, z, d_beta, noise)
+        c = self.schedule.coefficients(t.to(z.dtype)).broadcast(z)
+        return _combine(c.alpha, z, c.beta, noise), _combine(c.d_alpha, z, c.d_beta, noise)
 
     # -- targets ---------------------------------------------------------------------------------
 
@@ -175,24 +170,24 @@ class GaussianPath(ProbabilityPath):
 
         Regular at every ``t`` where the schedule's derivatives are (no division by ``beta_t``).
         """
-        _, _, d_alpha, d_beta = self.coefficients(t, z)
+        _, _, d_alpha, d_beta = self.broadcast_coefficients(t, z)
         return d_alpha * z + d_beta * noise
 
     def target_score_from_noise(self, noise: Tensor, t: Tensor) -> Tensor:
         """``grad log p_t(x|z) = -noise / beta_t``; ``(B, *D)``."""
-        _, beta, _, _ = self.coefficients(t, noise)
+        _, beta, _, _ = self.broadcast_coefficients(t, noise)
         return -noise / beta
 
     def target_velocity(self, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """``u_t(x|z) = alpha'_t z + beta'_t / beta_t (x - alpha_t z)``, ``(B, *D)``; ``t`` in ``t_range``."""
         self._check_t_range(t, "target_velocity")
-        alpha, beta, d_alpha, d_beta = self.coefficients(t, x)
+        alpha, beta, d_alpha, d_beta = self.broadcast_coefficients(t, x)
         return d_alpha * z + d_beta / beta * (x - alpha * z)
 
     def target_score(self, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """``grad_x log p_t(x|z) = -(x - alpha_t z) / beta_t^2``, ``(B, *D)``; ``t`` in ``t_range``."""
         self._check_t_range(t, "target_score")
-        alpha, beta, _, _ = self.coefficients(t, x)
+        alpha, beta, _, _ = self.broadcast_coefficients(t, x)
         return -(x - alpha * z) / (beta * beta)
 
     # -- score <-> velocity ------------------------------------------------------------------------
@@ -202,7 +197,7 @@ class GaussianPath(ProbabilityPath):
 
         Singular where ``alpha_t = 0``; :meth:`velocity_from_score` clamps ``t`` there. ``(B, *D)``.
         """
-        alpha, beta, d_alpha, d_beta = self.coefficients(t, x)
+        alpha, beta, d_alpha, d_beta = self.broadcast_coefficients(t, x)
         return d_alpha / alpha * (x + beta * beta * score) - d_beta * beta * score
 
     def velocity_to_score(self, x: Tensor, velocity: Tensor, t: Tensor) -> Tensor:
@@ -218,13 +213,13 @@ class GaussianPath(ProbabilityPath):
         computed as ``alpha (u - k x) - (alpha' - k alpha) x`` (OT: ``t (u - x) - (1 - t) x``), accurate
         to a few float32 roundings; other schedules use ``alpha u - alpha' x``.
         """
-        alpha, beta, d_alpha, d_beta = self.coefficients(t, x)
+        alpha, beta, d_alpha, d_beta = self.broadcast_coefficients(t, x)
         split = getattr(self.schedule, "d_alpha_split", None)
         if split is None:
             numerator = alpha * velocity - d_alpha * x
         else:
             k, remainder = split(t.to(dtype=x.dtype))
-            numerator = alpha * torch.sub(velocity, x, alpha=k) - _per_sample(remainder, x) * x
+            numerator = alpha * torch.sub(velocity, x, alpha=k) - per_sample(remainder, x) * x
         return numerator / (beta * (d_alpha * beta - alpha * d_beta))
 
     def conversion_time(self, t: Tensor) -> Tensor:
@@ -232,11 +227,11 @@ class GaussianPath(ProbabilityPath):
         for a schedule with ``alpha = 0`` at the start. ``(B,)``."""
         return t.clamp_min(self.conversion_t_min) if self.conversion_clamps else t
 
-    def velocity_from_score(self, score: ScoreModel) -> VectorField:
+    def velocity_from_score(self, score: nn.Module) -> VectorField:
         """The vector field with the marginals of ``score`` (see the class docstring for ``alpha = 0``)."""
         return ScoreAsVelocity(score, self)
 
-    def score_from_velocity(self, velocity: VectorField) -> ScoreModel:
+    def score_from_velocity(self, velocity: nn.Module) -> ScoreModel:
         """The score of the marginal path that ``velocity`` generates."""
         return VelocityAsScore(velocity, self)
 

@@ -19,7 +19,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from flowkit.interfaces import Schedule
+from flowkit.interfaces import Coefficients, Schedule
 from flowkit.params import param
 from flowkit_gaussian.errors import InvalidParameter
 
@@ -64,10 +64,10 @@ class OTSchedule(Schedule):
     def d_beta(self, t: Tensor) -> Tensor:
         return torch.full_like(t, -(1.0 - self.sigma_min))
 
-    def coefficients(self, t: Tensor) -> tuple[Tensor | float, ...]:
+    def coefficients(self, t: Tensor) -> Coefficients:
         """``(t, 1 - (1 - sigma_min) t, 1, -(1 - sigma_min))``; the constant derivatives as floats."""
         slope = 1.0 - self.sigma_min
-        return t, 1.0 - slope * t, 1.0, -slope
+        return Coefficients(t, 1.0 - slope * t, 1.0, -slope)
 
     def d_alpha_split(self, t: Tensor) -> tuple[float, Tensor]:
         """``(k, alpha'_t - k alpha_t) = (1, 1 - t)``, the remainder exact in floating point for ``t >= 1/2``.

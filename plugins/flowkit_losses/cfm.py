@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import attrs
+import torch
 from torch import Tensor, nn
 
-from flowkit.interfaces import Network, ProbabilityPath
+from flowkit.interfaces import ProbabilityPath
 from flowkit_losses.common import (
     NetworkVelocity,
     TimeSampledLoss,
@@ -35,13 +36,22 @@ class CFMLoss(TimeSampledLoss):
         logit_mean: float = logit_mean_field()
         logit_std: float = logit_std_field()
 
-    def model_role(self, network: Network, path: ProbabilityPath) -> nn.Module:
+    def model_role(self, network: nn.Module, path: ProbabilityPath) -> nn.Module:
         """The network as a :class:`~flowkit.interfaces.VectorField` (``forward = network``)."""
         return NetworkVelocity(network)
 
-    def loss_at(self, model: nn.Module, path: ProbabilityPath, z: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """The loss at given times ``t (B,)`` and noise ``(B, *D)`` (deterministic); a scalar."""
-        x, target = path.sample_with_target(z, t, noise)
+    def loss_at(
+        self,
+        model: nn.Module,
+        path: ProbabilityPath,
+        z: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The loss at given times ``t (B,)`` and noise ``(B, *D)``; a scalar. A path with more
+        randomness than ``noise`` draws it from ``generator``."""
+        x, target = path.sample_with_target(z, t, noise, generator)
         if type(model) is NetworkVelocity:  # skip the wrapper's own module call in the hot loop
             model = model.network
         return mean_squared(model(x, t), target)

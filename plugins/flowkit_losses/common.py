@@ -1,8 +1,7 @@
 """What the losses share: time sampling, network roles, and the Gaussian-path protocol.
 
-A path is used in its *noise form* when it offers ``coefficients(t, like) -> (alpha, beta, alpha',
-beta')``, ``target_velocity_from_noise(z, noise, t)`` and ``target_score_from_noise(noise, t)`` (as
-``flowkit_gaussian.GaussianPath`` does): the targets are then computed from the drawn noise, never by
+A :class:`~flowkit.interfaces.GaussianProbabilityPath` is used in its *noise form*: the targets are
+computed from the drawn noise (``target_velocity_from_noise``, ``target_score_from_noise``), never by
 dividing ``x - alpha_t z`` by a small ``beta_t``. Any other path is used through the interface's
 ``sample`` / ``target_velocity`` / ``target_score``.
 """
@@ -16,18 +15,17 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from flowkit.interfaces import Loss, ProbabilityPath, ScoreModel, VectorField
+from flowkit.interfaces import (
+    GaussianProbabilityPath,
+    Loss,
+    NoisePredictor,
+    ProbabilityPath,
+    ScoreModel,
+    VectorField,
+)
 from flowkit.params import param
 
 TSampling = Literal["uniform", "logit-normal"]
-
-
-def has_noise_form(path: ProbabilityPath) -> bool:
-    """Whether ``path`` offers the Gaussian noise-form targets (see the module docstring)."""
-    return all(
-        callable(getattr(path, name, None))
-        for name in ("coefficients", "target_velocity_from_noise", "target_score_from_noise")
-    )
 
 
 def t_sampling_field() -> TSampling:
@@ -104,11 +102,20 @@ class TimeSampledLoss(Loss):
         """Scalar loss on data ``z (B, *D)``; draws ``t (B,)`` then ``eps (B, *D)`` from ``generator``."""
         t = self.sample_times(z.shape[0], path, generator, z.device, z.dtype)
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        return self.loss_at(model, path, z, t, noise)
+        return self.loss_at(model, path, z, t, noise, generator)
 
     @abc.abstractmethod
-    def loss_at(self, model: nn.Module, path: ProbabilityPath, z: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """The loss at given times ``t (B,)`` and noise ``(B, *D)`` (deterministic); a scalar."""
+    def loss_at(
+        self,
+        model: nn.Module,
+        path: ProbabilityPath,
+        z: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The loss at given times ``t (B,)`` and noise ``(B, *D)``; a scalar. Deterministic for a
+        Gaussian path; a path with more randomness draws it from ``generator``."""
 
 
 def mean_squared(a: Tensor, b: Tensor) -> Tensor:
@@ -139,7 +146,7 @@ class NetworkScore(ScoreModel):
         return self.network(x, t)
 
 
-class NoisePredictionScore(ScoreModel):
+class NoisePredictionScore(NoisePredictor):
     """A network predicting the noise ``eps``, seen as a score: ``s(x, t) = -network(c_t x, t) / beta_t``.
 
     ``x``: ``(B, *D)``, ``t``: ``(B,)``. The network's target is ``eps``, of order 1 at every ``t``;
@@ -150,15 +157,17 @@ class NoisePredictionScore(ScoreModel):
     cannot otherwise resolve.
     """
 
-    def __init__(self, network: nn.Module, path: ProbabilityPath) -> None:
+    def __init__(self, network: nn.Module, path: GaussianProbabilityPath) -> None:
         super().__init__()
         self.network = network
         self.path = path
 
     def predict_noise(self, x: Tensor, t: Tensor) -> Tensor:
         """The network's noise prediction, ``(B, *D)``."""
-        alpha, beta, _, _ = self.path.coefficients(t, x)  # type: ignore[attr-defined]
-        return self.network(x * torch.rsqrt(alpha.square() + beta.square()), t)
+        c = self.path.schedule.coefficients(t.to(x.dtype)).broadcast(x)
+        variance = c.alpha * c.alpha + c.beta * c.beta
+        scale = torch.rsqrt(variance) if isinstance(variance, Tensor) else variance**-0.5
+        return self.network(x * scale, t)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.path.target_score_from_noise(self.predict_noise(x, t), t)  # type: ignore[attr-defined]
+        return self.path.target_score_from_noise(self.predict_noise(x, t), t)

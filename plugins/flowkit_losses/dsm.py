@@ -5,17 +5,17 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
+import torch
 from torch import Tensor, nn
 
 from flowkit.errors import CapabilityError
-from flowkit.interfaces import Network, ProbabilityPath
+from flowkit.interfaces import GaussianProbabilityPath, NoisePredictor, ProbabilityPath, per_sample
 from flowkit.params import param
 from flowkit_losses.common import (
     NetworkScore,
     NoisePredictionScore,
     TimeSampledLoss,
     TSampling,
-    has_noise_form,
     logit_mean_field,
     logit_std_field,
     mean_squared,
@@ -61,29 +61,39 @@ class DSMLoss(TimeSampledLoss):
                 f'[loss] kind = "cfm" (trains a velocity) or a path with a score '
                 f'([path] kind = "gaussian")'
             )
-        if self.params.weighting == "noise" and not has_noise_form(path):
+        if self.params.weighting == "noise" and not isinstance(path, GaussianProbabilityPath):
             raise CapabilityError(
                 f"loss 'dsm' with weighting = \"noise\" needs a Gaussian path (its noise scale beta_t), "
                 f'but path \'{name}\' is not one; use weighting = "score" or [path] kind = "gaussian"'
             )
 
-    def model_role(self, network: Network, path: ProbabilityPath) -> nn.Module:
+    def model_role(self, network: nn.Module, path: ProbabilityPath) -> nn.Module:
         """A :class:`~flowkit.interfaces.ScoreModel`: ``-network / beta_t`` ("noise") or ``network``."""
         self.check(path)
         if self.params.weighting == "noise":
+            assert isinstance(path, GaussianProbabilityPath)  # check() refused any other
             return NoisePredictionScore(network, path)
         return NetworkScore(network)
 
-    def loss_at(self, model: nn.Module, path: ProbabilityPath, z: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """The loss at given times ``t (B,)`` and noise ``(B, *D)`` (deterministic); a scalar."""
-        x = path.sample(z, t, noise)
+    def loss_at(
+        self,
+        model: nn.Module,
+        path: ProbabilityPath,
+        z: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The loss at given times ``t (B,)`` and noise ``(B, *D)``; a scalar."""
+        x = path.sample(z, t, noise, generator)
         if self.params.weighting == "noise":
-            if isinstance(model, NoisePredictionScore):
+            if isinstance(model, NoisePredictor):
                 return mean_squared(model.predict_noise(x, t), noise)
-            beta = path.coefficients(t, x)[1]  # type: ignore[attr-defined]
+            assert isinstance(path, GaussianProbabilityPath)
+            beta = per_sample(path.schedule.coefficients(t.to(x.dtype)).beta, x)
             return mean_squared(beta * model(x, t), -noise)
-        if has_noise_form(path):
-            target = path.target_score_from_noise(noise, t)  # type: ignore[attr-defined]
+        if isinstance(path, GaussianProbabilityPath):
+            target = path.target_score_from_noise(noise, t)
         else:
             target = path.target_score(x, z, t)
         return mean_squared(model(x, t), target)

@@ -170,17 +170,15 @@ def vector_field_png(path: Path, run: Any, reference: Tensor, trajectory: Tensor
     """Streamlines of the model's velocity ``u_t`` at four times from noise to data, coloured by speed,
     over the sampled particles at the nearest simulator time (``reference`` data in the last panel)."""
     plt = _pyplot()
-    pipe = run.pipeline
     # The model's velocity (converted from a score through the path where it learned a score).
-    velocity = pipe.context.role("velocity", needed_by="the vector-field plot")
-    t_range = tuple(float(v) for v in pipe.path.t_range)
+    velocity = run.role("velocity", needed_by="the vector-field plot")
+    t_range = tuple(float(v) for v in run.path.t_range)
     times = field_times(t_range)  # type: ignore[arg-type]
     clouds = [reference] if trajectory is None else [reference, trajectory.reshape(-1, 2)]
     xlim, ylim = _limits(*clouds)
     grid_times = None
     if trajectory is not None:
-        sample = pipe.sample
-        grid_times = sample.grid(sample.steps, *t_range).cpu()
+        grid_times = run.sample_times().cpu()
     fig, axes = plt.subplots(
         1, len(times), figsize=(4.0 * len(times) + 1.0, 4.2), sharex=True, sharey=True, layout="constrained"
     )

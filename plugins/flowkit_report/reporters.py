@@ -1,21 +1,43 @@
-"""Hook implementations of the built-in reporters."""
+"""Hook implementations of the built-in reporters, and their ``[report]`` table."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from flowkit import hookimpl
+from flowkit.params import param
+
+if TYPE_CHECKING:
+    from flowkit.interfaces import Run
+
+
+@attrs.define(frozen=True)
+class ReportSettings:
+    """``[report]``: what the reporters show and write."""
+
+    progress: bool = param(True, doc="Show progress bars (off with --quiet).")
+    plots: bool = param(True, doc="Write PNG plots of samples, trajectories and the vector field (2D).")
+    log: bool = param(True, doc="Write metrics.jsonl, one JSON object per logged step.")
+
+
+def settings(run: Run) -> ReportSettings:
+    """The run's ``[report]`` table (its defaults when the pipeline has none)."""
+    found = run.table("report")
+    return found if isinstance(found, ReportSettings) else ReportSettings()
+
 
 # Open progress bars per run (a run is identified by its directory).
 _bars: dict[str, Any] = {}
 
 
-def _console(run: Any) -> bool:
-    return not run.quiet and run.pipeline.report.progress
+def _console(run: Run) -> bool:
+    return not run.quiet and settings(run).progress
 
 
-def _open_bar(run: Any, key: str, total: int, desc: str) -> Any:
+def _open_bar(run: Run, key: str, total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=True, mininterval=0.25)
@@ -23,57 +45,58 @@ def _open_bar(run: Any, key: str, total: int, desc: str) -> Any:
     return bar
 
 
-def _close_bar(run: Any, key: str) -> None:
+def _close_bar(run: Run, key: str) -> None:
     bar = _bars.pop(f"{run.directory}:{key}", None)
     if bar is not None:
         bar.close()
 
 
 @hookimpl
-def flowkit_run_start(run: Any) -> None:
-    if run.pipeline.report.log:
+def flowkit_run_start(run: Run) -> None:
+    if settings(run).log:
         (run.directory / "metrics.jsonl").write_text("", encoding="utf-8")
 
 
 @hookimpl
-def flowkit_stage(run: Any, stage: str, state: str) -> None:
+def flowkit_stage(run: Run, stage: str, state: str) -> None:
     if not _console(run):
         return
-    if state == "start" and stage == "train" and run.pipeline.train is not None:
-        _open_bar(run, "train", run.pipeline.train.steps, "train")
+    train = run.table("train")
+    if state == "start" and stage == "train" and train is not None:
+        _open_bar(run, "train", train.steps, "train")
     elif state == "start" and stage == "sample":
-        _open_bar(run, "sample", run.pipeline.sample.steps, "sample")
+        _open_bar(run, "sample", run.table("sample").steps, "sample")
     elif state == "end":
         _close_bar(run, stage)
 
 
 @hookimpl
-def flowkit_train_step(run: Any, step: int, loss: Any) -> None:
+def flowkit_train_step(run: Run, step: int, loss: Any) -> None:
     bar = _bars.get(f"{run.directory}:train")
     if bar is not None:
         bar.update(1)
 
 
 @hookimpl
-def flowkit_log(run: Any, step: int, metrics: dict[str, Any]) -> None:
+def flowkit_log(run: Run, step: int, metrics: dict[str, Any]) -> None:
     bar = _bars.get(f"{run.directory}:train")
     if bar is not None and "loss" in metrics:
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
-    if run.pipeline.report.log:
+    if settings(run).log:
         with open(run.directory / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, **metrics}) + "\n")
 
 
 @hookimpl
-def flowkit_sampling_progress(run: Any, done: int, total: int) -> None:
+def flowkit_sampling_progress(run: Run, done: int, total: int) -> None:
     bar = _bars.get(f"{run.directory}:sample")
     if bar is not None:
         bar.update(done - bar.n)
 
 
 @hookimpl
-def flowkit_samples_ready(run: Any, samples: Any, reference: Any, trajectory: Any) -> None:
-    if not run.pipeline.report.plots:
+def flowkit_samples_ready(run: Run, samples: Any, reference: Any, trajectory: Any) -> None:
+    if not settings(run).plots:
         return
     from flowkit_report import plots
 
@@ -84,6 +107,6 @@ def flowkit_samples_ready(run: Any, samples: Any, reference: Any, trajectory: An
 
 
 @hookimpl
-def flowkit_run_end(run: Any, metrics: dict[str, Any]) -> None:
+def flowkit_run_end(run: Run, metrics: dict[str, Any]) -> None:
     for key in [k for k in _bars if k.startswith(f"{run.directory}:")]:
         _bars.pop(key).close()

@@ -21,9 +21,8 @@ import attrs
 from torch import Tensor
 
 from flowkit.errors import CapabilityError
-from flowkit.interfaces import ODE, SDE, BuildContext
+from flowkit.interfaces import ODE, SDE, BuildContext, ScoreModel, per_sample
 from flowkit.params import param
-from flowkit_simulators.simulators import per_sample
 
 Field = Callable[[Tensor, Tensor], Tensor]
 
@@ -125,7 +124,7 @@ class ExtensionSDE(SDE):
         if self.score is None:
             raise _missing("extension-sde", "score", "score")
         half_var = 0.5 * self.diffusion(t).square()
-        if getattr(self.score, "velocity_source", None) is self.velocity:
+        if isinstance(self.score, ScoreModel) and self.score.velocity_source is self.velocity:
             score = self.score.from_velocity(x, t, velocity)  # one network evaluation, not two
         else:
             score = self.score(x, t)

@@ -10,37 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowkit.errors import CapabilityError
-from flowkit.interfaces import ODE, SDE, Simulator
+from flowkit.interfaces import ODE, SDE, per_sample
+from flowkit.solvers import FixedStepSimulator
 
 
-def per_sample(values: Tensor, x: Tensor) -> Tensor:
-    """View per-sample ``values (B,)`` (or a scalar) as ``(B, 1, ..., 1)`` to broadcast over ``x (B, *D)``."""
-    return values.reshape((-1,) + (1,) * (x.dim() - 1))
-
-
-def _require_dynamics(simulator: Simulator, dynamics: object) -> None:
-    if not isinstance(dynamics, ODE):
-        raise CapabilityError(
-            f"simulator '{simulator.registered_name}' integrates flowkit dynamics (an ODE or SDE "
-            f"component), but got a {type(dynamics).__name__}; build the dynamics from the "
-            f'[sample] table (e.g. dynamics = "flow") or wrap your field in '
-            f"flowkit_simulators.dynamics.FlowODE(velocity=...)"
-        )
-
-
-class _ODESimulator(Simulator):
-    """A deterministic integrator: refuses an SDE, whose noise it would silently drop."""
-
-    solves = ODE
-
-    def check(self, dynamics: ODE) -> None:
-        """Raise :class:`CapabilityError` unless ``dynamics`` is an ODE that is not an SDE."""
-        _require_dynamics(self, dynamics)
-        super().check(dynamics)
-
-
-class EulerSimulator(_ODESimulator):
+class EulerSimulator(FixedStepSimulator):
     """Explicit Euler, first order: ``x <- x + h u_t(x)``. One drift evaluation per step."""
 
     def step(
@@ -50,7 +24,7 @@ class EulerSimulator(_ODESimulator):
         return torch.addcmul(x, per_sample(h, x), dynamics.drift(x, t))
 
 
-class HeunSimulator(_ODESimulator):
+class HeunSimulator(FixedStepSimulator):
     """Heun's method (explicit trapezoid), second order. Two drift evaluations per step.
 
     ``k1 = u_t(x)``, ``k2 = u_{t+h}(x + h k1)``, ``x <- x + h/2 (k1 + k2)``. Every step, the last
@@ -71,7 +45,7 @@ class HeunSimulator(_ODESimulator):
         return out.addcmul_(half_h, k2)
 
 
-class EulerMaruyamaSimulator(Simulator):
+class EulerMaruyamaSimulator(FixedStepSimulator):
     """Euler–Maruyama, strong order 1/2: ``x <- x + h drift(x, t) + sigma_t sqrt(h) eps``.
 
     ``eps ~ N(0, I)`` is drawn with the given generator (on ``x``'s device and dtype), so a run is
@@ -80,19 +54,15 @@ class EulerMaruyamaSimulator(Simulator):
     increment has variance ``|h|``; the grid is increasing, so ``h > 0``.
     """
 
-    solves = SDE
-
-    def check(self, dynamics: ODE) -> None:
-        """Accept any ODE or SDE; raise :class:`CapabilityError` for anything else."""
-        _require_dynamics(self, dynamics)
+    solves = SDE  # and an ODE, as the noise-free case
 
     def step(
         self, dynamics: ODE, x: Tensor, t: Tensor, h: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """Advance ``x (B, *D)`` from ``t (B,)`` by ``h (B,)``; returns a new ``(B, *D)``."""
         out = torch.addcmul(x, per_sample(h, x), dynamics.drift(x, t))
-        if not getattr(dynamics, "is_sde", isinstance(dynamics, SDE)):
+        if not isinstance(dynamics, SDE):
             return out
-        noise_scale = dynamics.diffusion(t) * h.abs().sqrt()  # type: ignore[attr-defined]
+        noise_scale = dynamics.diffusion(t) * h.abs().sqrt()
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return out.addcmul_(per_sample(noise_scale, x), noise)

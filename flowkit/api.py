@@ -1,0 +1,183 @@
+"""The Python API, for notebooks and scripts: the same pipelines as the CLI, step by step.
+
+::
+
+    import flowkit
+
+    pipe = flowkit.load_pipeline("examples/moons.toml", overrides=["train.steps=500"])
+    losses = pipe.train()                  # the logged losses, [(step, loss), ...]
+    x = pipe.sample(1000)                  # tensor (1000, *D) on the CPU
+    metrics = pipe.evaluate()              # distance to held-out data and its noise floor
+    run = pipe.run(out="runs/moons-nb")    # the whole run, as `flowkit run` writes it
+
+    done = flowkit.open_run("runs/moons")  # a finished run: its metrics, samples and model
+    more = done.sample(5000)
+
+A pipeline may be given as a dict of tables instead of a file; its errors name ``<dict>``, the table
+and the key, as they name the file for a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flowkit.engine.build import Pipeline, build_pipeline
+from flowkit.engine.evaluate import measure
+from flowkit.engine.run import PipelineRun, run_pipeline
+from flowkit.engine.rundir import load_weights
+from flowkit.engine.sample import draw_samples
+from flowkit.engine.train import TrainLoop
+from flowkit.errors import FlowkitError
+from flowkit.registry import PluginManager
+
+
+class LoadedPipeline:
+    """A built pipeline in memory: train it, sample it, evaluate it, or run it into a run directory.
+
+    ``pipeline`` is the :class:`flowkit.engine.Pipeline` (every component and table), ``manager`` the
+    plugin manager it was built with.
+    """
+
+    def __init__(self, pipeline: Pipeline, manager: PluginManager) -> None:
+        self.pipeline = pipeline
+        self.manager = manager
+        self.trained = not pipeline.model.trainable
+        self._samples: Tensor | None = None
+
+    def train(self, steps: int | None = None) -> list[tuple[int, float]]:
+        """Train for ``[train] steps`` (or ``steps``); returns the mean loss every ``log_every`` steps.
+
+        Afterwards the model holds the weights sampling uses (the EMA, where enabled). Same seed, same
+        weights as ``flowkit run``. Nothing is written to disk.
+        """
+        if not self.pipeline.model.trainable:
+            raise FlowkitError(
+                f"{self.pipeline.source}: model '{self.pipeline.model.registered_name}' is exact"
+            )
+        loop = TrainLoop(self.pipeline)
+        cfg = loop.cfg
+        total = cfg.steps if steps is None else steps
+        logged, window = [], []
+        for step in range(1, total + 1):
+            window.append(loop.step())
+            if step % cfg.log_every == 0 or step == total:
+                mean = float(torch.stack(window).mean())
+                window.clear()
+                if not math.isfinite(mean):
+                    raise FlowkitError(
+                        f"{self.pipeline.source}: training diverged at step {step} (loss {mean}); "
+                        f"lower [train] lr (now {cfg.lr}) or set [train] grad_clip"
+                    )
+                logged.append((step, mean))
+        loop.finish()
+        self.trained = True
+        return logged
+
+    def sample(self, n: int | None = None) -> Tensor:
+        """``n`` samples (default ``[sample] n``), shape ``(n, *D)``, float32 on the CPU, drawn with the
+        ``[sample]`` simulator from the run's sampling seed (the first ``n`` match ``flowkit run``'s
+        when ``n = [sample] n``)."""
+        self._require_trained("sample")
+        count = self.pipeline.sample.n if n is None else int(n)
+        if count <= 0:
+            raise FlowkitError(f"sample(n): n must be positive, got {count}")
+        samples = draw_samples(self.pipeline, count)[1].float().cpu()
+        self._samples = samples
+        return samples
+
+    def evaluate(self, samples: Tensor | None = None) -> dict[str, Any]:
+        """The ``[evaluate]`` metrics of ``samples`` (default: the last :meth:`sample`, or a fresh
+        ``[sample] n``): distance, noise floor and their ratio."""
+        if samples is None:
+            samples = self._samples if self._samples is not None else self.sample()
+        need = self.pipeline.evaluate.n
+        if samples.shape[0] < need:
+            raise FlowkitError(
+                f"evaluate: [evaluate] n = {need} needs as many samples, got {samples.shape[0]}"
+            )
+        return measure(self.pipeline, samples.float().cpu())[0]
+
+    def run(self, out: str | Path | None = None, quiet: bool = True) -> FinishedRun:
+        """Train, sample and evaluate into a new run directory, as ``flowkit run`` does; returns it.
+
+        The pipeline must not have been trained in memory first (the run trains from the seed).
+        """
+        if self.pipeline.model.trainable and self.trained:
+            raise FlowkitError("run(): this pipeline was already trained in memory; load it again to run it")
+        done = run_pipeline(
+            self.pipeline, self.manager, out=None if out is None else str(out), quiet=quiet, command="api"
+        )
+        self.trained = True
+        return FinishedRun(done.directory, LoadedPipeline(self.pipeline, self.manager), dict(done.metrics))
+
+    def _require_trained(self, what: str) -> None:
+        if not self.trained:
+            raise FlowkitError(
+                f"{what}: model '{self.pipeline.model.registered_name}' is not trained yet; "
+                "call train() first"
+            )
+
+
+class FinishedRun:
+    """A run directory written by ``flowkit run``: its metrics, samples and (loaded) model."""
+
+    def __init__(self, directory: Path, pipeline: LoadedPipeline, metrics: dict[str, Any]) -> None:
+        self.directory = directory
+        self.pipeline = pipeline
+        self.metrics = metrics
+
+    @property
+    def samples(self) -> Tensor:
+        """The run's ``samples.npy``, ``(n, *D)``."""
+        return torch.from_numpy(np.load(self.directory / "samples.npy"))
+
+    def sample(self, n: int | None = None) -> Tensor:
+        """Fresh samples from the trained weights (see :meth:`LoadedPipeline.sample`)."""
+        return self.pipeline.sample(n)
+
+    def __repr__(self) -> str:
+        return f"FinishedRun({str(self.directory)!r})"
+
+
+def load_pipeline(
+    source: str | Path | Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    manager: PluginManager | None = None,
+) -> LoadedPipeline:
+    """Build the pipeline in ``source`` (a TOML file, or a dict of tables) with ``--set``-style
+    ``overrides`` (``["train.steps=100"]``). Raises :class:`flowkit.errors.ConfigError` naming the
+    file (or ``<dict>``), the table and the key of a mistake."""
+    manager = manager or PluginManager(warn=False)
+    return LoadedPipeline(build_pipeline(source, overrides, manager), manager)
+
+
+def open_run(directory: str | Path, manager: PluginManager | None = None) -> FinishedRun:
+    """Open a finished run directory: its resolved ``pipeline.toml``, ``metrics.json`` and the
+    sampling weights of ``model.pt`` loaded into the model."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FlowkitError(f"{root}: no such run directory")
+    missing = [name for name in ("pipeline.toml", "metrics.json") if not (root / name).is_file()]
+    if missing:
+        raise FlowkitError(f"{root}: not a finished run directory (no {', '.join(missing)})")
+    loaded = load_pipeline(root / "pipeline.toml", manager=manager)
+    if loaded.pipeline.model.trainable:
+        weights = root / "model.pt"
+        if not weights.is_file():
+            raise FlowkitError(f"{root}: no model.pt: the run did not finish training")
+        load_weights(weights, loaded.pipeline.model)
+        loaded.pipeline.model.eval()
+        loaded.trained = True
+    metrics = json.loads((root / "metrics.json").read_text(encoding="utf-8"))
+    return FinishedRun(root, loaded, metrics)
+
+
+__all__ = ["FinishedRun", "LoadedPipeline", "PipelineRun", "load_pipeline", "open_run"]

@@ -1,0 +1,197 @@
+"""Build the components a pipeline describes, refusing impossible combinations before any work starts.
+
+:func:`build_pipeline` validates the whole pipeline (a file or a dict) and builds every component:
+this is all that ``flowkit validate`` does. It also plans what the run will do that depends on more
+than one component: the module the device backend prepared for the forward passes, and whether the
+sampler is captured (a backend that captures, and a simulator that declares itself ``capturable``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import attrs
+import torch
+from torch import nn
+
+import flowkit
+from flowkit.config import Location, Structurer, apply_overrides, load_source, unstructure
+from flowkit.engine.sections import (
+    REQUIRED,
+    TABLES,
+    EvaluateSection,
+    FlowkitSection,
+    RunSection,
+    SampleSection,
+    TrainSection,
+)
+from flowkit.engine.seeds import stage_seed
+from flowkit.errors import CapabilityError, ConfigError, PluginError, suggest
+from flowkit.interfaces import (
+    AnalyticModel,
+    BuildContext,
+    Dataset,
+    DeviceBackend,
+    Loss,
+    Model,
+    ProbabilityPath,
+)
+from flowkit.registry import PluginManager
+
+
+@attrs.define
+class Pipeline:
+    """Every built component and validated table of a pipeline.
+
+    ``network`` is the module forward passes go through: ``model`` as the device backend prepared it
+    (moved, and compiled where asked); it shares ``model``'s parameters, whose state is what is saved.
+    ``tables`` holds the plugins' own tables (``[report]``, ...), validated, defaults filled in.
+    ``capture`` says whether the sampler runs as the backend's captured graph.
+    """
+
+    source: str
+    run: RunSection
+    dataset: Dataset
+    path: ProbabilityPath
+    model: Model
+    network: nn.Module
+    loss: Loss | None
+    train: TrainSection | None
+    sample: SampleSection
+    evaluate: EvaluateSection
+    tables: dict[str, Any]
+    context: BuildContext
+    capture: bool = False
+
+    @property
+    def device(self) -> DeviceBackend:
+        return self.run.device
+
+    def table(self, name: str) -> Any:
+        """The validated table ``name`` (a section or a plugin's table), ``None`` if absent."""
+        if name in self.tables:
+            return self.tables[name]
+        if name in TABLES and isinstance(TABLES[name], type):
+            return getattr(self, name, None)
+        return None
+
+    def resolved(self, manager: PluginManager | None = None, command: str = "") -> dict[str, Any]:
+        """The pipeline with every default filled in, as TOML-ready data, in :data:`TABLES` order."""
+        plugins = (
+            {}
+            if manager is None
+            else {p.name: f"{p.dist} {p.version}".strip() for p in manager.plugins.values()}
+        )
+        record = FlowkitSection(flowkit.__version__, plugins, self.source, command)
+        data: dict[str, Any] = {"flowkit": unstructure(record)}
+        for table in TABLES:
+            if table != "flowkit":
+                value = getattr(self, {"data": "dataset"}.get(table, table))
+                if value is not None:
+                    data[table] = unstructure(value)
+        data.update({name: unstructure(value) for name, value in self.tables.items()})
+        return data
+
+
+def build_pipeline(
+    source: str | Path | Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    manager: PluginManager | None = None,
+) -> Pipeline:
+    """Read (a file) or take (a dict), validate and build a pipeline with ``--set`` overrides.
+
+    Trains nothing. Every error names the file (``<dict>`` for a dict), the table and the key.
+    """
+    manager = manager or PluginManager()
+    raw, name = load_source(source)
+    raw, overridden = apply_overrides(raw, overrides, name)
+    plugin_tables = _plugin_tables(manager)
+    known = [*TABLES, *plugin_tables]
+    for table in raw:
+        if table not in known:
+            raise ConfigError(
+                f"{name}: unknown table [{table}].{suggest(table, known)} Valid tables: {', '.join(known)}"
+            )
+    for table in REQUIRED:
+        if table not in raw:
+            kind = str(TABLES[table])
+            names = manager.registry.names(kind)
+            raise ConfigError(
+                f"{name}: missing table [{table}]; add one naming a registered {kind}, e.g. "
+                f'[{table}] kind = "{names[0] if names else "NAME"}" (known: {", ".join(names)})'
+            )
+    top = Location(name, (), overridden)
+    context = BuildContext(source=name)
+    build = Structurer(manager.registry, context)
+    # The sections' own tables are validated before anything is built, so a typo fails fast.
+    run = build.structure(RunSection, raw.get("run", {}), top.child("run"))
+    build.structure(FlowkitSection, raw.get("flowkit", {}), top.child("flowkit"))
+    context.device = run.device
+    dataset = context.dataset = cast(Dataset, build.build("dataset", raw["data"], top.child("data")))
+    path = context.path = cast(ProbabilityPath, build.build("path", raw["path"], top.child("path")))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stage_seed(run.seed, "init"))  # the initial weights depend on the seed only
+        model = context.model = cast(Model, build.build("model", raw["model"], top.child("model")))
+    network = run.device.prepare_module(model)
+    loss = train = None
+    if model.trainable:
+        if "loss" not in raw:
+            raise ConfigError(
+                f"{name}: missing table [loss]; model '{model.registered_name}' is trained, so "
+                f"name a loss (known: {', '.join(manager.registry.names('loss'))})"
+            )
+        loss = cast(Loss, build.build("loss", raw["loss"], top.child("loss")))
+        _located(lambda: loss.check(path), name, "[loss]")
+        train = build.structure(TrainSection, raw.get("train", {}), top.child("train"))
+        context.roles = {loss.trains: loss.model_role(network, path)}
+    else:
+        for table in ("loss", "train"):
+            if table in raw:
+                raise ConfigError(
+                    f"{name}: [{table}] is set, but model '{model.registered_name}' is exact "
+                    f"and is not trained; remove [{table}]"
+                )
+        assert isinstance(model, AnalyticModel)  # Model has two kinds: trainable or analytic
+        context.roles = dict(model.roles())
+    sample = build.structure(SampleSection, raw.get("sample", {}), top.child("sample"))
+    _located(lambda: sample.simulator.check(sample.dynamics), name, "[sample]")
+    evaluate = build.structure(EvaluateSection, raw.get("evaluate", {}), top.child("evaluate"))
+    if evaluate.n > sample.n:
+        raise (
+            top.child("evaluate")
+            .child("n")
+            .error(
+                f"{evaluate.n} held-out points need as many samples, but [sample] n = {sample.n}; "
+                f"raise [sample] n or lower [evaluate] n"
+            )
+        )
+    tables = {
+        table: build.structure(cls, raw.get(table, {}), top.child(table))
+        for table, cls in plugin_tables.items()
+    }
+    capture = run.device.captures_samplers and type(sample.simulator).capturable
+    return Pipeline(
+        name, run, dataset, path, model, network, loss, train, sample, evaluate, tables, context, capture
+    )
+
+
+def _plugin_tables(manager: PluginManager) -> dict[str, type]:
+    """The tables plugins declared; one that takes a name of flowkit's own tables is refused."""
+    tables = {}
+    for entry in manager.registry.tables():
+        if entry.name in TABLES:
+            raise PluginError(
+                f"{entry.plugin.describe()} declares table [{entry.name}], which is one of flowkit's own "
+                f"({', '.join(TABLES)}); rename it, or block the plugin with -p no:{entry.plugin.name}"
+            )
+        tables[entry.name] = entry.cls
+    return tables
+
+
+def _located(check: Callable[[], None], source: str, table: str) -> None:
+    try:
+        check()
+    except CapabilityError as exc:
+        raise CapabilityError(f"{source}: {table}: {exc}") from exc

@@ -1,0 +1,81 @@
+"""Sampling: ``[sample] n`` draws from ``p_init`` carried to the data by the simulator.
+
+A fixed-step simulator steps over the ``[sample] grid``; an adaptive one is given the grid's end points
+and chooses its own steps. Where the pipeline was planned with ``capture`` (a backend that captures,
+a ``capturable`` simulator), the whole sampler runs as one captured graph.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from flowkit.engine.rundir import write_array
+from flowkit.engine.seeds import stage_seed
+from flowkit.interfaces import Progress, Samples
+
+if TYPE_CHECKING:
+    from flowkit.engine.build import Pipeline
+    from flowkit.engine.run import PipelineRun
+
+
+def sample_times(pipeline: Pipeline, device: torch.device | None = None) -> Tensor:
+    """The ``[sample]`` grid over the path's ``t_range``, ``(steps + 1,)``."""
+    cfg = pipeline.sample
+    t_start, t_end = pipeline.path.t_range
+    return cfg.grid(cfg.steps, t_start, t_end).to(device if device is not None else pipeline.device.device)
+
+
+@torch.no_grad()
+def draw_samples(
+    pipeline: Pipeline, n: int, seed_stage: str = "sample", progress: Progress | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(x0, x1)``: ``n`` draws of ``p_init`` and the samples they become, each ``(n, *D)`` on the
+    device, from the stage seed ``seed_stage``. Sets the simulator's ``last_nfe``;
+    ``progress(done, total)`` is called as sampling advances."""
+    cfg, backend = pipeline.sample, pipeline.device
+    device = backend.device
+    ts = sample_times(pipeline, device)
+    simulator = cfg.simulator
+    span = ts[[0, -1]] if simulator.adaptive else ts
+    generator = backend.generator(stage_seed(pipeline.run.seed, seed_stage))
+    x0 = pipeline.path.sample_prior((n, *pipeline.dataset.shape), generator=generator, device=device)
+    if not pipeline.capture:
+        return x0, simulator.simulate(cfg.dynamics, x0, span, generator=generator, progress=progress)
+
+    def draw(x: Tensor) -> Tensor:
+        return simulator.simulate(cfg.dynamics, x, span, generator=generator)
+
+    # Per-step hooks cannot run inside a replayed graph: progress is reported once, at the end.
+    samples = backend.compile_sampler(draw, x0)(x0)
+    if progress is not None:
+        progress(cfg.steps, cfg.steps)
+    return x0, samples
+
+
+@torch.no_grad()
+def sample(run: PipelineRun) -> Samples:
+    """The sampling stage: samples on the CPU (also written to ``samples.npy``), the trajectories of
+    the first ``[sample] trajectories`` of them over the grid, and the function evaluations."""
+    pipe = run.pipeline
+    cfg = pipe.sample
+
+    def progress(done: int, total: int) -> None:
+        run.hook.flowkit_sampling_progress(run=run, done=done, total=total)
+
+    x0, samples = draw_samples(pipe, cfg.n, progress=progress)
+    nfe = cfg.simulator.last_nfe
+    run.metrics["nfe"] = nfe
+    run.metrics["sample_steps"] = cfg.steps
+    run.metrics["sampler_captured"] = pipe.capture
+    trajectory = None
+    if cfg.trajectories:
+        traj_gen = pipe.device.generator(stage_seed(pipe.run.seed, "trajectory"))
+        trajectory = cfg.simulator.simulate_trajectory(
+            cfg.dynamics, x0[: cfg.trajectories], sample_times(pipe), generator=traj_gen
+        ).cpu()
+    samples = samples.float().cpu()
+    write_array(run.directory / "samples.npy", samples.numpy())
+    return Samples(samples, trajectory, nfe)

@@ -1,0 +1,120 @@
+"""The tables of a pipeline file that are not components, and the order of all of them.
+
+:data:`TABLES` is the one statement of the table order: build order, the order of a resolved
+``pipeline.toml``, and of the docs. A component table names its kind; the others are attrs classes.
+Plugins add tables of their own (``registry.add_table``); those follow these in a resolved file.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from flowkit.interfaces import ODE, DeviceBackend, Metric, Simulator, TimeGrid
+from flowkit.params import component, param
+
+_positive = attrs.validators.gt(0)
+_non_negative = attrs.validators.ge(0)
+
+
+@attrs.define(frozen=True)
+class RunSection:
+    """``[run]``: seed, device and run directory."""
+
+    seed: int = param(
+        0, doc="Seed of every random draw; the same file and seed give the same samples on the CPU."
+    )
+    device: DeviceBackend = component("cpu", doc="Device backend (cpu, cuda or auto).")
+    out: str = param(
+        "runs/{name}",
+        doc="Run directory; {name} is the pipeline file's name. An existing "
+        "non-empty directory is never overwritten: a numbered sibling is used.",
+    )
+
+
+@attrs.define(frozen=True)
+class TrainSection:
+    """``[train]``: the optimisation loop (AdamW, learning-rate schedule, EMA of the weights)."""
+
+    steps: int = param(3000, doc="Optimisation steps.", validator=_positive)
+    batch_size: int = param(256, doc="Data points per step.", validator=_positive)
+    lr: float = param(1e-3, doc="Peak learning rate of AdamW.", validator=_positive)
+    lr_schedule: Literal["constant", "cosine"] = param(
+        "cosine", doc="Learning-rate schedule after warm-up: constant, or cosine decay to zero."
+    )
+    warmup_steps: int = param(0, doc="Steps of linear learning-rate warm-up.", validator=_non_negative)
+    weight_decay: float = param(0.0, doc="AdamW weight decay.", validator=_non_negative)
+    grad_clip: float = param(
+        0.0, doc="Clip the gradient norm to this value (0: no clipping).", validator=_non_negative
+    )
+    ema_decay: float = param(
+        0.999,
+        doc="Decay of the exponential moving average of the weights used for "
+        "sampling (0: sample with the raw weights).",
+        validator=[_non_negative, attrs.validators.lt(1)],
+    )
+    log_every: int = param(100, doc="Steps between logged losses.", validator=_positive)
+    checkpoint_every: int = param(
+        0, doc="Steps between checkpoints (0: only the final weights).", validator=_non_negative
+    )
+
+
+@attrs.define(frozen=True)
+class SampleSection:
+    """``[sample]``: how samples are drawn from the model."""
+
+    simulator: Simulator = component("heun", doc="Simulator (euler, heun, euler-maruyama).")
+    dynamics: ODE = component("flow", doc="What is integrated: flow (the ODE), extension-sde, langevin.")
+    grid: TimeGrid = component(
+        "uniform", doc="Time grid: the steps of a fixed-step simulator (an adaptive one reports there)."
+    )
+    steps: int = param(50, doc="Simulator steps from t = 0 (noise) to t = 1 (data).", validator=_positive)
+    n: int = param(2000, doc="Number of samples drawn.", validator=_positive)
+    trajectories: int = param(256, doc="Sample paths recorded for plots (0: none).", validator=_non_negative)
+
+
+@attrs.define(frozen=True)
+class EvaluateSection:
+    """``[evaluate]``: the distance between samples and held-out data, and its noise floor."""
+
+    metric: Metric = component("w2", doc="Distance between sample sets (w2, sliced-w2, energy).")
+    n: int = param(
+        2000,
+        doc="Held-out data points compared with as many samples; the noise floor is the "
+        "distance between two such draws of data.",
+        validator=_positive,
+    )
+    floor_repeats: int = param(
+        3,
+        doc="Fresh draws of data whose distances to the held-out set are averaged into the noise floor "
+        "(one draw fluctuates by 15-20% at n = 2000).",
+        validator=_positive,
+    )
+
+
+@attrs.define(frozen=True)
+class FlowkitSection:
+    """``[flowkit]``: written into resolved pipelines for the record; ignored when loaded."""
+
+    version: str = param("", doc="flowkit version that wrote the file.")
+    plugins: dict[str, str] = param(factory=dict, doc="Plugin name -> 'distribution version'.")
+    source: str = param("", doc="Pipeline file the run was started from.")
+    command: str = param("", doc="Command line of the run.")
+
+
+#: Tables of a pipeline file, in build order; component tables name their kind.
+TABLES: dict[str, str | type] = {
+    "flowkit": FlowkitSection,
+    "run": RunSection,
+    "data": "dataset",
+    "path": "path",
+    "model": "model",
+    "loss": "loss",
+    "train": TrainSection,
+    "sample": SampleSection,
+    "evaluate": EvaluateSection,
+}
+
+#: Component tables a pipeline file must have.
+REQUIRED = ("data", "path", "model")

@@ -1,0 +1,101 @@
+"""A base for fixed-step simulators: implement one ``step``, get ``simulate`` and ``simulate_trajectory``.
+
+:class:`FixedStepSimulator` runs ``step`` over consecutive times of the grid and counts drift
+evaluations through :func:`counted`, a wrapper that keeps the dynamics' type (an SDE stays an SDE, so a
+step may test ``isinstance(dynamics, SDE)``). Plugins use it as they like; the engine only sees the
+:class:`~flowkit.interfaces.Simulator` contract.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from flowkit.interfaces import ODE, SDE, Progress, Simulator
+
+
+class _CountedODE(ODE):
+    """``dynamics`` with its drift evaluations counted in ``count``."""
+
+    def __init__(self, dynamics: ODE) -> None:
+        super().__init__(dynamics.params)
+        self.dynamics = dynamics
+        self.registered_kind = dynamics.registered_kind
+        self.registered_name = dynamics.registered_name
+        self.count = 0
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        self.count += 1
+        return self.dynamics.drift(x, t)
+
+
+class _CountedSDE(_CountedODE, SDE):
+    def diffusion(self, t: Tensor) -> Tensor:
+        return self.dynamics.diffusion(t)  # type: ignore[attr-defined]
+
+
+def counted(dynamics: ODE) -> _CountedODE:
+    """``dynamics`` wrapped to count drift evaluations (``.count``); an SDE stays an :class:`SDE`."""
+    return _CountedSDE(dynamics) if isinstance(dynamics, SDE) else _CountedODE(dynamics)
+
+
+class FixedStepSimulator(Simulator):
+    """A simulator that advances exactly between consecutive grid times: implement :meth:`step`.
+
+    ``simulate`` calls ``step`` once per interval of ``ts``, reports ``progress(i, T)`` after step
+    ``i`` and sets ``last_nfe``. Capturable as a CUDA graph as long as ``step`` is (no host sync).
+    """
+
+    adaptive: ClassVar[bool] = False
+    capturable: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def step(
+        self, dynamics: ODE, x: Tensor, t: Tensor, h: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Advance ``x (B, *D)`` from time ``t (B,)`` by ``h (B,)``; returns a new ``(B, *D)``."""
+
+    def _run(
+        self,
+        dynamics: ODE,
+        x: Tensor,
+        ts: Tensor,
+        generator: torch.Generator | None,
+        keep: bool,
+        progress: Progress | None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        self.check(dynamics)
+        counting = counted(dynamics)
+        ts = ts.to(device=x.device, dtype=x.dtype)
+        states = [x] if keep else []
+        batch, total = x.shape[0], ts.numel() - 1
+        for i in range(total):
+            t = ts[i].expand(batch)
+            h = (ts[i + 1] - ts[i]).expand(batch)
+            x = self.step(counting, x, t, h, generator)
+            if keep:
+                states.append(x)
+            if progress is not None:
+                progress(i + 1, total)
+        self.last_nfe = counting.count
+        return x, states
+
+    def simulate(
+        self,
+        dynamics: ODE,
+        x: Tensor,
+        ts: Tensor,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+    ) -> Tensor:
+        """Integrate ``x (B, *D)`` over the grid ``ts (T + 1,)``; returns the final ``(B, *D)``."""
+        return self._run(dynamics, x, ts, generator, keep=False, progress=progress)[0]
+
+    def simulate_trajectory(
+        self, dynamics: ODE, x: Tensor, ts: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Every visited state, ``(T + 1, B, *D)``."""
+        return torch.stack(self._run(dynamics, x, ts, generator, keep=True, progress=None)[1])
