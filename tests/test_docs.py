@@ -94,3 +94,16 @@ def test_relative_links_resolve(guide):
 def test_math_is_shipped_with_the_docs():
     text = (DOCS / "math.md").read_text(encoding="utf-8")
     assert "t = 0" in text and "t = 1" in text
+
+
+def test_the_user_guide_python_snippet_runs():
+    """The "From Python" block of the user guide runs as written (its own assert included)."""
+    text = (DOCS / "user-guide.md").read_text(encoding="utf-8")
+    marker = "<!-- test: this block runs in tests/test_docs.py -->\n```python\n"
+    start = text.index(marker) + len(marker)
+    code = text[start : text.index("```", start)]
+    namespace: dict = {}
+    exec(compile(code, "docs/user-guide.md", "exec"), namespace)
+    assert namespace["x"].shape == (500, 2)
+    assert namespace["losses"][-1][0] == 300
+    assert {"distance", "noise_floor", "ratio_to_floor"} <= set(namespace["metrics"])
