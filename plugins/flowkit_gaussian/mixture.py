@@ -30,10 +30,17 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import CapabilityError, FlowkitError
-from flowkit.interfaces import AnalyticModel, BuildContext, Dataset, Schedule, ScoreModel, VectorField
+from flowkit.interfaces import (
+    AnalyticModel,
+    BuildContext,
+    Dataset,
+    GaussianProbabilityPath,
+    Schedule,
+    ScoreModel,
+    VectorField,
+)
 from flowkit.params import param
 from flowkit_gaussian.errors import InvalidParameter
-from flowkit_gaussian.path import GaussianPath
 
 #: The mixtures a user gets without listing means (all 2D).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -242,6 +249,13 @@ class MixtureOracle(AnalyticModel):
     :meth:`from_components` or the constructor.
     """
 
+    # Buffers (float64), registered in __init__ so they follow .to(device).
+    log_weights: Tensor  # (K,)
+    means: Tensor  # (K, d)
+    eigenvalues: Tensor  # (K, d)
+    bases: Tensor  # (d, K d)
+    rotated_means: Tensor  # (K, d)
+
     def __init__(
         self, weights: Tensor, means: Tensor, covariances: Tensor, schedule: Schedule, params: Any = None
     ) -> None:
@@ -260,14 +274,14 @@ class MixtureOracle(AnalyticModel):
 
     @classmethod
     def from_components(cls, dataset: Any, path: Any) -> MixtureOracle:
-        """The oracle of ``dataset`` (with ``mixture_parameters()``) under ``path`` (a GaussianPath)."""
+        """The oracle of ``dataset`` (with ``mixture_parameters()``) under ``path`` (a Gaussian path)."""
         if not callable(getattr(dataset, "mixture_parameters", None)):
             name = getattr(dataset, "registered_name", None) or type(dataset).__name__
             raise CapabilityError(
                 f"model 'mixture-oracle' needs data with known mixture parameters, but [data] is "
                 f"'{name}'; use [data] kind = \"gaussian-mixture\""
             )
-        if not isinstance(path, GaussianPath):
+        if not isinstance(path, GaussianProbabilityPath):
             name = getattr(path, "registered_name", None) or type(path).__name__
             raise CapabilityError(
                 f"model 'mixture-oracle' needs a Gaussian path (its alpha_t and beta_t), but [path] is "
