@@ -1,6 +1,8 @@
 """examples/plugin-package, installed for real: pip builds and installs it into a virtual environment
 (that sees this environment's packages), and flowkit's CLI in that environment finds, lists, runs,
-blocks and — after ``pip uninstall`` — forgets its components. Offline: no package index is used.
+blocks and — after ``pip uninstall`` — forgets its components. Offline: no package index is used, and
+the build runs without isolation on this environment's setuptools (>= 70.1, from flowkit's dev extra,
+builds wheels without the ``wheel`` package).
 
 This environment is never modified: the package is copied and built in a temporary folder and
 installed into a temporary virtual environment.
@@ -8,12 +10,19 @@ installed into a temporary virtual environment.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 import attrs
 import pytest
@@ -43,8 +52,25 @@ class Invocation:
     stderr: str
 
 
+#: One line of a ``.pth`` file: Python runs it at start-up and reads the folder's own ``.pth`` files.
+ADD_SITE = "import site; site.addsitedir({!r})\n"
+
+
+def site_directories() -> list[str]:
+    """This interpreter's site-packages folders (a virtual environment's, not its base Python's)."""
+    found = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        found.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(found) if Path(d).is_dir()]
+
+
 class Environment:
-    """A virtual environment with ``--system-site-packages`` (flowkit, torch, pytest come from here)."""
+    """A virtual environment that sees this environment's packages (flowkit, torch, pytest, setuptools).
+
+    ``--system-site-packages`` would not do: made from a virtual environment, it shows the packages of
+    the base interpreter instead. This environment's site folders are added through a ``.pth`` file,
+    after the new environment's own.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -53,11 +79,17 @@ class Environment:
             PACKAGE, self.source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
         )
         venv = root / "venv"
-        subprocess.run(
-            [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True
-        )
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
         bindir = "Scripts" if os.name == "nt" else "bin"
         self.python = str(venv / bindir / ("python.exe" if os.name == "nt" else "python"))
+        purelib = subprocess.run(
+            [self.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        lines = "".join(ADD_SITE.format(d) for d in site_directories())
+        (Path(purelib) / "_outer_environment.pth").write_text(lines, encoding="utf-8")
         self.present = False
         self.env = {k: v for k, v in os.environ.items() if k not in ("FLOWKIT_DISABLE_PLUGINS", "PYTHONPATH")}
 
@@ -108,6 +140,24 @@ def installed(environment):
     if not environment.present:
         environment.install()
     return environment
+
+
+def test_this_environment_builds_wheels_without_isolation_and_offline():
+    # `pip install --no-build-isolation` uses this environment's setuptools: before 70.1 it needs the
+    # wheel package for bdist_wheel ("error: invalid command 'bdist_wheel'"); flowkit's dev extra
+    # asks for setuptools>=70.1, and the package declares the same.
+    import setuptools
+
+    assert importlib.util.find_spec("setuptools.command.bdist_wheel") or importlib.util.find_spec("wheel"), (
+        f"setuptools {setuptools.__version__} cannot build wheels here: pip install 'setuptools>=70.1'"
+    )
+    config = tomllib.loads((PACKAGE / "pyproject.toml").read_text())
+    assert config["build-system"] == {
+        "requires": ["setuptools>=70.1"],
+        "build-backend": "setuptools.build_meta",
+    }
+    # the test environment sees this setuptools (not the base interpreter's, which may be older)
+    assert any(Path(setuptools.__file__).is_relative_to(d) for d in site_directories())
 
 
 def test_installed_plugin_is_listed_with_its_distribution_and_version(installed):
