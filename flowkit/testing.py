@@ -1,7 +1,7 @@
 """Testing aids for plugin authors: an isolated registry with the plugins you choose.
 
-flowkit registers this module as a pytest plugin (the ``pytest11`` entry point), so in any project
-where flowkit is installed these fixtures exist without a ``conftest.py``:
+flowkit installs a pytest plugin (:mod:`pytest_flowkit`, the ``pytest11`` entry point ``flowkit``),
+so in any project where flowkit is installed these fixtures exist without a ``conftest.py``:
 
 ``flowkit_manager``
     A factory, :func:`make_manager`: ``flowkit_manager(plugins=[my_plugin])`` is a
@@ -11,8 +11,9 @@ where flowkit is installed these fixtures exist without a ``conftest.py``:
     The :class:`~flowkit.registry.ComponentRegistry` of such a manager. Choose its plugins with the
     marker ``@pytest.mark.flowkit_plugins(my_plugin, builtins=True)``.
 
-and the helpers :func:`check_component` (does a class register cleanly, with documented
-parameters?) and :func:`build_component` (build one from a TOML-like spec, as a pipeline would)::
+and this module has the helpers: :func:`make_manager`, :func:`check_component` (does a class
+register cleanly, with documented parameters?) and :func:`build_component` (build one from a
+TOML-like spec, as a pipeline would)::
 
     import flowkit_extras
     from flowkit.testing import build_component, check_component
@@ -25,7 +26,7 @@ parameters?) and :func:`build_component` (build one from a TOML-like spec, as a 
     def test_schedule_is_a_valid_component():
         check_component("schedule", PolynomialSchedule)
 
-Importing this module is cheap (no torch, no plugin): pytest imports it in every session.
+Importing this module is cheap (no torch, no plugin) and needs no pytest.
 """
 
 from __future__ import annotations
@@ -38,14 +39,9 @@ import typing
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-try:
-    import pytest
-except ImportError:  # pragma: no cover - the helpers work without pytest; the fixtures need it
-    pytest = None  # type: ignore[assignment]
-
 if TYPE_CHECKING:
     from flowkit.interfaces import BuildContext, Component
-    from flowkit.registry import ComponentEntry, ComponentRegistry, PluginManager
+    from flowkit.registry import ComponentEntry, PluginManager
 
 #: The distribution whose entry points are flowkit's built-in plugins.
 BUILTIN_DIST = "flowkit"
@@ -223,30 +219,3 @@ def build_component(
     context = context if context is not None else BuildContext(source="<test>")
     table = dict(spec) if isinstance(spec, Mapping) else spec
     return Structurer(manager.registry, context).build(kind, table, Location(context.source, (kind,)))
-
-
-# ---------------------------------------------------------------------------------------------------
-# The pytest plugin
-# ---------------------------------------------------------------------------------------------------
-
-
-if pytest is not None:
-
-    def pytest_configure(config: Any) -> None:
-        config.addinivalue_line(
-            "markers",
-            "flowkit_plugins(*plugins, builtins=True): plugins in the flowkit_registry fixture's registry",
-        )
-
-    @pytest.fixture
-    def flowkit_manager() -> Any:
-        """Factory of isolated plugin managers: ``flowkit_manager(plugins=[mod], builtins=True)``."""
-        return make_manager
-
-    @pytest.fixture
-    def flowkit_registry(request: Any) -> ComponentRegistry:
-        """The registry of built-ins plus the plugins of ``@pytest.mark.flowkit_plugins(...)``."""
-        marker = request.node.get_closest_marker("flowkit_plugins")
-        plugins: tuple[Any, ...] = marker.args if marker else ()
-        options: dict[str, Any] = dict(marker.kwargs) if marker else {}
-        return make_manager(plugins, **options).registry

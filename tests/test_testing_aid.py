@@ -1,7 +1,19 @@
-"""flowkit.testing, the aid for plugin authors (a pytest plugin registered under ``pytest11``), and the
-CLI staying usable while a broken plugin is installed."""
+"""flowkit.testing, the aid for plugin authors (its fixtures come from the pytest plugin
+``pytest_flowkit``, registered under ``pytest11``), coverage seeing flowkit's imports, and the CLI
+staying usable while a broken plugin is installed."""
 
 from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 import attrs
 import pytest
@@ -129,6 +141,59 @@ def test_the_registry_fixture_takes_plugins_from_the_marker(flowkit_registry):
 
 def test_the_manager_fixture_is_the_factory(flowkit_manager):
     assert flowkit_manager is make_manager
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LOAD_PYTEST_PLUGIN = """
+import importlib.metadata, json, sys
+(ep,) = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.name == "flowkit"]
+ep.load()
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "flowkit")
+print(json.dumps({"value": ep.value, "flowkit": loaded}))
+"""
+
+
+def test_the_pytest_plugin_imports_no_flowkit_module():
+    # pytest imports pytest11 plugins before pytest-cov starts: a flowkit module imported then (as
+    # when the plugin was flowkit.testing) shows as 0% covered, e.g. flowkit/hookspecs.py.
+    done = subprocess.run([sys.executable, "-c", LOAD_PYTEST_PLUGIN], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"value": "pytest_flowkit", "flowkit": []}
+
+
+COVERED = """
+import flowkit.hookspecs
+
+
+def test_fixture_and_import(flowkit_manager):
+    assert flowkit_manager(builtins=False).problems == []
+"""
+
+
+def test_coverage_sees_the_import_of_flowkit(tmp_path):
+    (tmp_path / "test_covered.py").write_text(COVERED)
+    report = tmp_path / "coverage.json"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--cov=flowkit"]
+    command += [f"--cov-report=json:{report}", "test_covered.py"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    files = json.loads(report.read_text())["files"]
+    (hookspecs,) = [v for k, v in files.items() if Path(k).as_posix().endswith("flowkit/hookspecs.py")]
+    assert hookspecs["summary"]["percent_covered"] > 50  # its definitions ran under coverage
+
+
+def test_coverage_measures_the_core_and_every_builtin_plugin_with_a_floor():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    plugins = set(config["project"]["entry-points"]["flowkit"].values())
+    assert set(config["tool"]["coverage"]["run"]["source"]) == {"flowkit"} | plugins
+    assert "pytest_flowkit" not in config["tool"]["coverage"]["run"]["source"]
+    options = config["tool"]["pytest"]["ini_options"]["addopts"].split()
+    assert "--cov" in options
+    (floor,) = [int(o.split("=")[1]) for o in options if o.startswith("--cov-fail-under=")]
+    assert floor >= 50
+    installed = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="pytest11")}
+    assert installed.get("flowkit") == "pytest_flowkit"  # the installed metadata is current
 
 
 def test_the_cli_keeps_working_while_broken_plugins_are_installed(make_distribution, tiny_pipeline):
