@@ -60,7 +60,7 @@ def param_rows(params_cls: type) -> list[ParamRow]:
         default = field.default
         required = default is attrs.NOTHING
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory() if not default.takes_self else attrs.NOTHING  # type: ignore[union-attr]
+            default = default.factory() if not default.takes_self else attrs.NOTHING
         rows.append(
             ParamRow(
                 name=field.name,

@@ -125,7 +125,7 @@ def make_manager(
     return manager
 
 
-def component_problems(kind: str, cls: type) -> list[str]:
+def component_problems(kind: str, cls: type[Any]) -> list[str]:
     """Everything wrong with ``cls`` as a ``kind`` component (empty when it is fine).
 
     Checks what the registry checks (interface, abstract methods, attrs ``Params``) and what the
@@ -184,7 +184,7 @@ def _plain_type(tp: Any) -> bool:
     return isinstance(tp, type) and attrs.has(tp)
 
 
-def check_component(kind: str, cls: type) -> ComponentEntry:
+def check_component(kind: str, cls: type[Any]) -> ComponentEntry:
     """Assert that ``cls`` registers cleanly as a ``kind`` and documents its parameters.
 
     Returns the registry entry; raises ``AssertionError`` listing every problem.
