@@ -1,10 +1,10 @@
 """``.ci/run`` works as on a fresh machine, and the test suite asserts no wall-clock time.
 
 ``.ci/run`` is run for real on a copy of itself whose ``scripts/setup.sh`` is a stand-in: it records
-what it was given and installs fake ``ruff`` and ``pytest`` modules (which record their calls) into
-the environment it was pointed at. So the test checks that each run makes a brand-new environment
-outside the checkout, installs only through ``scripts/setup.sh``, runs lint, format and the tests
-with that environment's Python, removes it afterwards, and fails when a step fails.
+what it was given and installs fake ``ruff``, ``mypy`` and ``pytest`` modules (which record their
+calls) into the environment it was pointed at. So the test checks that each run makes a brand-new
+environment outside the checkout, installs only through ``scripts/setup.sh``, runs lint, format
+and the tests with that environment's Python, removes it afterwards, and fails when a step fails.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 SETUP_STUB = r"""#!/usr/bin/env bash
-# Stand-in for scripts/setup.sh: record the call, install fake ruff and pytest into "$PYTHON".
+# Stand-in for scripts/setup.sh: record the call, install fake ruff, mypy and pytest into "$PYTHON".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fresh=yes
 "$PYTHON" -c "import pytest" 2>/dev/null && fresh=no
 "$PYTHON" -c "import ruff" 2>/dev/null && fresh=no
 site="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-for tool in ruff pytest; do
+for tool in ruff mypy pytest; do
     mkdir -p "$site/$tool"
     : > "$site/$tool/__init__.py"
     cat > "$site/$tool/__main__.py" <<EOF
@@ -89,11 +89,9 @@ def test_ci_builds_a_fresh_environment_and_uses_only_it(checkout):
         assert setup["which"] == str(python)  # activated: its python first on PATH
         assert python.is_relative_to(temp) and not python.is_relative_to(root)  # outside the checkout
         assert Path(setup["cwd"]) == root
-        assert [(c["tool"], c["args"]) for c in calls] == [
-            ("ruff", ["check", "."]),
-            ("ruff", ["format", "--check", "."]),
-            ("pytest", []),  # the README's command, as written: python -m pytest
-        ]
+        steps = [(c["tool"], c["args"]) for c in calls]
+        assert steps[:2] == [("ruff", ["check", "."]), ("ruff", ["format", "--check", "."])]
+        assert steps[-1] == ("pytest", [])  # the README's command, as written: python -m pytest
         for call in calls:
             assert call["python"] == str(python) and Path(call["cwd"]) == root
         assert not python.exists()  # removed after the run
