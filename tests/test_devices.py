@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import subprocess
 import sys
 import types
@@ -68,10 +69,55 @@ def test_cpu_backend_sets_the_thread_count():
     try:
         CPUBackend(CPUBackend.Params(threads=1))
         assert torch.get_num_threads() == 1
-        CPUBackend()  # threads = 0 keeps the current setting
-        assert torch.get_num_threads() == 1
+        CPUBackend(CPUBackend.Params(threads=2))
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture
+def thread_calls(monkeypatch):
+    """The arguments of every ``torch.set_num_threads`` call (captured: torch's setting is untouched)."""
+    before = torch.get_num_threads()
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1000)  # the affinity mask, where there is one, wins
+    yield calls
+    monkeypatch.undo()
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 1), (3, 1), (4, 2), (16, 8), (64, 32)])
+def test_default_threads_is_half_the_usable_cpus(monkeypatch, thread_calls, cpus, threads):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert backends.default_threads() == threads
+    CPUBackend()
+    CPUBackend(CPUBackend.Params(threads=0))
+    _no_gpu(monkeypatch, None)
+    AutoBackend()
+    assert thread_calls == [threads, threads, threads]
+    CPUBackend(CPUBackend.Params(threads=3))  # an explicit count is set as given
+    AutoBackend(AutoBackend.Params(threads=5))
+    assert thread_calls == [threads, threads, threads, 3, 5]
+
+
+def test_default_threads_without_an_affinity_mask(monkeypatch, thread_calls):
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # e.g. macOS, Windows
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert backends.default_threads() == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown
+    assert backends.default_threads() == 1
+    CPUBackend()
+    assert thread_calls == [1]
+
+
+def test_omp_num_threads_keeps_torchs_setting(monkeypatch, thread_calls):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    CPUBackend()
+    assert thread_calls == []  # torch already follows OMP_NUM_THREADS
+    CPUBackend(CPUBackend.Params(threads=2))
+    assert thread_calls == [2]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Device backends: where tensors live and how the hot loops run.
 
-* ``cpu``: plain eager PyTorch on the CPU, optionally with a fixed number of threads.
+* ``cpu``: plain eager PyTorch on the CPU, by default with one thread per two usable CPUs.
 * ``cuda``: one GPU, with a precision mode (fp32, bf16 autocast, TF32 matmuls), opt-in
   ``torch.compile`` of the model, and fixed-step sampling captured as a CUDA graph (default on).
 * ``auto``: ``cuda`` when a GPU is available, else ``cpu``; it takes the parameters of both.
@@ -38,17 +38,47 @@ def cuda_unavailable_reason() -> str:
     return f"torch {torch.__version__} is built with CUDA {torch.version.cuda} but no GPU is visible{hint}"
 
 
+def default_threads() -> int:
+    """flowkit's intra-op thread count (``threads = 0``): half the CPUs this process may use, at least 1.
+
+    "May use" is ``os.sched_getaffinity(0)`` (taskset, cgroups' cpusets), else ``os.cpu_count()``. A
+    thread per CPU is fastest on an idle machine, but then any other busy process stalls every parallel
+    region: on 2 cores, one competing busy process made the bundled examples train 10-25x slower with
+    2 threads and at most 1.05x slower with 1, which was only 1.3x slower than 2 on the idle machine
+    (``benchmarks/bench_threads.py``; "Threads under load" in ``benchmarks/README.md``). Half the
+    CPUs leaves room for one such process.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // 2)
+
+
 class CPUBackend(DeviceBackend):
-    """Eager PyTorch on the CPU. ``threads > 0`` calls ``torch.set_num_threads(threads)`` when built."""
+    """Eager PyTorch on the CPU, with ``torch.set_num_threads`` called when built.
+
+    ``threads = K > 0`` sets ``K`` intra-op threads. ``threads = 0`` (the default) sets flowkit's
+    default, :func:`default_threads`: half the CPUs this process may use, at least 1, which keeps
+    training fast when another process competes for the CPUs; where ``OMP_NUM_THREADS`` is set,
+    torch's own setting (which follows it) is kept instead.
+    """
 
     @attrs.define(frozen=True)
     class Params:
-        threads: int = param(0, doc="Intra-op CPU threads (0: keep torch's default).", validator=_NONNEGATIVE)
+        threads: int = param(
+            0,
+            doc="Intra-op CPU threads (0: half the usable CPUs, at least 1, unless OMP_NUM_THREADS is set).",
+            validator=_NONNEGATIVE,
+        )
 
     def __init__(self, params: Params | None = None) -> None:
         super().__init__(params)
-        if self.params.threads > 0:
-            torch.set_num_threads(self.params.threads)
+        threads = self.params.threads
+        if threads == 0 and not os.environ.get("OMP_NUM_THREADS"):
+            threads = default_threads()
+        if threads > 0:
+            torch.set_num_threads(threads)
 
     @property
     def device(self) -> torch.device:
@@ -247,7 +277,9 @@ class AutoBackend(DeviceBackend):
         compile: bool = param(False, doc="torch.compile the model, when a GPU is used.")
         cuda_graph: bool = param(True, doc="Capture fixed-step sampling as a CUDA graph, when a GPU is used.")
         threads: int = param(
-            0, doc="Intra-op CPU threads on the CPU (0: keep torch's default).", validator=_NONNEGATIVE
+            0,
+            doc="Intra-op CPU threads on the CPU (0: half the usable CPUs, at least 1; as for cpu).",
+            validator=_NONNEGATIVE,
         )
 
     def __init__(self, params: Params | None = None) -> None:
