@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import attrs
 import torch
@@ -184,7 +184,7 @@ class CUDABackend(DeviceBackend):
         """
         module = module.to(self._device)
         if self.params.compile:
-            module = torch.compile(module)
+            module = cast(nn.Module, torch.compile(module))  # an OptimizedModule, sharing the parameters
         return module
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
@@ -195,6 +195,11 @@ class CUDABackend(DeviceBackend):
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self._device)
+
+    @property
+    def captures_samplers(self) -> bool:
+        """``cuda_graph``: the engine then captures every ``capturable`` simulator."""
+        return bool(self.params.cuda_graph)
 
     def compile_sampler(self, fn: Callable[[Tensor], Tensor], example: Tensor) -> Callable[[Tensor], Tensor]:
         """Capture ``fn(x0) -> x1`` as a CUDA graph (``cuda_graph = true``), else return ``fn``.
@@ -306,6 +311,10 @@ class AutoBackend(DeviceBackend):
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return self.backend.autocast()
+
+    @property
+    def captures_samplers(self) -> bool:
+        return self.backend.captures_samplers
 
     def compile_sampler(self, fn: Callable[[Tensor], Tensor], example: Tensor) -> Callable[[Tensor], Tensor]:
         return self.backend.compile_sampler(fn, example)
