@@ -264,6 +264,7 @@ def test_plugin_registers_every_component_with_its_kind():
         ("simulator", "euler"),
         ("simulator", "heun"),
         ("simulator", "euler-maruyama"),
+        ("simulator", "dopri5"),
         ("dynamics", "flow"),
         ("dynamics", "extension-sde"),
         ("dynamics", "langevin"),
