@@ -358,7 +358,9 @@ def test_the_report_table_belongs_to_the_report_plugin(tmp_path):
     entry = {e.name: e for e in make_manager().registry.tables()}["report"]
     assert entry.plugin.name == "report"
     assert build_pipeline(path, (), make_manager()).table("report").plots is False
-    with pytest.raises(ConfigError, match=r"unknown table \[report\]"):
+    with pytest.raises(
+        ConfigError, match=r"unknown table \[report\]\..* Blocked plugins, which may declare it: 'report'$"
+    ):
         build_pipeline(path, (), make_manager(blocked=["report"]))
 
 
