@@ -63,20 +63,13 @@ class LoadedPipeline:
                 f"{self.pipeline.source}: model '{self.pipeline.model.registered_name}' is exact"
             )
         loop = TrainLoop(self.pipeline)
-        cfg = loop.cfg
-        total = cfg.steps if steps is None else steps
-        logged, window = [], []
-        for step in range(1, total + 1):
-            window.append(loop.step())
-            if step % cfg.log_every == 0 or step == total:
-                mean = float(torch.stack(window).mean())
-                window.clear()
-                if not math.isfinite(mean):
-                    raise FlowkitError(
-                        f"{self.pipeline.source}: training diverged at step {step} (loss {mean}); "
-                        f"lower [train] lr (now {cfg.lr}) or set [train] grad_clip"
-                    )
-                logged.append((step, mean))
+        logged = []
+        for step, _, mean in loop.run(loop.cfg.steps if steps is None else steps):
+            if mean is None:
+                continue
+            if not math.isfinite(mean):
+                raise FlowkitError(loop.divergence(step, mean))
+            logged.append((step, mean))
         loop.finish()
         self.trained = True
         return logged

@@ -212,10 +212,7 @@ class ComponentRegistry:
         table = self._tables[kind]
         if name not in table:
             known = ", ".join(sorted(table)) or "(none: is a plugin blocked or broken? see `flowkit plugins`)"
-            blocked = ""
-            if self.blocked:
-                names = ", ".join(f"'{b}'" for b in sorted(self.blocked))
-                blocked = f". Blocked plugins, which may provide it: {names} (by -p no:NAME or {DISABLE_ENV})"
+            blocked = self.blocked_hint("provide")
             raise RegistryError(
                 f"unknown {kind} '{name}'.{suggest(name, table)} Known {kind}s: {known}{blocked}"
             )
@@ -225,6 +222,14 @@ class ComponentRegistry:
         """All entries (of one kind), in kind order then name order."""
         kinds = [kind] if kind is not None else self.kinds()
         return [self._tables[k][n] for k in kinds for n in sorted(self._tables[k])]
+
+    def blocked_hint(self, verb: str) -> str:
+        """``". Blocked plugins, which may VERB it: 'a', 'b' (by -p no:NAME or ...)"``, or ``""`` when
+        no plugin is blocked: what a "not found" message adds."""
+        if not self.blocked:
+            return ""
+        names = ", ".join(f"'{b}'" for b in sorted(self.blocked))
+        return f". Blocked plugins, which may {verb} it: {names} (by -p no:NAME or {DISABLE_ENV})"
 
     def tables(self) -> list[TableEntry]:
         """The tables plugins declared, in the order they were declared."""

@@ -359,7 +359,9 @@ def test_the_report_table_belongs_to_the_report_plugin(tmp_path):
     assert entry.plugin.name == "report"
     assert build_pipeline(path, (), make_manager()).table("report").plots is False
     with pytest.raises(
-        ConfigError, match=r"unknown table \[report\]\..* Blocked plugins, which may declare it: 'report'$"
+        ConfigError,
+        match=r"unknown table \[report\]\..* Blocked plugins, which may declare it: 'report' "
+        r"\(by -p no:NAME or FLOWKIT_DISABLE_PLUGINS\)$",
     ):
         build_pipeline(path, (), make_manager(blocked=["report"]))
 

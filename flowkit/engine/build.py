@@ -111,11 +111,9 @@ def build_pipeline(
     known = [*TABLES, *plugin_tables]
     for table in raw:
         if table not in known:
-            blocked = ", ".join(f"'{b}'" for b in sorted(manager.blocked))
-            hint = f". Blocked plugins, which may declare it: {blocked}" if blocked else ""
             raise ConfigError(
                 f"{name}: unknown table [{table}].{suggest(table, known)} "
-                f"Valid tables: {', '.join(known)}{hint}"
+                f"Valid tables: {', '.join(known)}{manager.registry.blocked_hint('declare')}"
             )
     for table in REQUIRED:
         if table not in raw:

@@ -7,7 +7,7 @@ it for ``[train] steps`` with logging, checkpoints and the lifecycle hooks.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -113,6 +113,8 @@ class TrainLoop:
         seed = pipeline.run.seed
         self.data_gen = self.backend.generator(stage_seed(seed, "data"))
         self.loss_gen = self.backend.generator(stage_seed(seed, "loss"))
+        #: The step :meth:`run` is on (1-based; 0 before the first).
+        self.current_step = 0
         self.network.train()
 
     @property
@@ -136,6 +138,28 @@ class TrainLoop:
             self.ema.update()
         return loss.detach()
 
+    def run(self, total: int) -> Iterator[tuple[int, Tensor, float | None]]:
+        """``total`` optimisation steps, yielding ``(step, loss, mean)`` after each: the detached loss,
+        and the mean loss since the last log every ``[train] log_every`` steps and at the last step
+        (``None`` otherwise). Losses are averaged only then, so there is no device sync per step."""
+        window: list[Tensor] = []
+        for step in range(1, total + 1):
+            self.current_step = step
+            loss = self.step()
+            window.append(loss)
+            mean = None
+            if step % self.cfg.log_every == 0 or step == total:
+                mean = float(torch.stack(window).mean())
+                window.clear()
+            yield step, loss, mean
+
+    def divergence(self, step: int, loss: float) -> str:
+        """What to say when the mean loss at ``step`` is not finite."""
+        return (
+            f"{self.pipeline.source}: training diverged at step {step} (loss {loss}); "
+            f"lower [train] lr (now {self.cfg.lr}) or set [train] grad_clip"
+        )
+
     def weights(self, step: int) -> dict[str, Any]:
         """Weights-only state: ``model`` (what sampling uses: the EMA where enabled) and ``raw``."""
         if self.ema is None:
@@ -154,28 +178,19 @@ def train(run: PipelineRun) -> None:
     pipe = run.pipeline
     loop = TrainLoop(pipe)
     cfg, hook = loop.cfg, run.hook
-    window: list[Tensor] = []  # losses since the last log; summed then, so no per-step device sync
-    step = 0
     try:
-        for step in range(1, cfg.steps + 1):
-            loss = loop.step()
-            window.append(loss)
+        for step, loss, mean_loss in loop.run(cfg.steps):
             hook.flowkit_train_step(run=run, step=step, loss=loss)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                mean_loss = float(torch.stack(window).mean())
-                window.clear()
+            if mean_loss is not None:
                 if not math.isfinite(mean_loss):
                     saved = _save(run, loop.weights(step), "model-diverged.pt")
-                    raise FlowkitError(
-                        f"{pipe.source}: training diverged at step {step} (loss {mean_loss}); "
-                        f"lower [train] lr (now {cfg.lr}) or set [train] grad_clip. "
-                        f"The weights are in {saved}"
-                    )
+                    raise FlowkitError(f"{loop.divergence(step, mean_loss)}. The weights are in {saved}")
                 hook.flowkit_log(run=run, step=step, metrics={"loss": mean_loss, "lr": loop.lr})
                 run.metrics["final_loss"] = mean_loss
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 _save(run, loop.weights(step), f"checkpoint-{step:07d}.pt")
     except KeyboardInterrupt:
+        step = loop.current_step
         saved = _save(run, loop.weights(step), "model-interrupted.pt")
         raise FlowkitError(
             f"interrupted at training step {step}; the weights so far are in {saved}"
