@@ -58,7 +58,10 @@ class Location:
         """``file: [table] key 'k'`` (``(from --set)`` when an override put it there)."""
         if not self.parts:
             return self.source
-        origin = " (from --set)" if tuple(map(str, self.parts)) in self.overridden else ""
+        parts = tuple(map(str, self.parts))
+        # a key inside a table that --set gave (--set run.device={...}) came from --set too
+        from_set = any(parts[:i] in self.overridden for i in range(1, len(parts) + 1))
+        origin = " (from --set)" if from_set else ""
         return f"{self.source}: {self.table} key '{self.parts[-1]}'{origin}"
 
     def error(self, message: str) -> ConfigError:
@@ -335,13 +338,25 @@ class Structurer:
         except RegistryError as exc:
             raise kind_loc.error(str(exc)) from None
         params = self.structure(entry.cls.Params, {k: v for k, v in spec.items() if k != "kind"}, loc)
+        target = "[" + _dotted(loc.parts) + "]"
         try:
             component = entry.cls.from_params(params, self.context)
         except ConfigError:
             raise
         except FlowkitError as exc:
-            target = "[" + _dotted(loc.parts) + "]"
             raise type(exc)(f"{loc.source}: {target} ({kind} '{name}'): {exc}") from exc
+        except (MemoryError, RuntimeError) as exc:  # e.g. a network too large for the machine
+            if (
+                not isinstance(exc, MemoryError)
+                and "alloc" not in str(exc)
+                and "out of memory" not in str(exc)
+            ):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"{loc.source}: {target} ({kind} '{name}'): building it ran out of memory ({first[:160]}); "
+                "make it smaller"
+            ) from None
         component.registered_kind = kind
         component.registered_name = name
         return component

@@ -107,7 +107,8 @@ def check_sizes(pipeline: Pipeline) -> None:
     if cpu is not None and need > cpu:
         raise ConfigError(
             f"{where}[evaluate] key 'n': metric '{evaluate.metric.registered_name}' on {evaluate.n} points "
-            f"needs at least {_gib(need)}, more than the {_gib(cpu)} free on cpu; lower [evaluate] n"
+            f"needs at least {_gib(need)}, more than the {_gib(cpu)} free on cpu; lower [evaluate] n (or the "
+            "metric's sizes)"
         )
 
 
