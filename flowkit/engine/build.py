@@ -18,6 +18,7 @@ from torch import nn
 
 import flowkit
 from flowkit.config import Location, Structurer, apply_overrides, load_source, unstructure
+from flowkit.engine.guidance import check_conditioning
 from flowkit.engine.limits import check_sizes
 from flowkit.engine.sections import (
     REQUIRED,
@@ -178,6 +179,7 @@ def build_pipeline(
         name, run, dataset, path, model, network, loss, train, sample, evaluate, tables, context, capture
     )
     check_sizes(pipeline)
+    check_conditioning(pipeline)
     return pipeline
 
 

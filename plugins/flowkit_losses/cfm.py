@@ -11,6 +11,7 @@ from flowkit_losses.common import (
     NetworkVelocity,
     TimeSampledLoss,
     TSampling,
+    call_network,
     logit_mean_field,
     logit_std_field,
     mean_squared,
@@ -48,10 +49,11 @@ class CFMLoss(TimeSampledLoss):
         t: Tensor,
         noise: Tensor,
         generator: torch.Generator | None = None,
+        y: Tensor | None = None,
     ) -> Tensor:
         """The loss at given times ``t (B,)`` and noise ``(B, *D)``; a scalar. A path with more
-        randomness than ``noise`` draws it from ``generator``."""
+        randomness than ``noise`` draws it from ``generator``. ``y (B,)``: labels of a conditional model."""
         x, target = path.sample_with_target(z, t, noise, generator)
         if type(model) is NetworkVelocity:  # skip the wrapper's own module call in the hot loop
             model = model.network
-        return mean_squared(model(x, t), target)
+        return mean_squared(call_network(model, x, t, y), target)
