@@ -36,6 +36,12 @@ def manager():
     return PluginManager(warn=False)
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One classifier cache for the module: the reference classifier is trained once."""
+    return tmp_path_factory.mktemp("cache")
+
+
 def _pipeline(manager, **tables):
     spec = {**TINY_DIGITS, **tables}
     return build_pipeline(spec, (), manager)
@@ -342,8 +348,11 @@ def test_conditional_training_resumes_bitwise(manager):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_conditional_run_writes_labels_samples_grid_and_image_metrics(manager, tmp_path, monkeypatch):
-    monkeypatch.setenv("FLOWKIT_CACHE", str(tmp_path / "cache"))
+@pytest.mark.slow
+def test_a_conditional_run_writes_labels_samples_grid_and_image_metrics(
+    manager, tmp_path, monkeypatch, cache
+):
+    monkeypatch.setenv("FLOWKIT_CACHE", str(cache))
     pipe = _pipeline(manager)
     run = run_pipeline(pipe, manager, out=str(tmp_path / "run"), quiet=True)
     labels = np.load(run.directory / "labels.npy")
@@ -355,7 +364,7 @@ def test_a_conditional_run_writes_labels_samples_grid_and_image_metrics(manager,
     assert metrics["classifier_accuracy"] >= 0.9
     assert 0.0 <= metrics["class_accuracy"] <= 1.0
     assert metrics["frechet_ratio"] == pytest.approx(metrics["frechet"] / metrics["frechet_floor"])
-    assert list((tmp_path / "cache" / "classifiers").glob("*.pt"))  # cached for the next run
+    assert list((cache / "classifiers").glob("*.pt"))  # cached for the next run
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -374,8 +383,9 @@ def test_frechet_distance_of_gaussians_matches_the_closed_form():
     assert frechet(a, a) == pytest.approx(0.0, abs=1e-8)
 
 
-def test_the_reference_classifier_reads_real_digits_and_not_shuffled_labels(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLOWKIT_CACHE", str(tmp_path))
+@pytest.mark.slow
+def test_the_reference_classifier_reads_real_digits_and_not_shuffled_labels(monkeypatch, cache):
+    monkeypatch.setenv("FLOWKIT_CACHE", str(cache))
     data = Digits()
     x, y = data.held_out()
     right = image_metrics(data, x, y, seed=0)

@@ -1,4 +1,5 @@
-"""The MLP backbone (the U-Net: tests/test_images.py): shapes, parameter count, time features, validation, a fit of a known field."""
+"""The MLP backbone: shapes, parameter count, time features, validation, a fit of a known field
+(the U-Net: tests/test_images.py)."""
 
 from __future__ import annotations
 

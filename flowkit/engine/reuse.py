@@ -22,6 +22,7 @@ from flowkit.config import parse_override
 from flowkit.engine.build import Pipeline, build_pipeline
 from flowkit.engine.checkpoints import list_checkpoints, load_weights
 from flowkit.engine.evaluate import measure, plugin_metrics
+from flowkit.engine.guidance import sample_labels
 from flowkit.engine.rundir import claim_file, unused_file, write_array, write_json
 from flowkit.engine.sample import draw_samples
 from flowkit.errors import ConfigError, FlowkitError
@@ -164,7 +165,9 @@ def evaluate_run(
         metrics["nfe"] = nfe
     if metrics.get("distance") is not None:
         run = PipelineRun(pipeline, root, manager.hook, quiet=True, metrics=metrics)
-        plugin_metrics(run, Samples(samples, None, nfe or 0), reference)
+        # the classes the samples were asked for: those of the run's own (or fresh) samples
+        labels = sample_labels(pipeline, samples.shape[0]) if samples_file is None else None
+        plugin_metrics(run, Samples(samples, None, nfe or 0, labels), reference)
     target = claim_file(Path(out)) if out is not None else unused_file(root, "metrics-evaluate", ".json")
     write_json(target, metrics)
     return target, metrics
