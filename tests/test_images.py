@@ -395,3 +395,29 @@ def test_the_reference_classifier_reads_real_digits_and_not_shuffled_labels(monk
     assert right["frechet_ratio"] < 1.0
     noise = image_metrics(data, torch.rand_like(x) * 2 - 1, y, seed=0)
     assert noise["frechet_ratio"] > 10
+
+
+# ---------------------------------------------------------------------------------------------------
+# CUDA: bf16 autocast and torch.compile of the U-Net (skipped without a GPU)
+# ---------------------------------------------------------------------------------------------------
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@CUDA
+def test_unet_trains_under_bf16_autocast_and_compile_and_samples_guided_on_cuda(
+    manager, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FLOWKIT_CACHE", str(tmp_path / "cache"))
+    device = {"kind": "cuda", "precision": "bf16", "compile": True}
+    pipe = _pipeline(manager, run={"seed": 3, "device": device}, train={**TINY_DIGITS["train"], "steps": 6})
+    assert pipe.capture  # heun on CUDA: the guided sampler runs as a captured graph
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        x = torch.randn(4, 1, 8, 8, device="cuda")
+        out = pipe.network(x, torch.rand(4, device="cuda"), torch.tensor([0, 1, 2, 10], device="cuda"))
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape
+    run = run_pipeline(pipe, manager, out=str(tmp_path / "run"), quiet=True)
+    samples = np.load(run.directory / "samples.npy")
+    assert samples.shape == (40, 1, 8, 8) and np.isfinite(samples).all()
+    assert np.isfinite(run.metrics["final_loss"])

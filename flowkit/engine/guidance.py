@@ -85,20 +85,33 @@ class GuidedField(nn.Module):
 
     ``field`` is a velocity or a score taking ``(x, t, y)``. Both evaluations go through the network as
     one batch of ``2B`` (one forward pass instead of two); with ``w = 0`` only the conditional one runs.
-    The labels are set with :meth:`with_labels` before each simulation.
+    The labels are set (``field.labels = y``) before each simulation; whether they are all the null
+    class is read then, once, so that ``forward`` never synchronises with the device (a captured CUDA
+    graph cannot).
     """
 
     def __init__(self, field: nn.Module, scale: float, null: int) -> None:
         super().__init__()
         self.field, self.scale, self.null = field, float(scale), int(null)
-        self.labels: Tensor | None = None
+        self._labels: Tensor | None = None
+        self._unconditional = False
+
+    @property
+    def labels(self) -> Tensor | None:
+        """The labels ``(B,)`` of the batch the field is evaluated on."""
+        return self._labels
+
+    @labels.setter
+    def labels(self, labels: Tensor | None) -> None:
+        self._labels = labels
+        self._unconditional = labels is not None and bool((labels == self.null).all())
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        y = self.labels
+        y = self._labels
         if y is None or y.shape[0] != x.shape[0]:
             got = "none" if y is None else str(y.shape[0])
             raise RuntimeError(f"guided field called on a batch of {x.shape[0]} with {got} labels")
-        if self.scale == 0 or bool((y == self.null).all()):
+        if self.scale == 0 or self._unconditional:  # nothing to guide: one evaluation
             return self.field(x, t, y)
         both = self.field(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.null)]))
         conditional, unconditional = both.chunk(2)
