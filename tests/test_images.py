@@ -421,3 +421,26 @@ def test_unet_trains_under_bf16_autocast_and_compile_and_samples_guided_on_cuda(
     samples = np.load(run.directory / "samples.npy")
     assert samples.shape == (40, 1, 8, 8) and np.isfinite(samples).all()
     assert np.isfinite(run.metrics["final_loss"])
+
+
+def test_an_image_file_pipeline_resolves_its_files_and_samples_again_with_labels(manager, tmp_path):
+    from flowkit.engine import sample_run
+
+    pixels = np.random.default_rng(1).integers(0, 256, size=(30, 1, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", pixels)
+    np.save(tmp_path / "y.npy", np.arange(30) % 3)
+    text = (
+        '[data]\nkind = "images"\npath = "x.npy"\nlabels = "y.npy"\nlayout = "NCHW"\n'
+        '[path]\nkind = "gaussian"\n[model]\nkind = "unet"\nchannels = 8\ngroups = 4\nchannel_mults = [1]\n'
+        '[loss]\nkind = "cfm"\n[train]\nsteps = 2\nbatch_size = 8\n'
+        "[sample]\nsteps = 1\nn = 6\ntrajectories = 0\nguidance = { scale = 1.0, classes = [2] }\n"
+        '[evaluate]\nmetric = "sliced-w2"\nn = 6\n[report]\nplots = false\n'
+    )
+    (tmp_path / "images.toml").write_text(text)
+    pipe = build_pipeline(tmp_path / "images.toml", (), manager)
+    assert pipe.dataset.params.path == str((tmp_path / "x.npy").resolve())
+    assert pipe.dataset.num_classes == 3 and pipe.model.num_classes == 3
+    run = run_pipeline(pipe, manager, out=str(tmp_path / "run"), quiet=True)
+    assert np.load(run.directory / "labels.npy").tolist() == [2] * 6
+    target, record = sample_run(run.directory, manager, n=4)
+    assert np.load(record["labels"]).tolist() == [2] * 4 and np.load(target).shape == (4, 1, 8, 8)

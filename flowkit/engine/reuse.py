@@ -88,7 +88,8 @@ def sample_run(
     """Draw ``n`` (default ``[sample] n``) samples from the run's trained weights with the
     ``[sample]`` settings (and ``overrides``); write them to ``out`` or a new file of the run directory.
 
-    Returns the file and a record: ``n``, ``nfe``, ``simulator``, ``steps``, ``weights``.
+    Returns the file and a record: ``n``, ``nfe``, ``simulator``, ``steps``, ``weights`` (and, for a
+    conditional model, ``labels``: the file ``<samples>-labels.npy`` of the class of each sample).
     """
     root = Path(directory)
     if n is not None and n <= 0:
@@ -110,6 +111,11 @@ def sample_run(
         "steps": cfg.steps,
         "weights": origin,
     }
+    labels = sample_labels(pipeline, count)
+    if labels is not None:  # a conditional model: the class of each sample, beside the samples
+        labels_file = claim_file(target.with_name(f"{target.stem}-labels.npy"))
+        write_array(labels_file, labels.numpy())
+        record["labels"] = str(labels_file)
     return target, record
 
 
