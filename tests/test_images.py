@@ -444,3 +444,29 @@ def test_an_image_file_pipeline_resolves_its_files_and_samples_again_with_labels
     assert np.load(run.directory / "labels.npy").tolist() == [2] * 6
     target, record = sample_run(run.directory, manager, n=4)
     assert np.load(record["labels"]).tolist() == [2] * 4 and np.load(target).shape == (4, 1, 8, 8)
+
+
+def test_guided_dynamics_of_a_dsm_model_is_the_guided_combination_of_its_sde_drifts(manager):
+    from flowkit.engine.guidance import guided_dynamics
+
+    sample = {**TINY_DIGITS["sample"], "simulator": "euler-maruyama"}
+    spec = {
+        "path": {"kind": "gaussian", "schedule": "vp"},
+        "loss": {"kind": "dsm"},
+        "sample": {**sample, "dynamics": {"kind": "extension-sde", "sigma": 0.7}},
+    }
+    w = 1.5  # TINY_DIGITS' guidance scale
+    guided_pipe = _pipeline(manager, **spec)
+    plain_pipe = _pipeline(manager, **{**spec, "sample": {**spec["sample"], "guidance": {"scale": 0.0}}})
+    for parameter in guided_pipe.model.parameters():  # a network whose output depends on the label
+        torch.nn.init.normal_(parameter, std=0.05)
+    plain_pipe.model.load_state_dict(guided_pipe.model.state_dict())
+    x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 0.5)
+    y, null = torch.tensor([0, 3, 5, 9]), torch.full((4,), 10)
+    # the drift u + sigma^2/2 s is affine in the score with label-free coefficients (docs/math.md)
+    drift = guided_dynamics(guided_pipe, y).drift(x, t)
+    expected = (1 + w) * guided_dynamics(plain_pipe, y).drift(x, t) - w * guided_dynamics(
+        plain_pipe, null
+    ).drift(x, t)
+    torch.testing.assert_close(drift, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(drift, guided_dynamics(plain_pipe, y).drift(x, t), atol=1e-3)
