@@ -126,6 +126,9 @@ class Dataset(Component):
 
     #: Number of classes of a labelled dataset; 0 for unlabelled data.
     num_classes: int = 0
+    #: ``(low, high)`` bounds of the data's values (images: ``(-1.0, 1.0)``), ``None`` when unbounded;
+    #: samples are clipped to them at the end of sampling, as image pipelines do.
+    value_range: tuple[float, float] | None = None
 
     def sample_labelled(
         self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None

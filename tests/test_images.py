@@ -359,6 +359,7 @@ def test_a_conditional_run_writes_labels_samples_grid_and_image_metrics(
     samples = np.load(run.directory / "samples.npy")
     assert labels.tolist() == [i % 10 for i in range(40)]
     assert samples.shape == (40, 1, 8, 8)
+    assert samples.min() == -1.0 and samples.max() == 1.0  # clipped to the digits' range (noise exceeds it)
     assert (run.directory / "samples.png").stat().st_size > 1000
     metrics = run.metrics
     assert metrics["classifier_accuracy"] >= 0.9

@@ -47,7 +47,8 @@ def draw_samples(
     labels = sample_labels(pipeline, n)
     dynamics = guided_dynamics(pipeline, None if labels is None else labels.to(device))
     if not pipeline.capture:
-        return x0, simulator.simulate(dynamics, x0, span, generator=generator, progress=progress)
+        samples = simulator.simulate(dynamics, x0, span, generator=generator, progress=progress)
+        return x0, clip_to_range(pipeline, samples)
 
     def draw(x: Tensor) -> Tensor:
         return simulator.simulate(dynamics, x, span, generator=generator)
@@ -56,7 +57,14 @@ def draw_samples(
     samples = backend.compile_sampler(draw, x0)(x0)
     if progress is not None:
         progress(cfg.steps, cfg.steps)
-    return x0, samples
+    return x0, clip_to_range(pipeline, samples)
+
+
+def clip_to_range(pipeline: Pipeline, samples: Tensor) -> Tensor:
+    """``samples (n, *D)`` clipped to the dataset's ``value_range`` (unchanged where it has none):
+    guided samples overshoot the data's bounds (images: [-1, 1])."""
+    bounds = pipeline.dataset.value_range
+    return samples if bounds is None else samples.clamp(*bounds)
 
 
 @torch.no_grad()

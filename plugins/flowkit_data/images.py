@@ -39,6 +39,8 @@ class ImageArray(Dataset):
     ``randint`` of ``n`` rows), so a labelled and an unlabelled run see the same images.
     """
 
+    value_range = (-1.0, 1.0)
+
     def __init__(self, params, images: Tensor, labels: Tensor | None, what: str) -> None:
         super().__init__(params)
         count = images.shape[0]
