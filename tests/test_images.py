@@ -471,3 +471,28 @@ def test_guided_dynamics_of_a_dsm_model_is_the_guided_combination_of_its_sde_dri
     ).drift(x, t)
     torch.testing.assert_close(drift, expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(drift, guided_dynamics(plain_pipe, y).drift(x, t), atol=1e-3)
+
+
+def test_dropout_training_neither_reads_nor_changes_torchs_global_generator(manager):
+    model = {**TINY_DIGITS["model"], "dropout": 0.3}
+
+    def train(global_seed):
+        loop = TrainLoop(_pipeline(manager, model=model))
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        list(loop.run(3))
+        assert torch.equal(before, torch.get_rng_state()), "training consumed the global RNG"
+        return loop.network.state_dict()
+
+    a, b = train(1), train(2)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the dropout masks come from the run seed, not torch's
+
+    first = TrainLoop(_pipeline(manager, model=model))  # and a resumed run draws the same masks
+    list(first.run(2))
+    state = copy.deepcopy(first.state_dict())
+    list(first.run(4))
+    second = TrainLoop(_pipeline(manager, model=model))
+    second.load_state_dict(state)
+    list(second.run(4))
+    c, d = first.network.state_dict(), second.network.state_dict()
+    assert all(torch.equal(c[k], d[k]) for k in c)

@@ -156,6 +156,11 @@ class TrainLoop:
         self._checked = 0  # how many of them were checked finite
         #: Classes of a conditional model (0: unconditional); labels are drawn with the data then.
         self.num_classes = num_classes(pipeline)
+        # Dropout draws from torch's global generator: each step seeds it (inside a fork) from the run
+        # seed and the step number, so the run neither depends on nor changes the global state, and a
+        # resumed run draws the same masks.
+        self.stochastic = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.network.modules())
+        self._rng_devices = [self.device] if self.device.type == "cuda" else []
         self.network.train()
 
     @property
@@ -165,6 +170,13 @@ class TrainLoop:
 
     def step(self) -> Tensor:
         """One optimisation step; returns the loss as a detached scalar tensor (no device sync)."""
+        if not self.stochastic:
+            return self._step()
+        with torch.random.fork_rng(devices=self._rng_devices):
+            torch.manual_seed(stage_seed(self.pipeline.run.seed, f"dropout:{self.current_step + 1}"))
+            return self._step()
+
+    def _step(self) -> Tensor:
         if self.num_classes:
             z, y = self.labelled_batch()
             with self.backend.autocast():

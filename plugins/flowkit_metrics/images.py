@@ -90,8 +90,9 @@ def train_classifier(dataset: Dataset) -> ReferenceClassifier:
 def reference_classifier(dataset: Dataset, held_x: Tensor) -> ReferenceClassifier:
     """The dataset's classifier from the cache; trained (and cached, where writable) if absent."""
     file = cache_dir() / "classifiers" / f"{dataset_key(dataset, held_x)}.pt"
-    model = ReferenceClassifier(int(np.prod(dataset.shape)), dataset.num_classes)
     if file.is_file():
+        with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: leave torch's alone
+            model = ReferenceClassifier(int(np.prod(dataset.shape)), dataset.num_classes)
         try:
             model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
             return model.eval()
