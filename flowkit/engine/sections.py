@@ -64,7 +64,9 @@ class TrainSection:
 class SampleSection:
     """``[sample]``: how samples are drawn from the model."""
 
-    simulator: Simulator = component("heun", doc="Simulator (euler, heun, euler-maruyama, dopri5).")
+    simulator: Simulator = component(
+        "heun", doc="Simulator (euler, heun, midpoint, rk4, euler-maruyama, dopri5)."
+    )
     dynamics: ODE = component("flow", doc="What is integrated: flow (the ODE), extension-sde, langevin.")
     grid: TimeGrid = component(
         "uniform", doc="Time grid: the steps of a fixed-step simulator (an adaptive one reports there)."
