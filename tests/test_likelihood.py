@@ -1,0 +1,289 @@
+"""Log-likelihood by the instantaneous change of variables (flowkit/engine/likelihood.py): accuracy on
+the exact mixture oracle, Hutchinson's estimator, convergence orders, the probability-flow ODE of a
+score, dequantisation, and ``[evaluate] likelihood`` in a pipeline."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import EXAMPLES
+from flowkit_gaussian.mixture import OracleScore
+from flowkit_gaussian.path import GaussianPath
+from flowkit_simulators.adaptive import Dopri5Simulator
+from flowkit_simulators.dynamics import ExtensionSDE, FlowODE
+from flowkit_simulators.simulators import EulerSimulator, HeunSimulator, MidpointSimulator, RK4Simulator
+from scipy import stats
+
+from flowkit.api import load_pipeline
+from flowkit.engine import build_pipeline
+from flowkit.engine.likelihood import evaluate_likelihood, log_likelihood
+from flowkit.engine.sections import DequantizeSection, LikelihoodSection
+from flowkit.errors import CapabilityError, ConfigError, FlowkitError
+
+ORACLE = EXAMPLES / "oracle-ode.toml"
+
+
+def oracle(*overrides: str):
+    """The pipeline of examples/oracle-ode.toml (exact velocity of the ring mixture), with overrides."""
+    return load_pipeline(ORACLE, overrides=list(overrides)).pipeline
+
+
+def settings(pipeline, **changes) -> LikelihoodSection:
+    """``[evaluate] likelihood`` of ``pipeline`` (set with --set), or its defaults."""
+    assert pipeline.evaluate.likelihood is not None
+    import attrs
+
+    return attrs.evolve(pipeline.evaluate.likelihood, **changes)
+
+
+# --- the closed-form check of the formula and its sign ----------------------------------------------
+
+
+def test_linear_flow_gives_the_pushed_forward_gaussian_exactly():
+    """``u = -theta x`` carries ``N(0, I)`` to ``N(0, e^{-2 theta} I)``: ``div u = -theta D``, so the
+    log-likelihood is ``log N(x; 0, e^{-2 theta})``; a wrong sign of the divergence is off by
+    ``2 theta D``."""
+    theta, dim = 0.7, 3
+    x = torch.randn(64, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    path = GaussianPath()
+    expected = stats.norm(scale=math.exp(-theta)).logpdf(x.numpy()).sum(axis=1)
+    flow = FlowODE(velocity=lambda x, t: -theta * x)
+    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    exact = log_likelihood(
+        flow, Dopri5Simulator(Dopri5Simulator.Params(rtol=1e-10, atol=1e-10)), path.prior_log_prob, x, ts
+    )
+    np.testing.assert_allclose(exact.log_prob.numpy(), expected, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(exact.divergence[:, 0].numpy(), -theta * dim, rtol=1e-9)
+    np.testing.assert_allclose(exact.noise.numpy(), math.exp(theta) * x.numpy(), rtol=1e-8)
+    # The Jacobian is -theta I: Rademacher probes (|eps|^2 = D) estimate its trace without error,
+    # Gaussian ones do not.
+    generator = torch.Generator().manual_seed(1)
+    rademacher = log_likelihood(
+        flow,
+        RK4Simulator(),
+        path.prior_log_prob,
+        x,
+        torch.linspace(0, 1, 41, dtype=torch.float64),
+        "hutchinson",
+        3,
+        "rademacher",
+        generator,
+    )
+    np.testing.assert_allclose(rademacher.per_probe.numpy(), np.repeat(expected[:, None], 3, 1), atol=1e-6)
+    gaussian = log_likelihood(
+        flow,
+        RK4Simulator(),
+        path.prior_log_prob,
+        x,
+        torch.linspace(0, 1, 41, dtype=torch.float64),
+        "hutchinson",
+        3,
+        "gaussian",
+        generator,
+    )
+    assert float((gaussian.per_probe - torch.from_numpy(expected)[:, None]).abs().max()) > 0.1
+
+
+def test_prior_log_prob_of_the_gaussian_path_is_the_prior_density():
+    path = GaussianPath(GaussianPath.Params(schedule="ve"))  # prior N(0, 50^2 I)
+    x = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0)) * 40
+    expected = stats.norm(scale=50.0).logpdf(x.numpy()).reshape(5, -1).sum(axis=1)
+    np.testing.assert_allclose(path.prior_log_prob(x).numpy(), expected, rtol=1e-6)
+
+
+# --- accuracy on the exact mixture oracle ------------------------------------------------------------
+
+
+def test_default_settings_reach_a_thousandth_of_a_nat_within_60_evaluations():
+    pipeline = oracle("evaluate.likelihood={}")
+    report = evaluate_likelihood(pipeline, pipeline.evaluate.likelihood)
+    metrics = report.metrics
+    assert metrics["nfe"] <= 60
+    assert metrics["n"] == 1000 and report.log_prob.shape == (1000,)
+    assert abs(metrics["nll"] - metrics["exact_nll"]) <= 1e-3, metrics
+    assert metrics["nll_gap"] == pytest.approx(metrics["nll"] - metrics["exact_nll"], abs=1e-15)
+    assert metrics["bits_per_dim"] == pytest.approx(metrics["nll"] / (2 * math.log(2)))
+    # per point too, not only on average: the error of rk4 with 15 steps stays below 0.05 nats
+    x = load_heldout(pipeline, 1000)
+    exact = pipeline.dataset.log_prob(x.double()).double()
+    assert float((report.log_prob - exact).abs().max()) < 0.05
+
+
+def load_heldout(pipeline, n):
+    from flowkit.engine.likelihood import heldout_data
+
+    return heldout_data(pipeline, n)
+
+
+def test_dopri5_at_its_default_tolerances_is_ten_times_closer():
+    pipeline = oracle('evaluate.likelihood={ simulator = "dopri5", n = 300 }')
+    metrics = evaluate_likelihood(pipeline, pipeline.evaluate.likelihood).metrics
+    assert abs(metrics["nll_gap"]) <= 1e-4, metrics
+    assert (metrics["nfe"] - 2) % 6 == 0 and metrics["nfe"] > 60  # FSAL steps: 6 per trial + 2
+
+
+@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+def test_hutchinson_lies_within_three_standard_errors_of_the_exact_divergence(noise):
+    pipeline = oracle("evaluate.likelihood={ n = 400 }")
+    exact = evaluate_likelihood(pipeline, settings(pipeline)).metrics
+    estimated = evaluate_likelihood(
+        pipeline, settings(pipeline, estimator="hutchinson", probes=4, noise=noise)
+    ).metrics
+    se = estimated["nll_std_error"]
+    assert 0 < se < 0.1, estimated  # an informative error bar, not a vacuous one
+    assert abs(estimated["nll"] - exact["nll"]) <= 3 * se, (estimated, exact)
+    assert estimated["nfe"] == exact["nfe"] == 60 and estimated["probes"] == 4
+
+
+def test_hutchinson_standard_error_is_the_probes_spread():
+    """With m probes the reported error is sqrt(sum_i var_i / m) / n, var_i the spread of point i's
+    probes: checked against the spread of the mean over many independent repetitions."""
+    pipeline = oracle("evaluate.likelihood={ n = 200 }")
+    means, errors = [], []
+    for seed in range(20):
+        pipeline.run = type(pipeline.run)(seed, pipeline.run.device, pipeline.run.out)
+        base = settings(pipeline, estimator="hutchinson", probes=2)
+        # the same points each time (drawn once), the probes from each seed
+        metrics = evaluate_likelihood(pipeline, base, data=fixed_points(pipeline)).metrics
+        means.append(metrics["nll"])
+        errors.append(metrics["nll_std_error"])
+    spread = float(np.std(means, ddof=1))
+    assert 0.5 < spread / float(np.mean(errors)) < 1.5, (spread, np.mean(errors))
+
+
+def fixed_points(pipeline):
+    return pipeline.dataset.sample(200, generator=torch.Generator().manual_seed(99))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("simulator", "order"),
+    [(EulerSimulator(), 1.0), (HeunSimulator(), 2.0), (MidpointSimulator(), 2.0), (RK4Simulator(), 4.0)],
+    ids=["euler", "heun", "midpoint", "rk4"],
+)
+def test_fixed_step_likelihood_converges_with_the_solvers_order(simulator, order):
+    """Differences of successive halvings, ``|L(n) - L(2n)| ~ n^-order``, on the asymmetric mixture's
+    exact velocity. RK4 is still pre-asymptotic here (local slopes 4.4 -> 4.2), hence 0.3."""
+    pipeline = oracle("data.preset=asymmetric")
+    x = pipeline.dataset.sample(50, generator=torch.Generator().manual_seed(3)).double()
+    steps = [16, 32, 64, 128, 256] if order == 4 else [32, 64, 128, 256, 512]
+    t_lo, t_hi = pipeline.path.t_range
+    values = [
+        log_likelihood(
+            pipeline.sample.dynamics,
+            simulator,
+            pipeline.path.prior_log_prob,
+            x,
+            torch.linspace(t_lo, t_hi, n + 1, dtype=torch.float64),
+        ).log_prob
+        for n in steps
+    ]
+    differences = [float((a - b).abs().mean()) for a, b in itertools.pairwise(values)]
+    slope = np.polyfit(np.log(1.0 / np.array(steps[:-1])), np.log(differences), 1)[0]
+    assert abs(slope - order) < 0.3, (slope, differences)
+
+
+@pytest.mark.parametrize("schedule", ["vp", "ot"])
+def test_a_score_model_is_integrated_through_its_probability_flow_ode(schedule):
+    """Only the oracle's score, converted to the velocity by the Gaussian path: the probability-flow
+    ODE of the score's SDE has the mixture's marginals, so its likelihood is the mixture's density."""
+    pipeline = oracle(f"path.schedule.kind={schedule}")
+    score = OracleScore(pipeline.model)
+    flow = FlowODE(velocity=pipeline.path.velocity_from_score(score))
+    x = pipeline.dataset.sample(200, generator=torch.Generator().manual_seed(5)).double()
+    exact = pipeline.dataset.log_prob(x).double()
+    ts = torch.tensor(pipeline.path.t_range, dtype=torch.float64)
+    result = log_likelihood(flow, Dopri5Simulator(), pipeline.path.prior_log_prob, x, ts)
+    assert abs(float((result.log_prob - exact).mean())) < 1e-4
+    assert float((result.log_prob - exact).abs().max()) < 5e-3
+
+
+# --- dequantisation ------------------------------------------------------------------------------
+
+
+def test_dequantised_bits_per_dim_match_the_discrete_probabilities():
+    """Data of N(0, 0.25^2 I) on 256 levels in [-1, 1], and the oracle of that single Gaussian: the
+    dequantised bound equals -log2 of the exact probability of each data bin, per dimension, up to
+    the bound's Jensen gap (~1e-5 bits here)."""
+    sigma, bins = 0.25, 256
+    pipeline = load_pipeline(
+        {
+            "data": {"kind": "gaussian-mixture", "means": [[0.0, 0.0]], "stds": [sigma]},
+            "path": {"kind": "gaussian", "schedule": "ot"},
+            "model": {"kind": "mixture-oracle"},
+            "evaluate": {"likelihood": {"n": 10, "dequantize": {"bins": bins}}},
+        }
+    ).pipeline
+    draws = torch.randn(3000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sigma
+    draws = draws[(draws.abs() < 1).all(dim=1)][:1500]
+    levels = torch.floor((draws + 1) / 2 * bins).clamp(0, bins - 1)  # the bin of each draw
+    data = (levels / (bins - 1) * 2 - 1).float()  # the bins' levels, as k / 127.5 - 1 for 8-bit images
+    report = evaluate_likelihood(pipeline, pipeline.evaluate.likelihood, data=data)
+    width = 2.0 / bins
+    lower = -1 + levels.numpy() * width
+    mass = stats.norm(scale=sigma).cdf(lower + width) - stats.norm(scale=sigma).cdf(lower)
+    exact_bits = -np.log2(mass).sum(axis=1).mean() / 2
+    assert report.metrics["bits_per_dim"] == pytest.approx(exact_bits, abs=2e-3), report.metrics
+    assert "exact_nll" not in report.metrics  # the data's density is not that of dequantised data
+    # bits per dim count the bin width: nll of the dequantised points + D log(K / 2), per D log 2
+    nll = report.metrics["nll"]
+    assert report.metrics["bits_per_dim"] == pytest.approx((nll + 2 * math.log(bins / 2)) / (2 * math.log(2)))
+
+
+def test_data_off_the_levels_are_refused_naming_the_setting():
+    pipeline = load_pipeline(
+        {
+            "data": {"kind": "gaussian-mixture", "means": [[0.0, 0.0]], "stds": [0.3]},
+            "path": {"kind": "gaussian", "schedule": "ot"},
+            "model": {"kind": "mixture-oracle"},
+            "evaluate": {"likelihood": {"n": 10, "dequantize": {"bins": 256}}},
+        }
+    ).pipeline
+    with pytest.raises(FlowkitError) as error:
+        evaluate_likelihood(pipeline, pipeline.evaluate.likelihood, source="held-out data")
+    assert str(error.value).startswith(
+        "held-out data: 10 of 10 points have values that are not on the 256 levels from -1.0 to 1.0 "
+        "of [evaluate] likelihood.dequantize"
+    )
+
+
+def test_dequantize_high_must_be_above_low():
+    with pytest.raises(ValueError, match=r"high = -2.0 must be above low = -1.0"):
+        DequantizeSection(high=-2.0)
+
+
+# --- in a pipeline --------------------------------------------------------------------------------
+
+
+def test_an_sde_is_refused_when_the_pipeline_is_built():
+    with pytest.raises(CapabilityError) as error:
+        build_pipeline(ORACLE, ['evaluate.likelihood={ dynamics = "extension-sde" }'])
+    assert str(error.value) == (
+        f"{ORACLE}: [evaluate] likelihood: dynamics 'extension-sde' is an SDE, which has no "
+        'change-of-variables likelihood; use the probability-flow ODE, dynamics = "flow"'
+    )
+    with pytest.raises(CapabilityError, match="has no change-of-variables likelihood"):
+        log_likelihood(
+            ExtensionSDE(),
+            RK4Simulator(),
+            GaussianPath().prior_log_prob,
+            torch.zeros(2, 2),
+            torch.linspace(0, 1, 3),
+        )
+
+
+def test_a_misspelled_setting_names_the_key():
+    with pytest.raises(ConfigError) as error:
+        build_pipeline(ORACLE, ['evaluate.likelihood={ estimater = "exact" }'])
+    assert str(error.value) == (
+        f"{ORACLE}: [evaluate.likelihood] key 'estimater': unknown key. Did you mean 'estimator'? "
+        "Valid keys: estimator, probes, noise, simulator, steps, grid, dynamics, n, batch_size, dequantize"
+    )
+
+
+def test_likelihood_is_off_by_default():
+    assert oracle().evaluate.likelihood is None
