@@ -5,6 +5,7 @@ score, dequantisation, and ``[evaluate] likelihood`` in a pipeline."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -287,3 +288,143 @@ def test_a_misspelled_setting_names_the_key():
 
 def test_likelihood_is_off_by_default():
     assert oracle().evaluate.likelihood is None
+
+
+# --- a run and `flowkit likelihood` -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def oracle_run(tmp_path_factory):
+    """A finished run of examples/oracle-ode.toml, small, with [evaluate] likelihood on."""
+    from flowkit.engine import run_pipeline
+    from flowkit.registry import PluginManager
+
+    manager = PluginManager(warn=False)
+    overrides = [
+        "sample.n=300",
+        "sample.steps=10",
+        "sample.trajectories=0",
+        "evaluate.n=300",
+        "evaluate.floor_repeats=1",
+        "evaluate.likelihood={ n = 300 }",
+    ]
+    out = tmp_path_factory.mktemp("likelihood") / "run"
+    run_pipeline(build_pipeline(ORACLE, overrides, manager), manager, out=str(out), quiet=True)
+    return out
+
+
+def cli(*args):
+    from click.testing import CliRunner
+
+    from flowkit.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_a_run_reports_the_likelihood_in_its_metrics(oracle_run):
+    metrics = json.loads((oracle_run / "metrics.json").read_text())
+    assert metrics["likelihood_nfe"] == 60 and metrics["likelihood_n"] == 300
+    assert metrics["likelihood_estimator"] == "exact" and metrics["likelihood_seconds"] > 0
+    assert abs(metrics["nll_gap"]) < 1e-3 and metrics["nll_gap"] == metrics["nll"] - metrics["exact_nll"]
+    assert metrics["bits_per_dim"] == pytest.approx(metrics["nll"] / (2 * math.log(2)))
+    assert "nll_std_error" not in metrics
+    assert "[evaluate.likelihood]" in (oracle_run / "pipeline.toml").read_text()
+
+
+def test_the_command_reproduces_the_runs_value_bit_for_bit(oracle_run):
+    metrics = json.loads((oracle_run / "metrics.json").read_text())
+    result = cli("likelihood", oracle_run, "--json")
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["nll"] == metrics["nll"] and printed["bits_per_dim"] == metrics["bits_per_dim"]
+    assert printed["nfe"] == 60 and printed["n"] == 300 and printed["exact_nll"] == metrics["exact_nll"]
+    human = cli("likelihood", oracle_run, "--n", 20)
+    assert human.exit_code == 0, human.output
+    assert human.stdout.startswith("nll = ") and ", n = 20, nfe = 60 (exact " in human.stdout
+
+
+def test_hutchinson_through_the_command_reports_its_standard_error(oracle_run):
+    result = cli(
+        "likelihood",
+        oracle_run,
+        "--json",
+        "--n",
+        100,
+        "--set",
+        "estimator=hutchinson",
+        "--set",
+        "evaluate.likelihood.probes=2",
+    )
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["estimator"] == "hutchinson" and printed["probes"] == 2
+    assert printed["n"] == 100 and 0 < printed["nll_std_error"] < 0.2
+
+
+def test_save_writes_per_point_values_and_never_overwrites(oracle_run, tmp_path):
+    target = tmp_path / "loglik.npy"
+    result = cli("likelihood", oracle_run, "--json", "--save", target)
+    assert result.exit_code == 0, result.output
+    values = np.load(target)
+    assert values.shape == (300,) and values.dtype == np.float64
+    assert -values.mean() == pytest.approx(json.loads(result.stdout.splitlines()[0])["nll"], rel=1e-12)
+    before = target.read_bytes()
+    again = cli("likelihood", oracle_run, "--save", target)
+    assert again.exit_code == 1
+    assert again.stderr == (
+        f"Error: --save {target}: the file exists; choose another name (it is never overwritten)\n"
+    )
+    assert target.read_bytes() == before
+
+
+def test_given_data_is_used_with_the_datasets_exact_density(oracle_run, tmp_path):
+    points = np.array([[3.0, 0.0], [0.0, 3.0], [2.1, 2.1]], dtype=np.float32)
+    np.save(tmp_path / "points.npy", points)
+    saved = tmp_path / "points-loglik.npy"
+    result = cli("likelihood", oracle_run, "--data", tmp_path / "points.npy", "--json", "--save", saved)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["n"] == 3 and abs(printed["nll_gap"]) < 1e-2
+    pipeline = load_pipeline(oracle_run / "pipeline.toml").pipeline
+    exact = pipeline.dataset.log_prob(torch.from_numpy(points).double()).numpy()
+    np.testing.assert_allclose(np.load(saved), exact, atol=2e-2)
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (
+            np.zeros((4, 3), dtype=np.float32),
+            "expected an array of shape (N, 2) (the run's data shape), found (4, 3)",
+        ),
+        (np.zeros((4, 2), dtype=np.int64), "expected floating-point values, found dtype int64"),
+        (
+            np.array([[0.0, 1.0], [np.nan, 0.0], [np.inf, 1.0]]),
+            "2 rows hold non-finite values (NaN or inf), the first is row 1",
+        ),
+    ],
+    ids=["shape", "dtype", "non-finite"],
+)
+def test_bad_data_is_refused_with_a_clear_message(oracle_run, tmp_path, array, message):
+    file = tmp_path / "bad.npy"
+    np.save(file, array)
+    result = cli("likelihood", oracle_run, "--data", file)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: --data {file}: {message}")
+    assert "Traceback" not in result.output
+
+
+def test_bad_settings_and_directories_are_refused(oracle_run, tmp_path):
+    sde = cli("likelihood", oracle_run, "--set", "dynamics=extension-sde")
+    assert sde.exit_code == 1 and "dynamics 'extension-sde' is an SDE" in sde.stderr
+    typo = cli("likelihood", oracle_run, "--set", "stpes=3")
+    assert typo.exit_code == 1
+    assert typo.stderr == (
+        f"Error: {oracle_run / 'pipeline.toml'}: [evaluate.likelihood] key 'stpes' (from --set): unknown "
+        "key. Did you mean 'steps'? Valid keys: estimator, probes, noise, simulator, steps, grid, "
+        "dynamics, n, batch_size, dequantize\n"
+    )
+    missing = cli("likelihood", tmp_path / "nowhere")
+    assert missing.exit_code == 1 and "no such run directory" in missing.stderr
+    nodata = cli("likelihood", oracle_run, "--data", tmp_path / "none.npy")
+    assert nodata.exit_code == 1 and nodata.stderr == f"Error: --data {tmp_path / 'none.npy'}: no such file\n"

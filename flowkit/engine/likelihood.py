@@ -299,7 +299,7 @@ def evaluate_likelihood(
     metrics = summarize(log_prob, torch.cat(probes), tuple(points.shape[1:]), settings)
     metrics.update({"nfe": nfe, "seconds": round(seconds, 3)})
     dataset = pipeline.dataset
-    if settings.dequantize is None and data is None and dataset.provides_log_prob:
+    if settings.dequantize is None and dataset.provides_log_prob:
         exact = -float(dataset.log_prob(points.double()).double().mean())
         metrics.update({"exact_nll": exact, "nll_gap": metrics["nll"] - exact})
     return LikelihoodReport(log_prob, metrics)
