@@ -5,6 +5,7 @@
 * :mod:`~flowkit.engine.rundir` — the run directory and atomic writes, weights;
 * :mod:`~flowkit.engine.train`, :mod:`~flowkit.engine.sample`, :mod:`~flowkit.engine.evaluate` — the
   stages;
+* :mod:`~flowkit.engine.likelihood` — log-likelihood by the change of variables;
 * :mod:`~flowkit.engine.run` — orchestration with the lifecycle and stage hooks.
 """
 
