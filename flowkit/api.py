@@ -20,7 +20,6 @@ and the key, as they name the file for a file.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,11 @@ import torch
 from torch import Tensor
 
 from flowkit.engine.build import Pipeline, build_pipeline
+from flowkit.engine.checkpoints import load_weights
 from flowkit.engine.evaluate import measure
 from flowkit.engine.run import PipelineRun, run_pipeline
-from flowkit.engine.rundir import load_weights
 from flowkit.engine.sample import draw_samples
-from flowkit.engine.train import TrainLoop
+from flowkit.engine.train import Diverged, TrainLoop
 from flowkit.errors import FlowkitError
 from flowkit.registry import PluginManager
 
@@ -64,12 +63,12 @@ class LoadedPipeline:
             )
         loop = TrainLoop(self.pipeline)
         logged = []
-        for step, _, mean in loop.run(loop.cfg.steps if steps is None else steps):
-            if mean is None:
-                continue
-            if not math.isfinite(mean):
-                raise FlowkitError(loop.divergence(step, mean))
-            logged.append((step, mean))
+        try:
+            for step, _, mean in loop.run(loop.cfg.steps if steps is None else steps):
+                if mean is not None:
+                    logged.append((step, mean))
+        except Diverged as exc:
+            raise FlowkitError(loop.divergence(exc)) from None
         loop.finish()
         self.trained = True
         return logged

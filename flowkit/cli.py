@@ -1,8 +1,10 @@
-"""The ``flowkit`` command line: run, validate, plugins, describe, init, likelihood.
+"""The ``flowkit`` command line: run, resume, sample, evaluate, validate, plugins, describe, init,
+likelihood.
 
 User errors (a bad pipeline file, an unknown plugin, a missing device) exit with status 1 and one
-paragraph on stderr, without a traceback; ``--debug`` shows the traceback. Problems of plugins (one
-that failed to import, registered a duplicate, ...) are printed as warnings; the rest keeps working.
+paragraph on stderr, without a traceback; ``--debug`` shows the traceback. A run stopped by SIGINT or
+SIGTERM exits with 130 or 143 and says how to continue. Problems of plugins (one that failed to import,
+registered a duplicate, ...) are printed as warnings; the rest keeps working.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class _State:
 
 
 def _user_errors(func: F) -> F:
-    """Print a FlowkitError as one paragraph and exit 1 (with the traceback under --debug)."""
+    """Print a FlowkitError as one paragraph and exit 1 (with the traceback under --debug); a run
+    stopped by a signal exits with ``128 + signal`` (130 for Ctrl-C)."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -53,8 +56,14 @@ def _user_errors(func: F) -> F:
         except FlowkitError as exc:
             if state is not None and state.debug:
                 raise
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
+            code = getattr(exc, "exit_code", 1)
+            click.echo(f"{'Interrupted' if code != 1 else 'Error'}: {exc}", err=True)
+            sys.exit(code)
+        except KeyboardInterrupt:  # outside a run's own handling (loading, building): nothing written
+            if state is not None and state.debug:
+                raise
+            click.echo("Interrupted: stopped by SIGINT before anything was written", err=True)
+            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -98,15 +107,110 @@ def run(state: _State, file: str, overrides: tuple[str, ...], out: str | None, q
     manager = state.manager()
     pipeline = build_pipeline(file, overrides, manager)
     result = run_pipeline(pipeline, manager, out=out, quiet=quiet)
-    metrics = result.metrics
     if not quiet:
-        floor = f"{metrics['noise_floor']:.4f} ± {metrics['noise_floor_std']:.4f}"
-        ratio = metrics["ratio_to_floor"]
-        ratio_text = f"{ratio:.2f}" if ratio is not None else "n/a: the noise floor is 0"
-        line = f"{metrics['metric']} = {metrics['distance']:.4f} (noise floor {floor}, "
-        line += f"ratio {ratio_text}), nfe = {metrics['nfe']}"
-        click.echo(line)
+        click.echo(_summary(result.metrics))
     click.echo(f"run directory: {result.directory}")
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    """``w2 = 0.0123 (noise floor 0.0100 ± 0.0010, ratio 1.23), nfe = 100``."""
+    floor = f"{metrics['noise_floor']:.4f} ± {metrics['noise_floor_std']:.4f}"
+    ratio = metrics["ratio_to_floor"]
+    ratio_text = f"{ratio:.2f}" if ratio is not None else "n/a: the noise floor is 0"
+    line = f"{metrics['metric']} = {metrics['distance']:.4f} (noise floor {floor}, ratio {ratio_text})"
+    return line + (f", nfe = {metrics['nfe']}" if metrics.get("nfe") is not None else "")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_set_option
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="New run directory (only to extend a finished run)."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or console reports.")
+@click.pass_obj
+@_user_errors
+def resume(state: _State, run_dir: str, overrides: tuple[str, ...], out: str | None, quiet: bool) -> None:
+    """Continue the run in RUN_DIR from its newest valid checkpoint.
+
+    An interrupted, killed or diverged run continues in place (on the CPU its final weights and samples
+    are bitwise those of an uninterrupted run). --set train.lr=... continues with another learning
+    rate; --set train.steps=M extends training, and a finished run is then extended into a new run
+    directory (--out, or a numbered sibling).
+    """
+    from flowkit.engine import resume_run
+
+    result = resume_run(run_dir, state.manager(), overrides, out=out, quiet=quiet, warn=_warn)
+    if not quiet:
+        click.echo(_summary(result.metrics))
+    click.echo(f"run directory: {result.directory}")
+
+
+def _warn(text: str) -> None:
+    click.echo(f"flowkit: warning: {text}", err=True)
+
+
+@main.command(name="sample")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--n", "n", type=int, help="Number of samples (default: [sample] n).")
+@_set_option
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the samples here (a new .npy file).")
+@click.pass_obj
+@_user_errors
+def sample_command(
+    state: _State, run_dir: str, n: int | None, overrides: tuple[str, ...], out: str | None
+) -> None:
+    """Sample the trained model of RUN_DIR again, without training.
+
+    Any simulator, dynamics, grid and step count: --set sample.simulator=euler --set sample.steps=8.
+    The samples go to a new file in RUN_DIR (samples-<simulator>-<steps>.npy) unless --out names one;
+    no file is ever overwritten.
+    """
+    from flowkit.engine import sample_run
+
+    target, record = sample_run(run_dir, state.manager(), n=n, overrides=overrides, out=out, note=_warn)
+    click.echo(
+        f"{record['n']} samples ({record['simulator']}, {record['steps']} steps, nfe = {record['nfe']}) "
+        f"from {record['weights']}"
+    )
+    click.echo(f"written to {target}")
+
+
+@main.command(name="evaluate")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_set_option
+@click.option(
+    "--samples", "samples_file", type=click.Path(dir_okay=False), help="Samples to evaluate (.npy)."
+)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the metrics here (a new .json file).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.pass_obj
+@_user_errors
+def evaluate_command(
+    state: _State,
+    run_dir: str,
+    overrides: tuple[str, ...],
+    samples_file: str | None,
+    out: str | None,
+    as_json: bool,
+) -> None:
+    """Evaluate the samples of RUN_DIR again, e.g. with --set evaluate.metric=energy.
+
+    The run's samples.npy by default, --samples FILE.npy, or fresh samples when a --set sample.KEY=VALUE
+    is given. The metrics go to a new file in RUN_DIR (metrics-evaluate.json) unless --out names one.
+    """
+    from flowkit.engine import evaluate_run
+
+    target, metrics = evaluate_run(
+        run_dir, state.manager(), overrides, samples_file=samples_file, out=out, note=_warn
+    )
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2, sort_keys=True))
+    elif metrics.get("distance") is None:
+        click.echo(f"{metrics['non_finite_samples']} samples are not finite: nothing was measured")
+    else:
+        click.echo(_summary(metrics))
+    click.echo(f"written to {target}", err=as_json)
 
 
 @main.command()

@@ -58,7 +58,10 @@ class Location:
         """``file: [table] key 'k'`` (``(from --set)`` when an override put it there)."""
         if not self.parts:
             return self.source
-        origin = " (from --set)" if tuple(map(str, self.parts)) in self.overridden else ""
+        parts = tuple(map(str, self.parts))
+        # a key inside a table that --set gave (--set run.device={...}) came from --set too
+        from_set = any(parts[:i] in self.overridden for i in range(1, len(parts) + 1))
+        origin = " (from --set)" if from_set else ""
         return f"{self.source}: {self.table} key '{self.parts[-1]}'{origin}"
 
     def error(self, message: str) -> ConfigError:
@@ -80,6 +83,8 @@ def _dotted(parts: Sequence[str | int]) -> str:
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Parse a pipeline file; a syntax error names the file, line and column."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; give a pipeline file (.toml)")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -87,15 +92,22 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the pipeline file: {exc}") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: invalid pipeline: lists or tables nest too deeply (at most {MAX_DEPTH} levels)"
+        ) from None
+    check_depth(data, Location(str(path)))
+    return data
 
 
 def load_source(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """A pipeline's raw tables and the name errors give it: a file (read with :func:`read_toml`), or a
     dict (deep-copied; named ``<dict>``) whose keys must be strings."""
     if isinstance(source, Mapping):
+        check_depth(source, Location("<dict>"))
         _check_keys(source, Location("<dict>"))
         return _deep_copy(dict(source)), "<dict>"
     return read_toml(source), str(source)
@@ -119,16 +131,50 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     The value is read as a TOML value (``3``, ``1e-3``, ``true``, ``[64, 64]``, ``{ kind = "vp" }``,
     ``"text"``); anything that is not valid TOML is taken as a bare string (``data.kind=circles``).
     """
+    shown = text if len(text) <= 80 else text[:77] + "..."
     key, sep, raw = text.partition("=")
     parts = tuple(p.strip() for p in key.split("."))
     if not sep or not all(parts):
-        raise ConfigError(f"--set {text}: expected TABLE.KEY=VALUE, e.g. --set train.steps=100")
+        raise ConfigError(f"--set {shown}: expected TABLE.KEY=VALUE, e.g. --set train.steps=100")
+    if len(parts) == 1:
+        raise ConfigError(
+            f"--set {shown}: '{parts[0]}' names no table; expected TABLE.KEY=VALUE, e.g. --set train.{text}"
+        )
     raw = raw.strip()
     try:
         value = tomllib.loads(f"value = {raw}")["value"]
-    except tomllib.TOMLDecodeError:
-        value = raw
+    except tomllib.TOMLDecodeError as exc:
+        if raw[:1] in _TOML_STARTS:  # meant as a list, table or quoted string: say what is wrong
+            raise ConfigError(f"--set {shown}: invalid TOML value: {exc}") from None
+        value = raw  # a bare word: data.kind=circles
+    except RecursionError:
+        raise ConfigError(f"--set {shown}: the value is nested too deeply") from None
+    check_depth(value, Location("--set", parts))
     return parts, value
+
+
+#: A value starting with one of these is TOML (a list, an inline table, a string), never a bare word.
+_TOML_STARTS = ("[", "{", '"', "'")
+#: Lists and tables nest at most this deep in a pipeline (no pipeline needs more; Python's recursion
+#: limit, which parsing and validation would hit, is far above it).
+MAX_DEPTH = 32
+
+
+def check_depth(value: Any, loc: Location) -> None:
+    """Refuse lists and tables nested more than :data:`MAX_DEPTH` deep, naming where (iteratively, so
+    that a value too deep for recursion is reported, not crashed on)."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, loc.parts)]
+    while stack:
+        item, parts = stack.pop()
+        if len(parts) - len(loc.parts) > MAX_DEPTH:
+            # name the key that holds the deep value: the path up to its first list index
+            cut = next((i for i, part in enumerate(parts) if isinstance(part, int)), len(parts))
+            where = Location(loc.source, parts[: max(cut, 1)])
+            raise where.error(f"lists and tables nest more than {MAX_DEPTH} levels deep here")
+        if isinstance(item, Mapping):
+            stack.extend((v, (*parts, str(k))) for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, (*parts, i)) for i, v in enumerate(item))
 
 
 def apply_overrides(
@@ -138,7 +184,10 @@ def apply_overrides(
     data = _deep_copy(data)
     done: set[tuple[str, ...]] = set()
     for text in overrides:
-        parts, value = parse_override(text)
+        try:
+            parts, value = parse_override(text)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         node = data
         for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
@@ -289,13 +338,25 @@ class Structurer:
         except RegistryError as exc:
             raise kind_loc.error(str(exc)) from None
         params = self.structure(entry.cls.Params, {k: v for k, v in spec.items() if k != "kind"}, loc)
+        target = "[" + _dotted(loc.parts) + "]"
         try:
             component = entry.cls.from_params(params, self.context)
         except ConfigError:
             raise
         except FlowkitError as exc:
-            target = "[" + _dotted(loc.parts) + "]"
             raise type(exc)(f"{loc.source}: {target} ({kind} '{name}'): {exc}") from exc
+        except (MemoryError, RuntimeError) as exc:  # e.g. a network too large for the machine
+            if (
+                not isinstance(exc, MemoryError)
+                and "alloc" not in str(exc)
+                and "out of memory" not in str(exc)
+            ):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"{loc.source}: {target} ({kind} '{name}'): building it ran out of memory ({first[:160]}); "
+                "make it smaller"
+            ) from None
         component.registered_kind = kind
         component.registered_name = name
         return component

@@ -479,6 +479,11 @@ class Metric(Component):
     def __call__(self, samples: Tensor, reference: Tensor) -> float:
         """Distance between the empirical distributions of ``samples`` and ``reference``."""
 
+    def memory_bytes(self, n: int, m: int, dim: int) -> int:
+        """Bytes of working memory for ``n`` vs ``m`` points of ``dim`` values (0: negligible); the
+        engine refuses an ``[evaluate]`` whose need exceeds the device's memory."""
+        return 0
+
 
 class DeviceBackend(Component):
     """Where tensors live and how the hot loops run (device, precision, compilation).
@@ -517,6 +522,11 @@ class DeviceBackend(Component):
 
     def synchronize(self) -> None:
         """Wait for queued work (for timing)."""
+
+    def memory_available(self) -> int | None:
+        """Bytes of memory free for tensors on :attr:`device`, ``None`` when unknown. The engine
+        refuses, at build time, batch and sample sizes whose estimated need exceeds it."""
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -584,11 +594,14 @@ class Run(Protocol):
     ``table(name)`` is the validated content of a pipeline table (``"train"``, ``"sample"``, or a
     table a plugin declared with ``registry.add_table``) as its attrs instance, ``None`` when the
     pipeline has no such table (a plugin table with no key set gives its defaults).
+    ``resumed_from`` is the training step a resumed run continues from (``flowkit resume``), ``None``
+    for a fresh run: a reporter keeps what it wrote up to that step.
     """
 
     directory: Path
     quiet: bool
     metrics: dict[str, Any]
+    resumed_from: int | None
 
     @property
     def source(self) -> str:

@@ -281,7 +281,8 @@ def test_a_misspelled_setting_names_the_key():
     with pytest.raises(ConfigError) as error:
         build_pipeline(ORACLE, ['evaluate.likelihood={ estimater = "exact" }'])
     assert str(error.value) == (
-        f"{ORACLE}: [evaluate.likelihood] key 'estimater': unknown key. Did you mean 'estimator'? "
+        f"{ORACLE}: [evaluate.likelihood] key 'estimater' (from --set): unknown key. Did you mean "
+        "'estimator'? "
         "Valid keys: estimator, probes, noise, simulator, steps, grid, dynamics, n, batch_size, dequantize"
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -75,20 +77,29 @@ def test_train_loop_reduces_the_loss(tiny_pipeline, manager):
     assert last < 0.85 * first
 
 
-def test_divergence_stops_with_the_weights_saved(tiny_pipeline, manager, tmp_path):
+def test_divergence_is_caught_at_its_step_and_names_no_checkpoint(tiny_pipeline, manager, tmp_path):
     pipe = build_pipeline(tiny_pipeline, ["train.lr=1e30", "train.log_every=5"], manager)
     with pytest.raises(FlowkitError) as err:
         run_pipeline(pipe, manager, out=str(tmp_path / "div"), quiet=True)
     message = str(err.value)
-    assert "training diverged at step 5" in message and "lower [train] lr (now 1e+30)" in message
-    saved = torch.load(tmp_path / "div" / "model-diverged.pt", weights_only=True)
-    assert saved["step"] == 5
+    # lr = 1e30: the first update blows the weights up, so the loss of step 2 is the first non-finite one
+    assert "training diverged at step 2 (loss nan)" in message
+    assert "no checkpoint was written before it; lower [train] lr (now 1e+30, e.g. 1e+29)" in message
+    assert not list((tmp_path / "div").glob("*.pt"))  # no file holds non-finite weights
+    status = json.loads((tmp_path / "div" / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("diverged", 2)
 
 
-def test_checkpoints_are_written_every_n_steps(tiny_pipeline, manager, tmp_path):
-    result = run(tiny_pipeline, manager, tmp_path / "ck", "train.checkpoint_every=25")
+def test_checkpoints_are_written_every_n_steps_and_pruned(tiny_pipeline, manager, tmp_path):
+    result = run(tiny_pipeline, manager, tmp_path / "ck", "train.checkpoint_every=10")
     names = sorted(p.name for p in result.directory.glob("checkpoint-*.pt"))
-    assert names == ["checkpoint-0000025.pt", "checkpoint-0000050.pt"]
+    # every 10 steps and the final one; keep_checkpoints = 3 keeps the newest three
+    assert names == ["checkpoint-0000040.pt", "checkpoint-0000050.pt", "checkpoint-0000060.pt"]
+    every = run(
+        tiny_pipeline, manager, tmp_path / "all", "train.checkpoint_every=25", "train.keep_checkpoints=0"
+    )
+    names = sorted(p.name for p in every.directory.glob("checkpoint-*.pt"))
+    assert names == ["checkpoint-0000025.pt", "checkpoint-0000050.pt", "checkpoint-0000060.pt"]
 
 
 def test_exact_model_refuses_training_tables(write_pipeline, manager):

@@ -18,6 +18,7 @@ from torch import nn
 
 import flowkit
 from flowkit.config import Location, Structurer, apply_overrides, load_source, unstructure
+from flowkit.engine.limits import check_sizes
 from flowkit.engine.sections import (
     REQUIRED,
     TABLES,
@@ -178,9 +179,11 @@ def build_pipeline(
         for table, cls in plugin_tables.items()
     }
     capture = run.device.captures_samplers and type(sample.simulator).capturable
-    return Pipeline(
+    pipeline = Pipeline(
         name, run, dataset, path, model, network, loss, train, sample, evaluate, tables, context, capture
     )
+    check_sizes(pipeline)
+    return pipeline
 
 
 def _plugin_tables(manager: PluginManager) -> dict[str, type]:

@@ -77,14 +77,14 @@ def evaluate(run: PipelineRun, result: Samples) -> dict[str, Any]:
         from flowkit.engine.likelihood import likelihood_metrics
 
         run.metrics.update(likelihood_metrics(pipe))
-    _plugin_metrics(run, result, reference)
+    plugin_metrics(run, result, reference)
     run.hook.flowkit_samples_ready(
         run=run, samples=result.samples, reference=reference, trajectory=result.trajectory
     )
     return run.metrics
 
 
-def _plugin_metrics(run: PipelineRun, result: Samples, reference: Tensor) -> None:
+def plugin_metrics(run: PipelineRun, result: Samples, reference: Tensor) -> None:
     """Merge what ``flowkit_evaluate_metrics`` implementations return; a key is claimed only once."""
     offered = {"run": run, "samples": result, "reference": reference}
     # Called one implementation at a time (in pluggy's order) so a clash names its plugin.

@@ -358,14 +358,20 @@ def run_settings(
     from flowkit.engine.sections import LikelihoodSection
 
     current = pipeline.evaluate.likelihood
-    raw: dict[str, Any] = unstructure(current) if current is not None else {}
-    prefix = "evaluate.likelihood."
-    relative = [text[len(prefix) :] if text.startswith(prefix) else text for text in overrides]
-    raw, overridden = apply_overrides(raw, relative, source)
-    top = Location(
-        source, ("evaluate", "likelihood"), frozenset(("evaluate", "likelihood", *p) for p in overridden)
+    table: dict[str, Any] = unstructure(current) if current is not None else {}
+    # Overrides are applied to the whole file's shape, so their errors and "(from --set)" read as
+    # those of `flowkit run --set evaluate.likelihood.KEY=VALUE`.
+    full = [
+        text
+        if text.startswith(("evaluate.likelihood.", "evaluate.likelihood="))
+        else f"evaluate.likelihood.{text}"
+        for text in overrides
+    ]
+    raw, overridden = apply_overrides({"evaluate": {"likelihood": table}}, full, source)
+    top = Location(source, ("evaluate", "likelihood"), overridden)
+    return Structurer(registry, pipeline.context).structure(
+        LikelihoodSection, raw["evaluate"]["likelihood"], top
     )
-    return Structurer(registry, pipeline.context).structure(LikelihoodSection, raw, top)
 
 
 def load_points(file: str, shape: tuple[int, ...]) -> Tensor:

@@ -1,23 +1,34 @@
-"""The run directory: claimed atomically, never overwritten; files in it written atomically.
+"""The run directory: claimed atomically, never overwritten; its files written atomically and durably.
 
-A run directory holds ``pipeline.toml`` (resolved), ``model.pt`` (weights only), ``samples.npy``,
-``metrics.json`` and what reporter plugins write. Every file is written to a temporary name in the
-same directory and moved into place, so a crash never leaves a truncated file under the real name.
+A run directory holds ``pipeline.toml`` (resolved), ``status.json`` (what state the run is in),
+``model.pt`` (sampling weights), ``checkpoint-NNNNNNN.pt`` (the whole training state, see
+:mod:`flowkit.engine.checkpoints`), ``samples.npy``, ``metrics.json`` and what reporter plugins write.
+Every file is written to a temporary file in the same directory, flushed and fsynced, moved into place
+with ``os.replace`` and the directory fsynced: a crash or a power cut leaves either the old file or the
+new one under the real name, never a truncated one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
 import json
 import os
+import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from flowkit.errors import FlowkitError
+
+#: The status file of a run directory.
+STATUS_FILE = "status.json"
+#: The states a run directory can be in (``status.json`` ``state``).
+STATES = ("running", "interrupted", "diverged", "failed", "done")
 
 
 def run_directory(template: str, source: str, out: str | None = None) -> Path:
@@ -40,25 +51,70 @@ def _claim(directory: Path) -> bool:
     Two runs started together must never share a directory: creating the directory, or the marker
     file in an existing empty one, succeeds for exactly one of them.
     """
+    origin = "--out or [run] out"
     try:
         directory.mkdir(parents=True)
     except FileExistsError:
         if not directory.is_dir() or any(directory.iterdir()):
             return False
+    except OSError as exc:
+        raise FlowkitError(
+            f"cannot create the run directory {directory}: {_reason(exc)}; choose another with {origin}"
+        ) from None
     try:
         with open(directory / "pipeline.toml", "x", encoding="utf-8"):
             return True
     except FileExistsError:
         return False
+    except OSError as exc:
+        raise FlowkitError(
+            f"cannot write into the run directory {directory}: {_reason(exc)}; choose another with {origin}"
+        ) from None
+
+
+def _reason(exc: OSError) -> str:
+    """``permission denied``, ``no such file or directory``, ...: the OS's reason, without the path."""
+    text = exc.strerror or str(exc)
+    return text[0].lower() + text[1:] if text else "unknown error"
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Write ``path`` through ``write(handle)`` into a temporary file beside it, then move it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-    os.replace(tmp, path)
+    """Write ``path`` through ``write(handle)``: into a temporary file beside it (flushed and fsynced),
+    moved into place with ``os.replace``, then the directory fsynced so the rename itself is durable."""
+    directory = path.parent
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise FlowkitError(f"cannot write {path}: {_reason(exc)}") from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise FlowkitError(f"cannot write {path}: {_reason(exc)}") from None
+        raise
+    _fsync_directory(directory)
     return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems refuse fsync on a directory; the data is written
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
@@ -77,17 +133,100 @@ def write_array(path: Path, array: np.ndarray) -> Path:
     return write_atomic(path, lambda handle: np.save(handle, array))
 
 
-def save_weights(path: Path, state: dict[str, Any]) -> Path:
-    """Weights only (loadable with ``torch.load(weights_only=True)``), atomically."""
-    return write_atomic(path, lambda handle: torch.save(state, handle))
+def claim_file(path: Path) -> Path:
+    """Reserve ``path`` (create it empty, exclusively), refusing one that exists: what ``--out FILE``
+    of ``flowkit sample`` and ``flowkit likelihood`` write to is never a file the user already has."""
+    try:
+        with open(path, "x", encoding="utf-8"):
+            return path
+    except FileExistsError:
+        raise FlowkitError(f"{path} exists; flowkit never overwrites a file: choose another") from None
+    except OSError as exc:
+        raise FlowkitError(f"cannot write {path}: {_reason(exc)}") from None
 
 
-def load_weights(path: str | Path, network: nn.Module, which: str = "model") -> int:
-    """Load a run's weights into ``network``; ``which``: ``"model"`` (EMA) or ``"raw"``. Returns the step."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if which not in state:
+def unused_file(directory: Path, stem: str, suffix: str) -> Path:
+    """Claim ``directory/stem.suffix``, or ``stem-2.suffix``, ``stem-3.suffix``, ...: the first that
+    does not exist (atomically, as :func:`claim_file`)."""
+    i = 1
+    while True:
+        path = directory / (f"{stem}{suffix}" if i == 1 else f"{stem}-{i}{suffix}")
+        try:
+            with open(path, "x", encoding="utf-8"):
+                return path
+        except FileExistsError:
+            i += 1
+        except OSError as exc:
+            raise FlowkitError(f"cannot write into {directory}: {_reason(exc)}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Status
+# ---------------------------------------------------------------------------------------------------
+
+
+def write_status(directory: Path, state: str, **fields: Any) -> dict[str, Any]:
+    """Record the run's state in ``status.json``: ``state`` (one of :data:`STATES`), the process that
+    wrote it (``pid``, ``host``: a ``running`` run whose process is gone was killed) and ``fields``
+    (``step``, ``stage``, ``checkpoint``, ``message``, ``resume``: the command that continues it)."""
+    assert state in STATES, state
+    status = {
+        "state": state,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **{key: value for key, value in fields.items() if value is not None},
+    }
+    write_json(directory / STATUS_FILE, status)
+    return status
+
+
+def read_status(directory: Path) -> dict[str, Any] | None:
+    """The run's ``status.json``, ``None`` where there is none (a run directory of flowkit < 0.2).
+
+    A ``running`` status whose process is gone (on this host) is reported as ``killed``: the process
+    ended without a word (SIGKILL, out of memory, a power cut).
+    """
+    path = directory / STATUS_FILE
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
         raise FlowkitError(
-            f"{path}: no '{which}' weights (has: {', '.join(k for k in state if k != 'step')})"
+            f"{path}: unreadable status file ({exc}); remove it, and `flowkit resume` reads the "
+            "state from the checkpoints"
+        ) from None
+    if not isinstance(status, dict) or status.get("state") not in STATES:
+        raise FlowkitError(
+            f"{path}: not a flowkit status file (its state must be one of {', '.join(STATES)})"
         )
-    network.load_state_dict(state[which])
-    return int(state.get("step", 0))
+    if status["state"] == "running" and not process_alive(status):
+        status = {**status, "state": "killed"}
+    return status
+
+
+def process_alive(status: dict[str, Any]) -> bool:
+    """Whether the process that wrote ``status`` still runs (assumed so when it ran on another host)."""
+    if status.get("host") != socket.gethostname():
+        return True
+    pid = status.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process has that pid now: not ours
+        return True
+    return _not_zombie(pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True
+    return fields[0] != "Z"

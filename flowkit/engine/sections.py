@@ -16,6 +16,7 @@ from flowkit.params import component, param
 
 _positive = attrs.validators.gt(0)
 _non_negative = attrs.validators.ge(0)
+_at_most_1e9 = attrs.validators.le(10**9)
 
 
 @attrs.define(frozen=True)
@@ -37,7 +38,7 @@ class RunSection:
 class TrainSection:
     """``[train]``: the optimisation loop (AdamW, learning-rate schedule, EMA of the weights)."""
 
-    steps: int = param(3000, doc="Optimisation steps.", validator=_positive)
+    steps: int = param(3000, doc="Optimisation steps (at most 10^9).", validator=[_positive, _at_most_1e9])
     batch_size: int = param(256, doc="Data points per step.", validator=_positive)
     lr: float = param(1e-3, doc="Peak learning rate of AdamW.", validator=_positive)
     lr_schedule: Literal["constant", "cosine"] = param(
@@ -56,7 +57,13 @@ class TrainSection:
     )
     log_every: int = param(100, doc="Steps between logged losses.", validator=_positive)
     checkpoint_every: int = param(
-        0, doc="Steps between checkpoints (0: only the final weights).", validator=_non_negative
+        0,
+        doc="Steps between checkpoints of the whole training state (0: only the final one). "
+        "SIGINT/SIGTERM also write one; `flowkit resume` continues from the newest.",
+        validator=_non_negative,
+    )
+    keep_checkpoints: int = param(
+        3, doc="Checkpoints kept: older ones are deleted (0: keep every one).", validator=_non_negative
     )
 
 
@@ -71,7 +78,9 @@ class SampleSection:
     grid: TimeGrid = component(
         "uniform", doc="Time grid: the steps of a fixed-step simulator (an adaptive one reports there)."
     )
-    steps: int = param(50, doc="Simulator steps from t = 0 (noise) to t = 1 (data).", validator=_positive)
+    steps: int = param(
+        50, doc="Simulator steps from t = 0 (noise) to t = 1 (data).", validator=[_positive, _at_most_1e9]
+    )
     n: int = param(2000, doc="Number of samples drawn.", validator=_positive)
     trajectories: int = param(256, doc="Sample paths recorded for plots (0: none).", validator=_non_negative)
 
@@ -157,8 +166,8 @@ class EvaluateSection:
     floor_repeats: int = param(
         3,
         doc="Fresh draws of data whose distances to the held-out set are averaged into the noise floor "
-        "(one draw fluctuates by 15-20% at n = 2000).",
-        validator=_positive,
+        "(one draw fluctuates by 15-20% at n = 2000; at most 100).",
+        validator=[_positive, attrs.validators.le(100)],
     )
     likelihood: LikelihoodSection | None = param(
         None, doc="Log-likelihood of held-out data (nll, bits_per_dim): a table of settings; off when absent."
@@ -173,6 +182,9 @@ class FlowkitSection:
     plugins: dict[str, str] = param(factory=dict, doc="Plugin name -> 'distribution version'.")
     source: str = param("", doc="Pipeline file the run was started from.")
     command: str = param("", doc="Command line of the run.")
+    history: list[str] = param(
+        factory=list, doc="Each `flowkit resume` of the run: the step it continued from and its command."
+    )
 
 
 #: Tables of a pipeline file, in build order; component tables name their kind.

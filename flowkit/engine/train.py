@@ -1,19 +1,34 @@
 """Training: AdamW with a learning-rate schedule, gradient clipping and an EMA of the weights.
 
-:class:`TrainLoop` is one optimisation step at a time (benchmarks time exactly it); :func:`train` runs
-it for ``[train] steps`` with logging, checkpoints and the lifecycle hooks.
+:class:`TrainLoop` is one optimisation step at a time (benchmarks time exactly it) and the whole
+training state (:meth:`TrainLoop.state_dict`); :func:`train` runs it for ``[train] steps`` with
+logging, checkpoints, divergence checks, deferred signals and the lifecycle hooks.
+
+Divergence is found without a device sync per step: the losses since the last check are stacked and
+checked in one read at every log step and before every checkpoint, which names the exact step of the
+first non-finite loss. A checkpoint is written only after that check and a check of the weights, so
+no checkpoint ever holds non-finite weights.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from flowkit.engine.rundir import save_weights
+from flowkit.engine.checkpoints import (
+    FORMAT,
+    checkpoint_name,
+    list_checkpoints,
+    prune_checkpoints,
+    save_state,
+)
+from flowkit.engine.interrupts import Interrupted, signal_name
+from flowkit.engine.rundir import write_status
 from flowkit.engine.sections import TrainSection
 from flowkit.engine.seeds import stage_seed
 from flowkit.errors import CapabilityError, FlowkitError
@@ -67,6 +82,13 @@ class WeightAverage:
         state.update({name: avg.clone() for name, avg in zip(self.names, self.averages, strict=True)})
         return state
 
+    @torch.no_grad()
+    def load_averages(self, state: dict[str, Tensor], updates: int) -> None:
+        """Restore the averages from a :meth:`state_dict` and the number of updates made so far."""
+        for name, avg in zip(self.names, self.averages, strict=True):
+            avg.copy_(state[name])
+        self.updates = updates
+
 
 def adamw(params: list[nn.Parameter], cfg: TrainSection) -> torch.optim.Optimizer:
     """AdamW with its fused kernel where the device has one (CPU and CUDA in torch >= 2.4): the same
@@ -77,13 +99,24 @@ def adamw(params: list[nn.Parameter], cfg: TrainSection) -> torch.optim.Optimize
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+class Diverged(FlowkitError):
+    """A non-finite loss at ``step`` (or non-finite weights after its update)."""
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"training diverged at step {step} ({what})")
+        self.step = step
+        self.what = what
+
+
 class TrainLoop:
     """The optimisation of a pipeline's network: AdamW, a learning-rate schedule and an EMA of the weights.
 
     :meth:`step` is one optimisation step — draw a batch, the loss, backward, update — exactly what
     ``flowkit run`` does per step. The forward pass goes through ``pipeline.network`` (what the device
     backend prepared); the parameters and saved state are ``pipeline.model``'s. The data and loss
-    draws come from generators seeded from ``[run] seed``.
+    draws come from generators seeded from ``[run] seed``. :meth:`state_dict` and
+    :meth:`load_state_dict` are the whole state: a loop restored from a checkpoint continues exactly
+    as the uninterrupted one (bitwise, on the CPU).
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
@@ -106,15 +139,20 @@ class TrainLoop:
         self.optimizer = adamw(self.params, cfg)
         # A constant rate needs no scheduler: skipping it keeps the hot loop as lean as a hand-written one.
         scheduled = cfg.lr_schedule != "constant" or cfg.warmup_steps > 0
+        self.lr_factor = lr_factor(cfg)
         self.scheduler = (
-            torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg)) if scheduled else None
+            torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor) if scheduled else None
         )
         self.ema = WeightAverage(self.network, cfg.ema_decay) if cfg.ema_decay > 0 else None
         seed = pipeline.run.seed
         self.data_gen = self.backend.generator(stage_seed(seed, "data"))
         self.loss_gen = self.backend.generator(stage_seed(seed, "loss"))
-        #: The step :meth:`run` is on (1-based; 0 before the first).
+        #: The last step completed (0 before the first).
         self.current_step = 0
+        #: The mean loss of the last log step (``None`` before the first).
+        self.last_logged: float | None = None
+        self._window: list[Tensor] = []  # losses since the last log step
+        self._checked = 0  # how many of them were checked finite
         self.network.train()
 
     @property
@@ -139,32 +177,102 @@ class TrainLoop:
         return loss.detach()
 
     def run(self, total: int) -> Iterator[tuple[int, Tensor, float | None]]:
-        """``total`` optimisation steps, yielding ``(step, loss, mean)`` after each: the detached loss,
-        and the mean loss since the last log every ``[train] log_every`` steps and at the last step
-        (``None`` otherwise). Losses are averaged only then, so there is no device sync per step."""
-        window: list[Tensor] = []
-        for step in range(1, total + 1):
-            self.current_step = step
+        """The steps after :attr:`current_step` up to ``total``, yielding ``(step, loss, mean)`` after
+        each: the detached loss, and the mean loss since the last log every ``[train] log_every`` steps
+        and at the last step (``None`` otherwise). Raises :class:`Diverged` at a log step whose window
+        holds a non-finite loss, naming the step of the first."""
+        for step in range(self.current_step + 1, total + 1):
             loss = self.step()
-            window.append(loss)
+            self.current_step = step
+            self._window.append(loss)
             mean = None
             if step % self.cfg.log_every == 0 or step == total:
-                mean = float(torch.stack(window).mean())
-                window.clear()
+                self.check_losses()
+                mean = float(torch.stack(self._window).mean())
+                self._window.clear()
+                self._checked = 0
+                self.last_logged = mean
             yield step, loss, mean
 
-    def divergence(self, step: int, loss: float) -> str:
-        """What to say when the mean loss at ``step`` is not finite."""
-        return (
-            f"{self.pipeline.source}: training diverged at step {step} (loss {loss}); "
-            f"lower [train] lr (now {self.cfg.lr}) or set [train] grad_clip"
-        )
+    def check_losses(self) -> None:
+        """Raise :class:`Diverged` if a loss since the last check is not finite (one device read)."""
+        fresh = self._window[self._checked :]
+        if not fresh:
+            return
+        finite = torch.isfinite(torch.stack(fresh))
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0, 0])
+            step = self.current_step - len(fresh) + 1 + first
+            raise Diverged(step, f"loss {float(fresh[first])}")
+        self._checked = len(self._window)
+
+    def check_weights(self) -> None:
+        """Raise :class:`Diverged` if a weight (raw or averaged) is not finite after the last step."""
+        tensors = [*self.params, *(self.ema.averages if self.ema is not None else [])]
+        if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            raise Diverged(self.current_step, "non-finite weights after the update")
+
+    def divergence(self, exc: Diverged) -> str:
+        """What to say about a divergence when there is no run directory (the Python API)."""
+        return f"{self.pipeline.source}: {exc}; lower [train] lr (now {self.cfg.lr}) or set [train] grad_clip"
 
     def weights(self, step: int) -> dict[str, Any]:
         """Weights-only state: ``model`` (what sampling uses: the EMA where enabled) and ``raw``."""
         if self.ema is None:
             return {"step": step, "model": self.network.state_dict()}
         return {"step": step, "model": self.ema.state_dict(), "raw": self.network.state_dict()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole training state after :attr:`current_step`: tensors and plain containers only
+        (loadable with ``torch.load(weights_only=True)``). Checks it first (:class:`Diverged`)."""
+        self.check_losses()
+        self.check_weights()
+        state = self.weights(self.current_step)
+        state.update(
+            {
+                "format": FORMAT,
+                "raw": self.network.state_dict(),
+                "ema_updates": self.ema.updates if self.ema is not None else 0,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "generators": {"data": self.data_gen.get_state(), "loss": self.loss_gen.get_state()},
+                "window": torch.stack(self._window).cpu() if self._window else torch.empty(0),
+                "last_logged": self.last_logged,
+            }
+        )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Continue from a :meth:`state_dict` (a checkpoint); returns its step.
+
+        The learning rate and weight decay are this pipeline's ``[train]`` values, so a run resumed
+        with ``--set train.lr=...`` uses the new rate from its first step; with the cosine schedule the
+        rate at step ``k`` is ``lr * factor(k)`` over this pipeline's ``[train] steps``.
+        """
+        step = int(state["step"])
+        self.network.load_state_dict(state["raw"])
+        if self.ema is not None:
+            self.ema.load_averages(state["model"], int(state.get("ema_updates", step)))
+        self.optimizer.load_state_dict(state["optimizer"])
+        factor = self.lr_factor(step) if self.scheduler is not None else 1.0
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.cfg.lr
+            group["lr"] = self.cfg.lr * factor
+            group["weight_decay"] = self.cfg.weight_decay
+        if self.scheduler is not None:
+            if state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
+            self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
+            self.scheduler.last_epoch = step
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self.data_gen.set_state(state["generators"]["data"])
+        self.loss_gen.set_state(state["generators"]["loss"])
+        window = state.get("window")
+        self._window = [loss.to(self.device) for loss in window] if window is not None else []
+        self._checked = len(self._window)
+        self.last_logged = state.get("last_logged")
+        self.current_step = step
+        return step
 
     def finish(self) -> None:
         """Put the weights sampling should use (the EMA, where enabled) into the network."""
@@ -173,34 +281,115 @@ class TrainLoop:
         self.network.eval()
 
 
-def train(run: PipelineRun) -> None:
-    """Run the :class:`TrainLoop` for ``[train] steps``, logging, checkpointing and calling the hooks."""
+def train(run: PipelineRun, loop: TrainLoop | None = None) -> None:
+    """Run the :class:`TrainLoop` (a fresh one, or ``loop`` restored from a checkpoint) up to
+    ``[train] steps``: logging, checkpoints every ``checkpoint_every`` steps and at the end, the hooks,
+    and the run's ``status.json``. A deferred SIGINT/SIGTERM (``run.signals``) ends the step, writes a
+    checkpoint and raises :class:`Interrupted`; divergence raises a :class:`FlowkitError` naming the
+    last good checkpoint."""
+    guard = getattr(run, "signals", None)
+    if guard is not None:  # from here on a signal waits for the end of a step
+        guard.deferring = True
     pipe = run.pipeline
-    loop = TrainLoop(pipe)
+    loop = loop if loop is not None else TrainLoop(pipe)
     cfg, hook = loop.cfg, run.hook
     try:
         for step, loss, mean_loss in loop.run(cfg.steps):
             hook.flowkit_train_step(run=run, step=step, loss=loss)
             if mean_loss is not None:
-                if not math.isfinite(mean_loss):
-                    saved = _save(run, loop.weights(step), "model-diverged.pt")
-                    raise FlowkitError(f"{loop.divergence(step, mean_loss)}. The weights are in {saved}")
                 hook.flowkit_log(run=run, step=step, metrics={"loss": mean_loss, "lr": loop.lr})
-                run.metrics["final_loss"] = mean_loss
+            if guard is not None and guard.requested is not None:
+                path = _checkpoint(run, loop)
+                raise _interrupted(run, guard.requested, step, path)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                _save(run, loop.weights(step), f"checkpoint-{step:07d}.pt")
-    except KeyboardInterrupt:
-        step = loop.current_step
-        saved = _save(run, loop.weights(step), "model-interrupted.pt")
-        raise FlowkitError(
-            f"interrupted at training step {step}; the weights so far are in {saved}"
-        ) from None
-    _save(run, loop.weights(cfg.steps), "model.pt")
+                _checkpoint(run, loop)
+                write_status(
+                    run.directory,
+                    "running",
+                    stage="train",
+                    step=step,
+                    checkpoint=_newest(run),
+                    resume=f"flowkit resume {run.directory}",  # what to do if this process is killed
+                )
+        _checkpoint(run, loop)  # the final state: a finished run can be extended
+        _save_weights(run, loop.weights(cfg.steps), "model.pt")
+    except Diverged as exc:
+        raise _diverged(run, loop, exc) from None
+    finally:
+        if guard is not None:
+            guard.deferring = False
+    if guard is not None and guard.requested is not None:  # came during the final save: training is done
+        raise Interrupted(f"stopped by {signal_name(guard.requested)}", guard.requested)
+    if loop.last_logged is not None:
+        run.metrics["final_loss"] = loop.last_logged
     loop.finish()
     run.metrics["train_steps"] = cfg.steps
 
 
-def _save(run: PipelineRun, state: dict[str, Any], name: str) -> str:
-    path = save_weights(run.directory / name, state)
+def _checkpoint(run: PipelineRun, loop: TrainLoop) -> str:
+    """Write ``checkpoint-<step>.pt`` (checked first), drop the oldest beyond ``keep_checkpoints``."""
+    state = loop.state_dict()
+    path = save_state(run.directory / checkpoint_name(loop.current_step), state)
+    prune_checkpoints(run.directory, loop.cfg.keep_checkpoints)
+    run.hook.flowkit_checkpoint(run=run, step=loop.current_step, path=str(path))
+    return str(path)
+
+
+def _save_weights(run: PipelineRun, state: dict[str, Any], name: str) -> str:
+    path = save_state(run.directory / name, state)
     run.hook.flowkit_checkpoint(run=run, step=state["step"], path=str(path))
     return str(path)
+
+
+def _newest(run: PipelineRun) -> str | None:
+    found = list_checkpoints(run.directory)
+    return found[-1][1].name if found else None
+
+
+def _interrupted(run: PipelineRun, signum: int, step: int, path: str) -> Interrupted:
+    resume = f"flowkit resume {run.directory}"
+    message = (
+        f"{run.source}: interrupted by {signal_name(signum)} at training step {step} of "
+        f"{run.pipeline.train.steps if run.pipeline.train else step}; the training state is saved in "
+        f"{path}. Continue with: {resume}"
+    )
+    write_status(
+        run.directory,
+        "interrupted",
+        stage="train",
+        step=step,
+        checkpoint=Path(path).name,
+        message=message,
+        resume=resume,
+    )
+    return Interrupted(message, signum, recorded=True)
+
+
+def _diverged(run: PipelineRun, loop: TrainLoop, exc: Diverged) -> FlowkitError:
+    """The divergence message: the step, the last good checkpoint and how to resume from it."""
+    good = [(step, path) for step, path in list_checkpoints(run.directory) if step < exc.step]
+    lower = f"{loop.cfg.lr / 10:g}"
+    if good:
+        step, path = good[-1]
+        resume = f"flowkit resume {run.directory} --set train.lr={lower}"
+        advice = (
+            f"the last good checkpoint is {path} (step {step}); resume from it with a lower learning "
+            f"rate: {resume} (or set [train] grad_clip)"
+        )
+    else:
+        resume = None
+        advice = (
+            f"no checkpoint was written before it; lower [train] lr (now {loop.cfg.lr}, e.g. {lower}) or "
+            "set [train] grad_clip, and set [train] checkpoint_every to be able to resume"
+        )
+    message = f"{run.source}: {exc}; {advice}"
+    write_status(
+        run.directory,
+        "diverged",
+        stage="train",
+        step=exc.step,
+        checkpoint=good[-1][1].name if good else None,
+        message=message,
+        resume=resume,
+    )
+    return FlowkitError(message)

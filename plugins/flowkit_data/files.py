@@ -89,6 +89,8 @@ def _load(file: Path) -> Tensor:
     """Read and check the array in ``file``; return it as a float32 CPU tensor ``(N, *D)``."""
     if file.suffix not in SUFFIXES:
         raise FlowkitError(f"data file '{file}' has the suffix '{file.suffix}'; expected a .npy or .pt file")
+    if file.is_dir():
+        raise FlowkitError(f"data file '{file}' is a directory; expected a .npy or .pt file")
     if not file.is_file():
         raise FlowkitError(f"data file '{file}' does not exist")
     if file.suffix == ".npy":

@@ -19,6 +19,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from flowkit.engine.limits import cpu_memory_available
 from flowkit.errors import FlowkitError
 from flowkit.interfaces import BuildContext, DeviceBackend
 from flowkit.params import param
@@ -55,6 +56,18 @@ def default_threads() -> int:
     return max(1, cpus // 2)
 
 
+#: More intra-op threads than this is a typo, not a machine (torch would overflow or stall).
+MAX_THREADS = 1024
+
+
+def _thread_count(_instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if not 0 <= value <= MAX_THREADS:
+        raise ValueError(
+            f"threads must be between 0 (half the usable CPUs) and {MAX_THREADS}; this machine has "
+            f"{os.cpu_count()} CPUs"
+        )
+
+
 class CPUBackend(DeviceBackend):
     """Eager PyTorch on the CPU, with ``torch.set_num_threads`` called when built.
 
@@ -69,7 +82,7 @@ class CPUBackend(DeviceBackend):
         threads: int = param(
             0,
             doc="Intra-op CPU threads (0: half the usable CPUs, at least 1, unless OMP_NUM_THREADS is set).",
-            validator=_NONNEGATIVE,
+            validator=_thread_count,
         )
 
     def __init__(self, params: Params | None = None) -> None:
@@ -83,6 +96,9 @@ class CPUBackend(DeviceBackend):
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
+
+    def memory_available(self) -> int | None:
+        return cpu_memory_available()
 
 
 def enable_tf32(backends: Any = None) -> dict[str, object]:
@@ -196,6 +212,10 @@ class CUDABackend(DeviceBackend):
     def synchronize(self) -> None:
         torch.cuda.synchronize(self._device)
 
+    def memory_available(self) -> int | None:
+        free, _total = torch.cuda.mem_get_info(self._device)
+        return int(free)
+
     @property
     def captures_samplers(self) -> bool:
         """``cuda_graph``: the engine then captures every ``capturable`` simulator."""
@@ -284,7 +304,7 @@ class AutoBackend(DeviceBackend):
         threads: int = param(
             0,
             doc="Intra-op CPU threads on the CPU (0: half the usable CPUs, at least 1; as for cpu).",
-            validator=_NONNEGATIVE,
+            validator=_thread_count,
         )
 
     def __init__(self, params: Params | None = None) -> None:
@@ -321,3 +341,6 @@ class AutoBackend(DeviceBackend):
 
     def synchronize(self) -> None:
         self.backend.synchronize()
+
+    def memory_available(self) -> int | None:
+        return self.backend.memory_available()

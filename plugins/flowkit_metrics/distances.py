@@ -152,6 +152,10 @@ class W2(Metric):
         )
         seed: int = param(0, doc="Seed of the subsampling.", validator=_SEED)
 
+    def memory_bytes(self, n: int, m: int, dim: int) -> int:
+        size = min(n, m, self.params.max_points)
+        return 3 * 8 * size * size  # the float64 cost matrix and the assignment solver's copies
+
     def __call__(self, samples: Tensor, reference: Tensor) -> float:
         x, y = as_points(samples, reference, "w2")
         size = min(x.shape[0], y.shape[0], self.params.max_points)
@@ -177,6 +181,9 @@ class SlicedW2(Metric):
         generator = torch.Generator().manual_seed(self.params.seed)
         theta = torch.randn(dim, self.params.num_projections, generator=generator, dtype=torch.float64)
         return (theta / theta.norm(dim=0, keepdim=True)).numpy()
+
+    def memory_bytes(self, n: int, m: int, dim: int) -> int:
+        return 2 * 8 * (n + m) * (dim + self.params.num_projections)  # the projections, and sorted
 
     def __call__(self, samples: Tensor, reference: Tensor) -> float:
         x, y = as_points(samples, reference, "sliced-w2")

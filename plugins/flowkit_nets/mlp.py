@@ -49,7 +49,10 @@ class MLP(Network):
             validator=attrs.validators.in_(tuple(ACTIVATIONS)),
         )
         time_features: int = param(
-            0, doc="Fourier frequencies of t fed in besides t (0: plain t).", validator=attrs.validators.ge(0)
+            0,
+            doc="Fourier frequencies of t fed in besides t (0: plain t; at most 32: beyond, pi 2^k t "
+            "overflows float32).",
+            validator=[attrs.validators.ge(0), attrs.validators.le(32)],
         )
 
     def __init__(self, params: Params | None = None, *, data_shape: tuple[int, ...]) -> None:

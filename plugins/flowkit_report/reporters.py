@@ -37,10 +37,12 @@ def _console(run: Run) -> bool:
     return not run.quiet and settings(run).progress
 
 
-def _open_bar(run: Run, key: str, total: int, desc: str) -> Any:
+def _open_bar(run: Run, key: str, total: int, desc: str, initial: int = 0) -> Any:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=True, mininterval=0.25)
+    bar = tqdm(
+        total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=True, mininterval=0.25
+    )
     _bars[f"{run.directory}:{key}"] = bar
     return bar
 
@@ -53,8 +55,19 @@ def _close_bar(run: Run, key: str) -> None:
 
 @hookimpl
 def flowkit_run_start(run: Run) -> None:
-    if settings(run).log:
-        (run.directory / "metrics.jsonl").write_text("", encoding="utf-8")
+    if not settings(run).log:
+        return
+    log = run.directory / "metrics.jsonl"
+    resumed = getattr(run, "resumed_from", None)
+    kept = []
+    if resumed is not None and log.is_file():  # a resumed run keeps the lines up to its checkpoint
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= resumed:
+                    kept.append(line + "\n")
+            except (ValueError, AttributeError):  # a line cut short by a kill: dropped
+                continue
+    log.write_text("".join(kept), encoding="utf-8")
 
 
 @hookimpl
@@ -63,7 +76,7 @@ def flowkit_stage(run: Run, stage: str, state: str) -> None:
         return
     train = run.table("train")
     if state == "start" and stage == "train" and train is not None:
-        _open_bar(run, "train", train.steps, "train")
+        _open_bar(run, "train", train.steps, "train", initial=getattr(run, "resumed_from", None) or 0)
     elif state == "start" and stage == "sample":
         _open_bar(run, "sample", run.table("sample").steps, "sample")
     elif state == "end":

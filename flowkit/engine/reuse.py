@@ -1,0 +1,190 @@
+"""A run's trained weights used again: sample and evaluate without training (``flowkit sample``,
+``flowkit evaluate``).
+
+The run directory's resolved ``pipeline.toml`` is rebuilt with ``--set`` overrides of the tables that
+do not change what was trained (``[sample]``, ``[evaluate]``, ``[run] device``, plugin tables); the
+sampling weights come from ``model.pt``, or from the newest checkpoint of a run whose training has not
+finished. Results go into new files (``samples-<simulator>-<steps>.npy``, ``metrics-<n>.json``) or
+to ``--out``; nothing existing is overwritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flowkit.config import parse_override
+from flowkit.engine.build import Pipeline, build_pipeline
+from flowkit.engine.checkpoints import list_checkpoints, load_weights
+from flowkit.engine.evaluate import measure, plugin_metrics
+from flowkit.engine.rundir import claim_file, unused_file, write_array, write_json
+from flowkit.engine.sample import draw_samples
+from flowkit.errors import ConfigError, FlowkitError
+from flowkit.interfaces import Samples
+from flowkit.registry import PluginManager
+
+
+def load_trained(
+    directory: str | Path,
+    manager: PluginManager,
+    overrides: Sequence[str] = (),
+    command: str = "sample",
+    note: Callable[[str], None] | None = None,
+) -> tuple[Pipeline, str]:
+    """The pipeline of the run in ``directory`` (with ``overrides``) and its sampling weights loaded;
+    returns it and a description of where the weights came from."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FlowkitError(f"{root}: no such run directory")
+    resolved = root / "pipeline.toml"
+    if not resolved.is_file() or resolved.stat().st_size == 0:
+        raise FlowkitError(f"{root}: not a run directory (no resolved pipeline.toml)")
+    plugin_tables = {entry.name for entry in manager.registry.tables()}
+    for text in overrides:
+        parts, _ = parse_override(text)
+        if parts[0] not in ("sample", "evaluate", *plugin_tables) and parts[:2] != ("run", "device"):
+            raise ConfigError(
+                f"--set {text}: `flowkit {command}` uses the trained model as it is, so only [sample], "
+                "[evaluate], [run] device and plugin tables can change; train anew with `flowkit run` "
+                "or continue training with `flowkit resume`"
+            )
+    pipeline = build_pipeline(resolved, overrides, manager)
+    if not pipeline.model.trainable:
+        return pipeline, "the exact model"
+    weights = root / "model.pt"
+    if weights.is_file():
+        step = load_weights(weights, pipeline.model)
+        origin = f"{weights} (step {step})"
+    else:
+        found = list_checkpoints(root)
+        if not found:
+            raise FlowkitError(
+                f"{root}: no trained weights yet (training stopped before its first checkpoint); "
+                f"continue it with: flowkit resume {root}"
+            )
+        step, path = found[-1]
+        load_weights(path, pipeline.model)
+        origin = f"{path} (step {step}: training has not finished)"
+        if note is not None:
+            note(f"training of {root} has not finished: using the checkpoint at step {step}")
+    pipeline.model.eval()
+    return pipeline, origin
+
+
+def sample_run(
+    directory: str | Path,
+    manager: PluginManager,
+    n: int | None = None,
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+    note: Callable[[str], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Draw ``n`` (default ``[sample] n``) samples from the run's trained weights with the
+    ``[sample]`` settings (and ``overrides``); write them to ``out`` or a new file of the run directory.
+
+    Returns the file and a record: ``n``, ``nfe``, ``simulator``, ``steps``, ``weights``.
+    """
+    root = Path(directory)
+    if n is not None and n <= 0:
+        raise ConfigError(f"--n: the number of samples must be positive, got {n}")
+    if out is not None and Path(out).suffix != ".npy":
+        raise ConfigError(f"--out {out}: samples are written as a .npy file; name one ending in .npy")
+    pipeline, origin = load_trained(root, manager, overrides, "sample", note)
+    cfg = pipeline.sample
+    count = cfg.n if n is None else n
+    _, samples = draw_samples(pipeline, count)
+    nfe = cfg.simulator.last_nfe
+    stem = f"samples-{cfg.simulator.registered_name}-{cfg.steps}"
+    target = claim_file(Path(out)) if out is not None else unused_file(root, stem, ".npy")
+    write_array(target, samples.float().cpu().numpy())
+    record = {
+        "n": count,
+        "nfe": nfe,
+        "simulator": cfg.simulator.registered_name,
+        "steps": cfg.steps,
+        "weights": origin,
+    }
+    return target, record
+
+
+def evaluate_run(
+    directory: str | Path,
+    manager: PluginManager,
+    overrides: Sequence[str] = (),
+    samples_file: str | Path | None = None,
+    out: str | Path | None = None,
+    note: Callable[[str], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """The ``[evaluate]`` metrics (with ``overrides``) of the run's samples: ``samples_file``, or the
+    run's ``samples.npy``, or, when a ``sample.*`` override is given, fresh samples drawn with it.
+
+    Writes them to ``out`` or ``metrics-evaluate.json`` (numbered when taken) in the run directory;
+    returns the file and the metrics.
+    """
+    from flowkit.engine.run import PipelineRun
+
+    root = Path(directory)
+    if out is not None and Path(out).suffix != ".json":
+        raise ConfigError(f"--out {out}: metrics are written as a .json file; name one ending in .json")
+    resample = any(parse_override(text)[0][0] == "sample" for text in overrides)
+    if resample and samples_file is not None:
+        raise ConfigError(
+            "--samples and --set sample.KEY=VALUE: give one (fresh samples or a file), not both"
+        )
+    pipeline, origin = load_trained(root, manager, overrides, "evaluate", note)
+    nfe = None
+    if resample:
+        samples = draw_samples(pipeline, pipeline.sample.n)[1].float().cpu()
+        nfe = pipeline.sample.simulator.last_nfe
+        source = f"{pipeline.sample.n} fresh samples ({pipeline.sample.simulator.registered_name}, "
+        source += f"{pipeline.sample.steps} steps)"
+    else:
+        file = Path(samples_file) if samples_file is not None else root / "samples.npy"
+        if samples_file is None and not file.is_file():
+            raise FlowkitError(
+                f"{root}: no samples.npy (the run did not finish sampling); sample it with "
+                f"`flowkit resume {root}`, or pass --set sample.KEY=VALUE to draw fresh samples"
+            )
+        samples = read_samples(file, pipeline)
+        source = str(file)
+    if samples.shape[0] < pipeline.evaluate.n:
+        raise ConfigError(
+            f"{source}: {samples.shape[0]} samples, but [evaluate] n = {pipeline.evaluate.n} needs as many; "
+            f"pass --set evaluate.n={samples.shape[0]}"
+        )
+    metrics, reference = measure(pipeline, samples)
+    metrics["samples"] = source
+    metrics["weights"] = origin
+    if nfe is not None:
+        metrics["nfe"] = nfe
+    if metrics.get("distance") is not None:
+        run = PipelineRun(pipeline, root, manager.hook, quiet=True, metrics=metrics)
+        plugin_metrics(run, Samples(samples, None, nfe or 0), reference)
+    target = claim_file(Path(out)) if out is not None else unused_file(root, "metrics-evaluate", ".json")
+    write_json(target, metrics)
+    return target, metrics
+
+
+def read_samples(file: Path, pipeline: Pipeline) -> Tensor:
+    """A ``.npy`` file of samples ``(N, *D)`` for ``pipeline``'s dataset, float32 on the CPU; a wrong
+    file, dtype or shape is a one-line error."""
+    if not file.is_file():
+        raise FlowkitError(f"{file}: no such samples file")
+    try:
+        array = np.load(file, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise FlowkitError(f"{file}: not a readable .npy array ({str(exc) or type(exc).__name__})") from None
+    if array.dtype.kind not in "fiu":
+        raise FlowkitError(f"{file}: holds {array.dtype} values; expected numbers")
+    shape = tuple(pipeline.dataset.shape)
+    if array.ndim != 1 + len(shape) or tuple(array.shape[1:]) != shape:
+        raise FlowkitError(
+            f"{file}: samples of shape {tuple(array.shape)}; the run's data are "
+            f"(N, {', '.join(map(str, shape))})"
+        )
+    return torch.from_numpy(np.ascontiguousarray(array)).float()
