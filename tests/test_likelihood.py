@@ -467,3 +467,31 @@ def test_a_score_trained_network_gets_the_velocity_converted_from_its_score():
     assert report.metrics["nfe"] == 60 and math.isfinite(report.metrics["nll"])
     difference = float((report.log_prob - by_hand.log_prob.double()).abs().max())
     assert difference < 1e-4
+
+
+def test_a_non_finite_likelihood_is_an_error_not_a_number():
+    pipeline = oracle("evaluate.likelihood={}")
+    far = torch.full((2, 2), 1e25)  # its prior log-density overflows float32
+    with pytest.raises(FlowkitError) as error:
+        evaluate_likelihood(pipeline, pipeline.evaluate.likelihood, data=far, source="far.npy")
+    assert str(error.value).startswith("far.npy: the log-likelihood of 2 of 2 points is not finite")
+
+
+def test_the_human_readable_line_shows_the_error_bar_and_the_saved_file(oracle_run, tmp_path):
+    target = tmp_path / "h.npy"
+    result = cli(
+        "likelihood",
+        oracle_run,
+        "--n",
+        50,
+        "--set",
+        "estimator=hutchinson",
+        "--set",
+        "probes=2",
+        "--save",
+        target,
+    )
+    assert result.exit_code == 0, result.output
+    first, second = result.stdout.splitlines()
+    assert first.startswith("nll = ") and " nats ± " in first and ", n = 50, nfe = 60 (exact " in first
+    assert second == f"wrote {target}" and np.load(target).shape == (50,)
