@@ -120,6 +120,16 @@ class Dataset(Component):
     ) -> Tensor:
         """Return ``n`` samples, shape ``(n, *D)``, float32, on ``device`` (default: CPU)."""
 
+    @property
+    def provides_log_prob(self) -> bool:
+        """Whether :meth:`log_prob` gives the exact density of ``p_data`` (an optional capability: a
+        likelihood evaluation then also reports the exact value and the gap)."""
+        return False
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``log p_data(x)`` for ``x (B, *D)``, shape ``(B,)``; only where :attr:`provides_log_prob`."""
+        raise CapabilityError(f"dataset '{self.registered_name}' has no known density (log_prob)")
+
 
 # ---------------------------------------------------------------------------------------------------
 # Probability paths and schedules
@@ -207,6 +217,14 @@ class ProbabilityPath(Component):
         per step; a path may override it to compute both from one evaluation of its coefficients."""
         x = self.sample(z, t, noise, generator)
         return x, self.target_velocity(x, z, t)
+
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """``log p_init(x)`` for ``x (B, *D)``, shape ``(B,)``: where a likelihood computed by the
+        change of variables starts (its ``x`` is the noise end of the flow, ``t = t_range[0]``)."""
+        raise CapabilityError(
+            f"path '{self.registered_name}' has no log-density of its prior (prior_log_prob), so no "
+            f'likelihood can be computed with it; use a path that has one (e.g. kind = "gaussian")'
+        )
 
     def target_score(self, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """Conditional score ``grad_x log p_t(x|z)``, shape ``(B, *D)``."""

@@ -1,6 +1,7 @@
 """Built-in simulators, dynamics and time grids.
 
-* simulators: ``euler`` and ``heun`` (ODEs), ``euler-maruyama`` (SDEs, and ODEs as the noise-free case),
+* simulators: ``euler``, ``heun``, ``midpoint`` and ``rk4`` (fixed-step ODEs), ``euler-maruyama`` (SDEs,
+  and ODEs as the noise-free case),
   ``dopri5`` (adaptive Dormand–Prince 5(4) for ODEs, with error control; not capturable);
 * dynamics: ``flow`` (ODE of a velocity), ``extension-sde`` (velocity + score, same marginals for any
   ``sigma_t``), ``langevin`` (score of a fixed distribution);
@@ -17,11 +18,19 @@ def flowkit_register(registry):
     """Register the simulators, dynamics and time grids of this package."""
     from flowkit_simulators.adaptive import Dopri5Simulator
     from flowkit_simulators.dynamics import ExtensionSDE, FlowODE, LangevinSDE
-    from flowkit_simulators.simulators import EulerMaruyamaSimulator, EulerSimulator, HeunSimulator
+    from flowkit_simulators.simulators import (
+        EulerMaruyamaSimulator,
+        EulerSimulator,
+        HeunSimulator,
+        MidpointSimulator,
+        RK4Simulator,
+    )
     from flowkit_simulators.timegrids import PowerGrid, UniformGrid
 
     registry.add("simulator", "euler", EulerSimulator)
     registry.add("simulator", "heun", HeunSimulator)
+    registry.add("simulator", "midpoint", MidpointSimulator)
+    registry.add("simulator", "rk4", RK4Simulator)
     registry.add("simulator", "euler-maruyama", EulerMaruyamaSimulator)
     registry.add("simulator", "dopri5", Dopri5Simulator)
     registry.add("dynamics", "flow", FlowODE)
