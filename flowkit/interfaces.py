@@ -268,6 +268,17 @@ class GaussianProbabilityPath(ProbabilityPath):
     def target_score_from_noise(self, noise: Tensor, t: Tensor) -> Tensor:
         """``grad log p_t(x|z) = -noise / beta_t``; ``(B, *D)``."""
 
+    def data_from_velocity(self, x: Tensor, velocity: Tensor, t: Tensor) -> Tensor:
+        """The data prediction ``E[z | x_t = x]`` from the marginal velocity ``u_t(x)``; ``(B, *D)``.
+
+        ``x_hat = (beta_t u - beta'_t x) / (alpha'_t beta_t - alpha_t beta'_t)`` (``docs/math.md``,
+        "Faster samplers"): regular wherever the schedule is, also at ``alpha_t = 0``; the denominator
+        has no cancellation (``alpha' >= 0 >= beta'``). What DPM-Solver++ and EDM's sampler integrate.
+        """
+        c = self.schedule.coefficients(t.to(dtype=x.dtype)).broadcast(x)
+        numerator = velocity * c.beta - x * c.d_beta
+        return numerator / (c.d_alpha * c.beta - c.alpha * c.d_beta)
+
 
 # ---------------------------------------------------------------------------------------------------
 # Models: networks and the roles they play
@@ -381,6 +392,26 @@ class ODE(Component):
     @abc.abstractmethod
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         """Drift at ``x (B, *D)`` and ``t (B,)``, shape ``(B, *D)``."""
+
+
+class ProbabilityFlowODE(ODE):
+    """An ODE whose drift is the marginal velocity ``u_t`` of a Gaussian path: the probability-flow ODE.
+
+    Samplers that work with the path's schedule rather than the drift alone (DPM-Solver++, EDM's Heun in
+    ``sigma = beta / alpha``) need ``path`` (the :class:`GaussianProbabilityPath` the model's roles were
+    converted through, ``None`` when the pipeline's path is not Gaussian) and :meth:`data_prediction`.
+    """
+
+    path: GaussianProbabilityPath | None = None
+
+    def data_prediction(self, x: Tensor, t: Tensor) -> Tensor:
+        """``E[z | x_t = x]`` at ``x (B, *D)``, ``t (B,)``: one drift evaluation; ``(B, *D)``."""
+        if self.path is None:
+            raise CapabilityError(
+                f"dynamics '{self.registered_name}' has no Gaussian path, so no data prediction; "
+                f'use [path] kind = "gaussian"'
+            )
+        return self.path.data_from_velocity(x, self.drift(x, t), t)
 
 
 class SDE(ODE):

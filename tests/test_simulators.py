@@ -291,11 +291,14 @@ def test_plugin_registers_every_component_with_its_kind():
         ("simulator", "rk4"),
         ("simulator", "euler-maruyama"),
         ("simulator", "dopri5"),
+        ("simulator", "dpm-solver++"),
+        ("simulator", "edm"),
         ("dynamics", "flow"),
         ("dynamics", "extension-sde"),
         ("dynamics", "langevin"),
         ("timegrid", "uniform"),
         ("timegrid", "power"),
+        ("timegrid", "karras"),
     }
     for (kind, _), cls in added.items():
         assert issubclass(cls, KINDS[kind]) and not inspect.isabstract(cls)

@@ -72,11 +72,13 @@ class SampleSection:
     """``[sample]``: how samples are drawn from the model."""
 
     simulator: Simulator = component(
-        "heun", doc="Simulator (euler, heun, midpoint, rk4, euler-maruyama, dopri5)."
+        "heun", doc="Simulator (euler, heun, midpoint, rk4, euler-maruyama, dopri5, dpm-solver++, edm)."
     )
     dynamics: ODE = component("flow", doc="What is integrated: flow (the ODE), extension-sde, langevin.")
     grid: TimeGrid = component(
-        "uniform", doc="Time grid: the steps of a fixed-step simulator (an adaptive one reports there)."
+        "uniform",
+        doc="Time grid (uniform, power, karras): the steps of a fixed-step simulator (an adaptive one "
+        "reports there).",
     )
     steps: int = param(
         50, doc="Simulator steps from t = 0 (noise) to t = 1 (data).", validator=[_positive, _at_most_1e9]
