@@ -90,13 +90,13 @@ class SpeedConfig:
     """What to run; the defaults are the issue's workloads."""
 
     device: str = "cpu"
-    threads: int = 2
+    threads: int = 1
     batches: list[int] = field(default_factory=lambda: [256, 4096])
     block_steps: list[int] = field(default_factory=lambda: [100, 15])
-    train_reps: int = 9
+    train_reps: int = 15
     warm_steps: int = 3
     sample_n: int = 10_000
-    sample_reps: int = 3
+    sample_reps: int = 9
     simulators: list[str] = field(default_factory=lambda: list(SIMULATORS))
     sample_steps: dict[str, int] = field(
         default_factory=lambda: {k: v["steps"] for k, v in SIMULATORS.items()}
@@ -107,6 +107,15 @@ class SpeedConfig:
     ema_row: bool = True
     breakdown: bool = False
     seed: int = 0
+
+
+def device_table(cfg: SpeedConfig) -> dict[str, Any]:
+    """flowkit's ``[run] device`` for the benchmark: on the CPU with ``cfg.threads`` threads. The CPU
+    backend sets torch's (process-wide) thread count when it is built; with its default (half the cores)
+    every contender built after flowkit's pipeline ran on one thread whatever ``--threads`` said."""
+    if cfg.device == "cpu":
+        return {"kind": "cpu", "threads": cfg.threads}
+    return {"kind": cfg.device}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,6 +157,7 @@ class FlowkitTrainer:
         manager, self.device_backend = make_manager([("bench-clock", self.clock)])
         name = f"train-{batch}-ema{ema_decay:g}"
         tables = moons_tables(cfg.device, batch, ema_decay=ema_decay, seed=cfg.seed)
+        tables["run"]["device"] = device_table(cfg)
         self.pipeline = build_pipeline(write_pipeline(workdir, name, tables), manager=manager)
         self.run = make_run(self.pipeline, manager, workdir / name)
         self.section = self.pipeline.train
@@ -253,6 +263,7 @@ class FlowkitSampler:
         table = {**SIMULATORS[simulator], "steps": cfg.sample_steps[simulator], "n": cfg.sample_n}
         name = f"sample-{simulator}"
         tables = moons_tables(cfg.device, sample=table, seed=cfg.seed)
+        tables["run"]["device"] = device_table(cfg)
         self.pipeline = build_pipeline(write_pipeline(workdir, name, tables), manager=manager)
         self.run = make_run(self.pipeline, manager, workdir / name)
         self.section = self.pipeline.sample
@@ -689,7 +700,7 @@ def tables(result: dict[str, Any]) -> str:
     for batch, entry in result["train"].items():
         for name, c in entry["contenders"].items():
             if c["status"] != "ok":
-                rows.append([batch, name, c["status"], None, None, None, None])
+                rows.append([batch, name, c["status"], None, None, None, None, None])
                 continue
             s = c["steps_per_s"]
             rows.append(
@@ -699,6 +710,7 @@ def tables(result: dict[str, Any]) -> str:
                     s["median"],
                     f"{s['min']:.4g}–{s['max']:.4g}",
                     s.get("ratio", 1.0),
+                    _iqr(s),
                     s.get("ratio_of_medians", 1.0),
                     c.get("peak_mib"),
                 ]
@@ -710,6 +722,7 @@ def tables(result: dict[str, Any]) -> str:
             "steps/s (median)",
             "range",
             "× raw (paired median)",
+            "IQR of paired ratios",
             "× raw (of medians)",
             "peak MiB",
         ],
@@ -720,7 +733,7 @@ def tables(result: dict[str, Any]) -> str:
         for name, c in entry["contenders"].items():
             label = f"{simulator} ({entry['steps']} steps)"
             if c["status"] != "ok":
-                rows.append([label, name, c["status"], None, None, None, None, None])
+                rows.append([label, name, c["status"], None, None, None, None, None, None])
                 continue
             s = c["samples_per_s"]
             rows.append(
@@ -730,6 +743,7 @@ def tables(result: dict[str, Any]) -> str:
                     c["seconds"]["median"],
                     c["network_evals"],
                     s.get("ratio", 1.0),
+                    _iqr(s),
                     s.get("ratio_of_medians", 1.0),
                     c.get("peak_mib"),
                     f"{c['max_abs_diff_vs_raw']:.1e}",
@@ -743,6 +757,7 @@ def tables(result: dict[str, Any]) -> str:
             f"seconds for {n} samples (median)",
             "network evals",
             "speed × raw (paired median)",
+            "IQR of paired ratios",
             "speed × raw (of medians)",
             "peak MiB",
             "max |x - x_raw|",
@@ -766,22 +781,54 @@ def tables(result: dict[str, Any]) -> str:
     return text
 
 
+def _iqr(summary: dict[str, Any]) -> str | None:
+    iqr = summary.get("ratio_iqr")
+    return f"{iqr[0]:.3f}–{iqr[1]:.3f}" if iqr else None
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float]:
+    """Every paired-median ratio of a result, by row: ``"train 256 flowkit"``, ``"sample euler flowkit"``."""
+    out = {}
+    for section, key in (("train", "steps_per_s"), ("sample", "samples_per_s")):
+        for row, entry in result.get(section, {}).items():
+            for name, c in entry["contenders"].items():
+                if c["status"] == "ok" and "ratio" in c[key]:
+                    out[f"{section} {row} {name}"] = c[key]["ratio"]
+    return out
+
+
+def compare(first: dict[str, Any], second: dict[str, Any]) -> str:
+    """Markdown: each ratio of two runs side by side and their relative difference (the stability check)."""
+    a, b = ratios(first), ratios(second)
+    rows = [[row, a[row], b[row], f"{100 * (b[row] / a[row] - 1):+.1f}%"] for row in a if row in b]
+    return format_table(["row", "run 1 (× raw)", "run 2 (× raw)", "difference"], rows)
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--threads", type=int, default=1, help="1 (flowkit's CPU default on 2 cores): robust to load"
+    )
     p.add_argument("--batches", type=int, nargs="+", default=[256, 4096])
     p.add_argument("--block-steps", type=int, nargs="+", default=[100, 15], help="steps per block, per batch")
-    p.add_argument("--train-reps", type=int, default=9)
+    p.add_argument("--train-reps", type=int, default=15)
     p.add_argument("--sample-n", type=int, default=10_000)
-    p.add_argument("--sample-reps", type=int, default=3)
+    p.add_argument("--sample-reps", type=int, default=9)
     p.add_argument("--memory-steps", type=int, default=10)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--breakdown", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     p.add_argument("--out", type=Path, default=RESULTS / "speed.json")
+    p.add_argument(
+        "--compare", type=Path, nargs=2, metavar="JSON", help="print two runs' ratios side by side and exit"
+    )
     a = p.parse_args(argv)
+    if a.compare:
+        first, second = (json.loads(f.read_text(encoding="utf-8")) for f in a.compare)
+        print(compare(first, second))
+        raise SystemExit(0)
     cfg = SpeedConfig(
         device=a.device,
         threads=a.threads,

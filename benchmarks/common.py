@@ -299,7 +299,17 @@ def summarize(values: Sequence[float], reference: Sequence[float] | None) -> dic
         out["ratio"] = median(ratios)
         out["ratio_of_medians"] = out["median"] / ref_median if ref_median else None
         out["ratios"] = ratios
+        out["ratio_iqr"] = ratio_iqr(ratios)
     return out
+
+
+def ratio_iqr(ratios: Sequence[float]) -> list[float] | None:
+    """The interquartile range ``[q1, q3]`` of the paired ratios (``None`` for fewer than two): the
+    spread of one run's figure, which two runs' medians should agree well within."""
+    if len(ratios) < 2:
+        return None
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return [q1, q3]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

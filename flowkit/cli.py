@@ -1,4 +1,5 @@
-"""The ``flowkit`` command line: run, resume, sample, evaluate, validate, plugins, describe, init.
+"""The ``flowkit`` command line: run, resume, sample, evaluate, validate, plugins, describe, init,
+likelihood.
 
 User errors (a bad pipeline file, an unknown plugin, a missing device) exit with status 1 and one
 paragraph on stderr, without a traceback; ``--debug`` shows the traceback. A run stopped by SIGINT or
@@ -297,6 +298,77 @@ def describe(state: _State, kind: str, name: str | None) -> None:
         click.echo(docs.describe_kind(state.manager(), kind), nl=False)
     else:
         click.echo(docs.describe_component(state.manager(), kind, name), nl=False)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--data", "data_file", type=click.Path(dir_okay=False), help="Points (N, *D) in a .npy file.")
+@click.option(
+    "--n", "count", type=click.IntRange(min=1), help="Number of points (default: [evaluate] likelihood n)."
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a key of [evaluate] likelihood, e.g. --set estimator=hutchinson (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--save", type=click.Path(dir_okay=False), help="Write the per-point log-likelihoods (.npy).")
+@click.pass_obj
+@_user_errors
+def likelihood(
+    state: _State,
+    run_dir: str,
+    data_file: str | None,
+    count: int | None,
+    overrides: tuple[str, ...],
+    as_json: bool,
+    save: str | None,
+) -> None:
+    """Log-likelihood of data under the model of the finished run RUN_DIR.
+
+    Without --data, held-out data of the run's dataset (the points [evaluate] likelihood uses).
+    """
+    from pathlib import Path
+
+    from flowkit.api import open_run
+    from flowkit.engine.likelihood import evaluate_likelihood, load_points, run_settings
+
+    if save is not None and Path(save).exists():
+        raise FlowkitError(f"--save {save}: the file exists; choose another name (it is never overwritten)")
+    manager = state.manager()
+    done = open_run(run_dir, manager)
+    pipeline = done.pipeline.pipeline
+    source = str(Path(run_dir) / "pipeline.toml")
+    settings = run_settings(pipeline, manager.registry, overrides, source)
+    data = None
+    if data_file is not None:
+        data = load_points(data_file, tuple(pipeline.dataset.shape))
+        data = data[:count] if count is not None else data
+    elif count is not None:
+        import attrs
+
+        settings = attrs.evolve(settings, n=count)
+    report = evaluate_likelihood(pipeline, settings, data, source=data_file or "held-out data")
+    if save is not None:
+        import numpy as np
+
+        with open(save, "xb") as handle:  # "x": never overwrite, even a file made meanwhile
+            np.save(handle, report.log_prob.numpy())
+    metrics = report.metrics
+    if as_json:
+        click.echo(json.dumps(metrics, sort_keys=True))
+        return
+    line = f"nll = {metrics['nll']:.4f} nats"
+    if "nll_std_error" in metrics:
+        line += f" ± {metrics['nll_std_error']:.4f}"
+    line += f", bits/dim = {metrics['bits_per_dim']:.4f}, n = {metrics['n']}, nfe = {metrics['nfe']}"
+    if "exact_nll" in metrics:
+        line += f" (exact {metrics['exact_nll']:.4f}, gap {metrics['nll_gap']:+.2e})"
+    click.echo(line)
+    if save is not None:
+        click.echo(f"wrote {save}")
 
 
 def _templates() -> dict[str, Any]:

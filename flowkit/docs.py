@@ -158,6 +158,23 @@ def sections(registry: ComponentRegistry | None = None) -> dict[str, type]:
     return found
 
 
+def subtables(label: str, cls: type) -> list[tuple[str, type]]:
+    """The tables nested in a section (a field typed with an attrs class that is no component), depth
+    first: ``[("[evaluate] likelihood", LikelihoodSection), ("[evaluate] likelihood.dequantize", ...)]``."""
+    from flowkit.config import _type_hints
+    from flowkit.interfaces import kind_of
+
+    found: list[tuple[str, type]] = []
+    hints = _type_hints(cls)
+    for field in attrs.fields(cls):
+        tp = hints.get(field.name)
+        for option in [a for a in typing.get_args(tp) if a is not type(None)] or [tp]:
+            if isinstance(option, type) and attrs.has(option) and kind_of(option) is None:
+                name = f"{label}.{field.name}" if " " in label else f"{label} {field.name}"
+                found += [(name, option), *subtables(name, option)]
+    return found
+
+
 def table_owner(registry: ComponentRegistry | None, table: str) -> str:
     """``" (declared by plugin 'report' (flowkit 0.1.0))"`` for a plugin's table, else ``""``."""
     for entry in registry.tables() if registry is not None else ():
@@ -177,6 +194,7 @@ def placements(registry: ComponentRegistry) -> dict[str, list[str]]:
         if isinstance(spec, str):
             where.setdefault(spec, []).append(f"[{table}]")
     holders: list[tuple[str, type]] = [(f"[{t}]", cls) for t, cls in sections(registry).items()]
+    holders += [nested for t, cls in sections(registry).items() for nested in subtables(f"[{t}]", cls)]
     holders += [(f"{e.kind} '{e.name}'", e.cls.Params) for e in registry.entries()]
     for holder, params_cls in holders:
         hints = _type_hints(params_cls)
@@ -267,6 +285,9 @@ def describe_section(table: str, registry: ComponentRegistry | None = None) -> s
     cls = sections(registry)[table]
     summary = section_summary(table, cls) + table_owner(registry, table)
     lines = [f"[{table}]: {summary}", "", "Keys:", *_table(param_rows(cls))]
+    for label, nested in subtables(f"[{table}]", cls):
+        lines += ["", f"{label}: {first_paragraph(nested).split(':', 1)[-1].strip()}", "", "Keys:"]
+        lines += _table(param_rows(nested))
     return "\n".join(lines) + "\n"
 
 
@@ -332,6 +353,10 @@ def generate_reference(manager: PluginManager | None = None) -> str:
         summary = section_summary(table, cls) + table_owner(registry, table)
         out += [f"### `[{table}]`", "", summary[:1].upper() + summary[1:], ""]
         out += [*_markdown_rows(param_rows(cls)), ""]
+        for label, nested in subtables(f"[{table}]", cls):
+            text = first_paragraph(nested).split(":", 1)[-1].strip()
+            out += [f"#### `{label}`", "", text[:1].upper() + text[1:], ""]
+            out += [*_markdown_rows(param_rows(nested)), ""]
     out += ["## Kinds of component", ""]
     for kind in registry.kinds():
         interface = registry.interface(kind)

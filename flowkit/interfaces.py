@@ -144,6 +144,16 @@ class Dataset(Component):
         has none (synthetic data: every draw is fresh). Image metrics compare samples with it."""
         return None
 
+    @property
+    def provides_log_prob(self) -> bool:
+        """Whether :meth:`log_prob` gives the exact density of ``p_data`` (an optional capability: a
+        likelihood evaluation then also reports the exact value and the gap)."""
+        return False
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``log p_data(x)`` for ``x (B, *D)``, shape ``(B,)``; only where :attr:`provides_log_prob`."""
+        raise CapabilityError(f"dataset '{self.registered_name}' has no known density (log_prob)")
+
 
 # ---------------------------------------------------------------------------------------------------
 # Probability paths and schedules
@@ -232,6 +242,14 @@ class ProbabilityPath(Component):
         x = self.sample(z, t, noise, generator)
         return x, self.target_velocity(x, z, t)
 
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """``log p_init(x)`` for ``x (B, *D)``, shape ``(B,)``: where a likelihood computed by the
+        change of variables starts (its ``x`` is the noise end of the flow, ``t = t_range[0]``)."""
+        raise CapabilityError(
+            f"path '{self.registered_name}' has no log-density of its prior (prior_log_prob), so no "
+            f'likelihood can be computed with it; use a path that has one (e.g. kind = "gaussian")'
+        )
+
     def target_score(self, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """Conditional score ``grad_x log p_t(x|z)``, shape ``(B, *D)``."""
         raise CapabilityError(
@@ -273,6 +291,17 @@ class GaussianProbabilityPath(ProbabilityPath):
     @abc.abstractmethod
     def target_score_from_noise(self, noise: Tensor, t: Tensor) -> Tensor:
         """``grad log p_t(x|z) = -noise / beta_t``; ``(B, *D)``."""
+
+    def data_from_velocity(self, x: Tensor, velocity: Tensor, t: Tensor) -> Tensor:
+        """The data prediction ``E[z | x_t = x]`` from the marginal velocity ``u_t(x)``; ``(B, *D)``.
+
+        ``x_hat = (beta_t u - beta'_t x) / (alpha'_t beta_t - alpha_t beta'_t)`` (``docs/math.md``,
+        "Faster samplers"): regular wherever the schedule is, also at ``alpha_t = 0``; the denominator
+        has no cancellation (``alpha' >= 0 >= beta'``). What DPM-Solver++ and EDM's sampler integrate.
+        """
+        c = self.schedule.coefficients(t.to(dtype=x.dtype)).broadcast(x)
+        numerator = velocity * c.beta - x * c.d_beta
+        return numerator / (c.d_alpha * c.beta - c.alpha * c.d_beta)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -398,6 +427,26 @@ class ODE(Component):
     @abc.abstractmethod
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         """Drift at ``x (B, *D)`` and ``t (B,)``, shape ``(B, *D)``."""
+
+
+class ProbabilityFlowODE(ODE):
+    """An ODE whose drift is the marginal velocity ``u_t`` of a Gaussian path: the probability-flow ODE.
+
+    Samplers that work with the path's schedule rather than the drift alone (DPM-Solver++, EDM's Heun in
+    ``sigma = beta / alpha``) need ``path`` (the :class:`GaussianProbabilityPath` the model's roles were
+    converted through, ``None`` when the pipeline's path is not Gaussian) and :meth:`data_prediction`.
+    """
+
+    path: GaussianProbabilityPath | None = None
+
+    def data_prediction(self, x: Tensor, t: Tensor) -> Tensor:
+        """``E[z | x_t = x]`` at ``x (B, *D)``, ``t (B,)``: one drift evaluation; ``(B, *D)``."""
+        if self.path is None:
+            raise CapabilityError(
+                f"dynamics '{self.registered_name}' has no Gaussian path, so no data prediction; "
+                f'use [path] kind = "gaussian"'
+            )
+        return self.path.data_from_velocity(x, self.drift(x, t), t)
 
 
 class SDE(ODE):

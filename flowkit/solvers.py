@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from flowkit.interfaces import ODE, SDE, Progress, Simulator
+from flowkit.interfaces import ODE, SDE, ProbabilityFlowODE, Progress, Simulator
 
 
 class _CountedODE(ODE):
@@ -37,9 +37,26 @@ class _CountedSDE(_CountedODE, SDE):
         return self.dynamics.diffusion(t)  # type: ignore[attr-defined]
 
 
+class _CountedFlow(_CountedODE, ProbabilityFlowODE):
+    """A probability-flow ODE whose data predictions count too (each is one drift evaluation)."""
+
+    def __init__(self, dynamics: ProbabilityFlowODE) -> None:
+        super().__init__(dynamics)
+        self.path = dynamics.path
+
+    def data_prediction(self, x: Tensor, t: Tensor) -> Tensor:
+        self.count += 1
+        return self.dynamics.data_prediction(x, t)  # type: ignore[attr-defined]
+
+
 def counted(dynamics: ODE) -> _CountedODE:
-    """``dynamics`` wrapped to count drift evaluations (``.count``); an SDE stays an :class:`SDE`."""
-    return _CountedSDE(dynamics) if isinstance(dynamics, SDE) else _CountedODE(dynamics)
+    """``dynamics`` wrapped to count drift evaluations (``.count``); an SDE stays an :class:`SDE`, and a
+    :class:`~flowkit.interfaces.ProbabilityFlowODE` keeps its path and counts its data predictions."""
+    if isinstance(dynamics, SDE):
+        return _CountedSDE(dynamics)
+    if isinstance(dynamics, ProbabilityFlowODE):
+        return _CountedFlow(dynamics)
+    return _CountedODE(dynamics)
 
 
 class FixedStepSimulator(Simulator):

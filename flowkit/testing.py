@@ -18,10 +18,10 @@ TOML-like spec, as a pipeline would)::
     import flowkit_extras
     from flowkit.testing import build_component, check_component
 
-    def test_rk4_registers(flowkit_manager):
+    def test_rk38_registers(flowkit_manager):
         manager = flowkit_manager(plugins=[flowkit_extras])
         assert manager.problems == []
-        rk4 = build_component(manager, "simulator", "rk4")
+        rk38 = build_component(manager, "simulator", "rk38")
 
     def test_schedule_is_a_valid_component():
         check_component("schedule", PolynomialSchedule)

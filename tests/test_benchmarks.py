@@ -141,3 +141,60 @@ def test_oracle_benchmark_structure_and_ratios():
         assert seconds["ratios"] == pytest.approx(expected)
         assert seconds["ratio"] == pytest.approx(statistics.median(expected))
     assert "| oracle, per-sample t | 64 |" in bench_oracle.table(result)
+
+
+def test_flowkit_contenders_run_on_the_configured_threads(tmp_path):
+    # The CPU backend sets torch's process-wide thread count when it is built; the benchmark must give
+    # it --threads, or every contender built after it runs on flowkit's default (half the cores).
+    before = torch.get_num_threads()
+    try:
+        cfg = bench_speed.quick_config()
+        cfg.threads = 3
+        torch.set_num_threads(3)
+        bench_speed.FlowkitTrainer(16, cfg, tmp_path)
+        assert torch.get_num_threads() == 3
+        bench_speed.FlowkitSampler("euler", cfg, tmp_path)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_paired_ratios_report_their_interquartile_range_and_two_runs_compare():
+    summary = common.summarize([2.0, 4.0, 6.0, 8.0, 10.0], [2.0, 2.0, 2.0, 2.0, 2.0])
+    assert summary["ratio"] == 3.0
+    assert summary["ratio_iqr"] == [2.0, 4.0]  # inclusive quartiles of 1, 2, 3, 4, 5
+    assert common.summarize([1.0], [1.0])["ratio_iqr"] is None
+
+    def result(ratio):
+        return {
+            "train": {"256": {"contenders": {"flowkit": {"status": "ok", "steps_per_s": {"ratio": ratio}}}}}
+        }
+
+    text = bench_speed.compare(result(1.0), result(1.02))
+    assert "| train 256 flowkit | 1 | 1.02 | +2.0% |" in text
+
+
+def test_the_fast_samplers_get_more_small_step_counts_and_a_plateau_row():
+    assert bench_quality.steps_for("heun", [1, 8, 64]) == [1, 8, 64]
+    assert bench_quality.steps_for("edm", [1, 8, 64]) == [1, 3, 5, 6, 8, 64]
+    assert bench_quality.steps_for("dpm-solver++ (karras)", [1, 4]) == [1, 3, 4]
+
+    def point(steps, evals, distance):
+        return {"steps": steps, "network_evals": evals, "distance": distance}
+
+    result = {
+        "models": {
+            "trained": {
+                "simulators": {
+                    "heun": [point(4, 8, 0.2), point(64, 128, 0.1)],
+                    "dpm-solver++": [point(4, 4, 0.2), point(8, 8, 0.109), point(16, 16, 0.1)],
+                    "euler": [point(8, 8, 0.5)],
+                }
+            }
+        }
+    }
+    text = bench_quality.plateau_summary(result)
+    # within 1.1x of Heun's W2 at its most steps (0.1): dpm-solver++ at 8 evaluations, heun at 128
+    assert "| trained | dpm-solver++ | 0.1 | 8 | 0.109 | 1.09 |" in text
+    assert "| trained | heun | 0.1 | 128 | 0.1 | 1 |" in text
+    assert "| trained | euler | 0.1 | not reached | – | – |" in text

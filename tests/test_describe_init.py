@@ -55,12 +55,15 @@ def test_describe_a_kind_lists_its_components_and_a_section_its_keys():
     kind = invoke("describe", "simulator")
     assert kind.exit_code == 0
     assert kind.stdout.startswith("simulator: An integrator of an `ODE` or `SDE`, fixed-step or adaptive.\n")
-    assert "Used in: [sample] simulator\n" in kind.stdout
+    assert "Used in: [sample] simulator, [evaluate] likelihood simulator\n" in kind.stdout
     assert "  heun            Heun's method (explicit trapezoid), second order." in kind.stdout
     section = invoke("describe", "train")
     assert section.exit_code == 0
     assert section.stdout.startswith("[train]: the optimisation loop")
-    assert "  steps             int                    3000      Optimisation steps." in section.stdout
+    assert (
+        "  steps             int                    3000      Optimisation steps (at most 10^9)."
+        in section.stdout
+    )
 
 
 def test_describe_errors_name_what_is_known():

@@ -165,7 +165,7 @@ def test_installed_plugin_is_listed_with_its_distribution_and_version(installed)
         (["plugins"], {}), (["plugins", "--json"], {}), (["describe", "schedule", "polynomial"], {})
     )
     assert listing.code == 0, listing.stderr
-    assert "extras  (flowkit-extras 0.2.0)\n    schedule   polynomial\n    simulator  midpoint, rk4\n" in (
+    assert "extras  (flowkit-extras 0.3.0)\n    schedule   polynomial\n    simulator  ralston, rk38\n" in (
         listing.stdout
     )
     data = json.loads(as_json.stdout)
@@ -173,17 +173,17 @@ def test_installed_plugin_is_listed_with_its_distribution_and_version(installed)
     assert row == {
         "name": "extras",
         "distribution": "flowkit-extras",
-        "version": "0.2.0",
+        "version": "0.3.0",
         "module": "flowkit_extras",
         "components": [
             {"kind": "schedule", "name": "polynomial"},
-            {"kind": "simulator", "name": "midpoint"},
-            {"kind": "simulator", "name": "rk4"},
+            {"kind": "simulator", "name": "ralston"},
+            {"kind": "simulator", "name": "rk38"},
         ],
     }
     assert data["problems"] == []
     assert described.code == 0, described.stderr
-    assert "schedule 'polynomial'  (plugin 'extras', flowkit-extras 0.2.0;" in described.stdout
+    assert "schedule 'polynomial'  (plugin 'extras', flowkit-extras 0.3.0;" in described.stdout
     assert "power      float  2.0      Exponent p of (1 - t)^p" in described.stdout
 
 
@@ -204,7 +204,7 @@ def test_its_pipeline_runs_through_the_cli(installed):
     out = installed.root / "run"
     result = installed.flowkit(
         "run",
-        installed.source / "pipelines" / "moons-rk4.toml",
+        installed.source / "pipelines" / "moons-rk38.toml",
         "--out",
         out,
         "--quiet",
@@ -213,16 +213,16 @@ def test_its_pipeline_runs_through_the_cli(installed):
     )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["nfe"] == 4 * 12  # rk4: four drift evaluations per step, 12 steps
+    assert metrics["nfe"] == 4 * 12  # rk38: four drift evaluations per step, 12 steps
     # 300 steps already move the noise towards the moons: W2 from N(0, I) to them is 0.67 (n = 500).
     assert metrics["distance"] < 0.5, metrics
     resolved = (out / "pipeline.toml").read_text()
-    assert 'extras = "flowkit-extras 0.2.0"' in resolved
-    assert 'kind = "polynomial"' in resolved and 'kind = "rk4"' in resolved
+    assert 'extras = "flowkit-extras 0.3.0"' in resolved
+    assert 'kind = "polynomial"' in resolved and 'kind = "rk38"' in resolved
 
 
 def test_blocking_the_plugin_removes_its_components(installed):
-    pipeline = installed.source / "pipelines" / "moons-rk4.toml"
+    pipeline = installed.source / "pipelines" / "moons-rk38.toml"
     with_option, with_env, not_blocked = installed.flowkit_many(
         (["-p", "no:extras", "validate", pipeline], {}),
         (["plugins"], {"FLOWKIT_DISABLE_PLUGINS": "extras"}),
@@ -232,11 +232,11 @@ def test_blocking_the_plugin_removes_its_components(installed):
     assert "[path.schedule] key 'kind': unknown schedule 'polynomial'" in with_option.stderr
     assert "extras  (blocked)" in with_env.stdout and "polynomial" not in with_env.stdout
     assert not_blocked.code == 0, not_blocked.stderr
-    assert "simulator=rk4" in not_blocked.stdout
+    assert "simulator=rk38" in not_blocked.stdout
 
 
 def test_uninstalling_removes_its_components(installed):
-    pipeline = installed.source / "pipelines" / "moons-rk4.toml"
+    pipeline = installed.source / "pipelines" / "moons-rk38.toml"
     installed.uninstall()
     listing, validated = installed.flowkit_many((["plugins", "--json"], {}), (["validate", pipeline], {}))
     data = json.loads(listing.stdout)

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 from flowkit_simulators.dynamics import ExtensionSDE, FlowODE
-from flowkit_simulators.simulators import EulerMaruyamaSimulator, EulerSimulator, HeunSimulator
+from flowkit_simulators.simulators import (
+    EulerMaruyamaSimulator,
+    EulerSimulator,
+    HeunSimulator,
+    MidpointSimulator,
+    RK4Simulator,
+)
 from flowkit_simulators.timegrids import PowerGrid, UniformGrid
 from scipy import stats
 
@@ -63,11 +69,29 @@ def fitted_order(simulator, field, exact_factor, grid) -> float:
     ("field", "exact_factor"), [(decay, math.exp(-THETA)), (growth, math.e)], ids=["decay", "growth"]
 )
 @pytest.mark.parametrize(
-    ("simulator", "order"), [(EulerSimulator(), 1.0), (HeunSimulator(), 2.0)], ids=["euler", "heun"]
+    ("simulator", "order"),
+    [(EulerSimulator(), 1.0), (HeunSimulator(), 2.0), (MidpointSimulator(), 2.0), (RK4Simulator(), 4.0)],
+    ids=["euler", "heun", "midpoint", "rk4"],
 )
 def test_convergence_order(simulator, order, field, exact_factor, grid):
     slope = fitted_order(simulator, field, exact_factor, grid)
     assert abs(slope - order) < 0.15, f"fitted order {slope:.3f}, expected {order}"
+
+
+@pytest.mark.parametrize(
+    ("simulator", "evals"), [(MidpointSimulator(), 2), (RK4Simulator(), 4)], ids=["midpoint", "rk4"]
+)
+def test_midpoint_and_rk4_count_evaluations_and_leave_the_input_alone(simulator, evals):
+    x0 = torch.tensor([[1.0], [-0.5]], dtype=torch.float64)
+    before = x0.clone()
+    # A field that returns its input's storage: a step that wrote into a stage would corrupt it.
+    x1 = simulator.simulate(FlowODE(velocity=lambda x, t: x), x0, UniformGrid()(10, 0.0, 1.0))
+    assert simulator.last_nfe == evals * 10
+    assert torch.equal(x0, before)
+    # one step of each method on u = x has the Taylor polynomial of e^h of its order
+    h = 0.1
+    taylor = sum(h**k / math.factorial(k) for k in range(evals + 1)) ** 10
+    torch.testing.assert_close(x1, taylor * before, rtol=1e-12, atol=0)
 
 
 def test_euler_maruyama_reproduces_ornstein_uhlenbeck_moments():
@@ -263,13 +287,18 @@ def test_plugin_registers_every_component_with_its_kind():
     assert set(added) == {
         ("simulator", "euler"),
         ("simulator", "heun"),
+        ("simulator", "midpoint"),
+        ("simulator", "rk4"),
         ("simulator", "euler-maruyama"),
         ("simulator", "dopri5"),
+        ("simulator", "dpm-solver++"),
+        ("simulator", "edm"),
         ("dynamics", "flow"),
         ("dynamics", "extension-sde"),
         ("dynamics", "langevin"),
         ("timegrid", "uniform"),
         ("timegrid", "power"),
+        ("timegrid", "karras"),
     }
     for (kind, _), cls in added.items():
         assert issubclass(cls, KINDS[kind]) and not inspect.isabstract(cls)

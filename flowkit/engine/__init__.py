@@ -6,6 +6,7 @@
 * :mod:`~flowkit.engine.checkpoints` — the training state and weights files, loaded weights-only;
 * :mod:`~flowkit.engine.train`, :mod:`~flowkit.engine.sample`, :mod:`~flowkit.engine.evaluate` — the
   stages;
+* :mod:`~flowkit.engine.likelihood` — log-likelihood by the change of variables;
 * :mod:`~flowkit.engine.interrupts` — SIGINT/SIGTERM, deferred to the end of a training step;
 * :mod:`~flowkit.engine.run` — orchestration with the lifecycle and stage hooks; resuming a run;
 * :mod:`~flowkit.engine.reuse` — sampling and evaluating a trained run again.

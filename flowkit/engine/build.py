@@ -161,6 +161,11 @@ def build_pipeline(
     sample = build.structure(SampleSection, raw.get("sample", {}), top.child("sample"))
     _located(lambda: sample.simulator.check(sample.dynamics), name, "[sample]")
     evaluate = build.structure(EvaluateSection, raw.get("evaluate", {}), top.child("evaluate"))
+    if evaluate.likelihood is not None:
+        from flowkit.engine.likelihood import check_settings
+
+        settings = evaluate.likelihood
+        _located(lambda: check_settings(settings, path, dataset.shape), name, "[evaluate] likelihood")
     if evaluate.n > sample.n:
         raise (
             top.child("evaluate")

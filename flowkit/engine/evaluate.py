@@ -1,4 +1,5 @@
-"""Evaluation: the distance between samples and held-out data, its noise floor, and plugins' metrics."""
+"""Evaluation: the distance between samples and held-out data, its noise floor, the likelihood of
+held-out data (where ``[evaluate] likelihood`` is set), and plugins' metrics."""
 
 from __future__ import annotations
 
@@ -72,6 +73,10 @@ def evaluate(run: PipelineRun, result: Samples) -> dict[str, Any]:
             f"(saved in {run.directory / 'samples.npy'}); try more [sample] steps, a smaller "
             f"[sample] dynamics sigma, or check the training loss"
         )
+    if pipe.evaluate.likelihood is not None:
+        from flowkit.engine.likelihood import likelihood_metrics
+
+        run.metrics.update(likelihood_metrics(pipe))
     plugin_metrics(run, result, reference)
     run.hook.flowkit_samples_ready(
         run=run, samples=result.samples, reference=reference, trajectory=result.trajectory

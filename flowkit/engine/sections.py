@@ -103,10 +103,14 @@ class GuidanceSection:
 class SampleSection:
     """``[sample]``: how samples are drawn from the model."""
 
-    simulator: Simulator = component("heun", doc="Simulator (euler, heun, euler-maruyama, dopri5).")
+    simulator: Simulator = component(
+        "heun", doc="Simulator (euler, heun, midpoint, rk4, euler-maruyama, dopri5, dpm-solver++, edm)."
+    )
     dynamics: ODE = component("flow", doc="What is integrated: flow (the ODE), extension-sde, langevin.")
     grid: TimeGrid = component(
-        "uniform", doc="Time grid: the steps of a fixed-step simulator (an adaptive one reports there)."
+        "uniform",
+        doc="Time grid (uniform, power, karras): the steps of a fixed-step simulator (an adaptive one "
+        "reports there).",
     )
     steps: int = param(
         50, doc="Simulator steps from t = 0 (noise) to t = 1 (data).", validator=[_positive, _at_most_1e9]
@@ -116,6 +120,73 @@ class SampleSection:
     guidance: GuidanceSection | None = param(
         None,
         doc="Conditional models: { scale = w, classes = ... }; without it, every class, unguided (w = 0).",
+    )
+
+
+def _above_low(instance: DequantizeSection, attribute: attrs.Attribute, value: float) -> None:
+    if not value > instance.low:
+        raise ValueError(f"high = {value} must be above low = {instance.low}")
+
+
+@attrs.define(frozen=True)
+class DequantizeSection:
+    """``[evaluate] likelihood.dequantize``: data on discrete levels, dequantised with uniform noise.
+
+    The data's values are ``bins`` equally spaced levels from ``low`` to ``high`` (8-bit images scaled
+    as ``k / 127.5 - 1``: ``bins = 256``, ``[-1, 1]``). Each value ``k`` becomes ``low + (k + u) w`` with
+    ``u ~ U[0, 1)`` and bin width ``w = (high - low) / bins``, and bits per dimension count the bins:
+    ``(nll - D log w) / (D log 2)`` (docs/math.md, "Dequantisation").
+    """
+
+    bins: int = param(
+        256, doc="Number of levels of the data (256 for 8-bit images).", validator=attrs.validators.ge(2)
+    )
+    low: float = param(-1.0, doc="Value of the lowest level.")
+    high: float = param(1.0, doc="Value of the highest level.", validator=_above_low)
+
+
+@attrs.define(frozen=True)
+class LikelihoodSection:
+    """``[evaluate] likelihood``: log-likelihood of held-out data by the change of variables.
+
+    The ODE (``dynamics``, the probability-flow ODE of a score model) is integrated from the data
+    (``t = 1``) back to the prior (``t = 0``) with ``simulator`` (over ``steps`` of ``grid`` for a
+    fixed-step one; an adaptive one takes its tolerances in its own table, e.g.
+    ``simulator = { kind = "dopri5", rtol = 1e-4, atol = 1e-4 }``), accumulating the exact divergence
+    or Hutchinson's estimate of it (docs/math.md, "Likelihood").
+    """
+
+    estimator: Literal["exact", "hutchinson"] = param(
+        "exact", doc="Divergence: exact (one vector-Jacobian product per dimension) or hutchinson."
+    )
+    probes: int = param(
+        1, doc="Hutchinson probes per point, fixed along each trajectory.", validator=_positive
+    )
+    noise: Literal["rademacher", "gaussian"] = param(
+        "rademacher", doc="Distribution of Hutchinson's probes (rademacher has the smaller variance)."
+    )
+    simulator: Simulator = component(
+        "rk4", doc="ODE simulator of the augmented state (any, fixed-step or adaptive)."
+    )
+    steps: int = param(
+        15, doc="Steps of a fixed-step simulator from t = 1 back to t = 0.", validator=_positive
+    )
+    grid: TimeGrid = component(
+        "uniform", doc="Time grid of the steps (mirrored: it runs from the data back)."
+    )
+    dynamics: ODE = component(
+        "flow", doc="The ODE whose likelihood is computed (flow: the model's velocity)."
+    )
+    n: int = param(
+        1000, doc="Held-out data points (drawn from the dataset with the run's seed).", validator=_positive
+    )
+    batch_size: int = param(
+        1000,
+        doc="Points integrated together (bounds the memory of the autograd graphs).",
+        validator=_positive,
+    )
+    dequantize: DequantizeSection | None = param(
+        None, doc="Data on discrete levels: { bins = 256, low = -1.0, high = 1.0 } (off when absent)."
     )
 
 
@@ -135,6 +206,9 @@ class EvaluateSection:
         doc="Fresh draws of data whose distances to the held-out set are averaged into the noise floor "
         "(one draw fluctuates by 15-20% at n = 2000; at most 100).",
         validator=[_positive, attrs.validators.le(100)],
+    )
+    likelihood: LikelihoodSection | None = param(
+        None, doc="Log-likelihood of held-out data (nll, bits_per_dim): a table of settings; off when absent."
     )
 
 

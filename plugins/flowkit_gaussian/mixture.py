@@ -225,6 +225,11 @@ class GaussianMixture(Dataset):
         eps = torch.randn((n, self.shape[0]), generator=generator, device=device, dtype=factors.dtype)
         return means[component] + torch.einsum("nij,nj->ni", factors[component], eps)
 
+    @property
+    def provides_log_prob(self) -> bool:
+        """``True`` when every covariance is positive definite (a singular one has no density)."""
+        return bool((_eigh(self._covariances)[0] > 0).all())
+
     def log_prob(self, x: Tensor) -> Tensor:
         """``log p_data(x)`` for ``x (B, d)``, shape ``(B,)`` (needs positive definite covariances)."""
         eigenvalues, _ = _eigh(self._covariances)

@@ -17,6 +17,7 @@ never divide by a vanishing ``beta_t``; losses use them. The ``x`` forms of the 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -132,6 +133,14 @@ class GaussianPath(GaussianProbabilityPath):
     ) -> Tensor:
         """``x_0 ~ N(0, prior_std^2 I)``, shape ``shape = (B, *D)``, float32."""
         return self.prior_std * torch.randn(tuple(shape), generator=generator, device=device)
+
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """``log N(x; 0, prior_std^2 I)`` for ``x (B, *D)``, shape ``(B,)``, in ``x``'s dtype."""
+        dim = x[0].numel()
+        var = self.prior_std**2
+        return -0.5 * (
+            x.reshape(x.shape[0], -1).square().sum(dim=1) / var + dim * math.log(2 * math.pi * var)
+        )
 
     def sample(
         self, z: Tensor, t: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None

@@ -21,7 +21,14 @@ import attrs
 from torch import Tensor
 
 from flowkit.errors import CapabilityError
-from flowkit.interfaces import ODE, SDE, BuildContext, ScoreModel, per_sample
+from flowkit.interfaces import (
+    SDE,
+    BuildContext,
+    GaussianProbabilityPath,
+    ProbabilityFlowODE,
+    ScoreModel,
+    per_sample,
+)
 from flowkit.params import param
 
 Field = Callable[[Tensor, Tensor], Tensor]
@@ -34,22 +41,32 @@ def _missing(dynamics: str, role: str, keyword: str) -> CapabilityError:
     )
 
 
-class FlowODE(ODE):
+class FlowODE(ProbabilityFlowODE):
     """The flow ODE ``dX_t = u_t(X_t) dt`` of a velocity field ``u``.
 
-    ``velocity(x (B, *D), t (B,)) -> (B, *D)``; the drift is the velocity itself.
+    ``velocity(x (B, *D), t (B,)) -> (B, *D)``; the drift is the velocity itself. ``path`` is the
+    pipeline's Gaussian path (``None`` for any other path), through which DPM-Solver++ and EDM read
+    the data prediction ``E[z | x_t]`` off the velocity.
     """
 
     needs = frozenset({"velocity"})
 
-    def __init__(self, params: Any = None, *, velocity: Field | None = None) -> None:
+    def __init__(
+        self,
+        params: Any = None,
+        *,
+        velocity: Field | None = None,
+        path: GaussianProbabilityPath | None = None,
+    ) -> None:
         super().__init__(params)
         self.velocity = velocity
+        self.path = path
 
     @classmethod
     def from_params(cls, params, context: BuildContext) -> FlowODE:
         """Take the velocity from ``context`` (converted from a score by a Gaussian path if needed)."""
-        return cls(params, velocity=context.role("velocity", needed_by="dynamics 'flow'"))
+        path = context.path if isinstance(context.path, GaussianProbabilityPath) else None
+        return cls(params, velocity=context.role("velocity", needed_by="dynamics 'flow'"), path=path)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         """``u_t(x)``, shape ``(B, *D)``."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from flowkit_extras.schedules import PolynomialSchedule
-from flowkit_extras.simulators import MidpointSimulator, RK4Simulator
+from flowkit_extras.simulators import RalstonSimulator, RK38Simulator
 
 from flowkit.errors import CapabilityError, ConfigError
 from flowkit.interfaces import ODE, SDE
@@ -40,13 +40,13 @@ def test_components_register_cleanly(flowkit_manager):
     manager = flowkit_manager(plugins=[("extras", flowkit_extras)])
     assert manager.problems == []
     provided = {(e.kind, e.name) for e in manager.components_of("extras")}
-    assert provided == {("simulator", "midpoint"), ("simulator", "rk4"), ("schedule", "polynomial")}
-    check_component("simulator", MidpointSimulator)
-    check_component("simulator", RK4Simulator)
+    assert provided == {("simulator", "ralston"), ("simulator", "rk38"), ("schedule", "polynomial")}
+    check_component("simulator", RalstonSimulator)
+    check_component("simulator", RK38Simulator)
     check_component("schedule", PolynomialSchedule)
 
 
-@pytest.mark.parametrize(("name", "order", "evals"), [("midpoint", 2, 2), ("rk4", 4, 4)])
+@pytest.mark.parametrize(("name", "order", "evals"), [("ralston", 2, 2), ("rk38", 4, 4)])
 def test_convergence_order_by_fitted_slope(flowkit_manager, name, order, evals):
     manager = flowkit_manager(plugins=[("extras", flowkit_extras)], builtins=False)
     simulator = build_component(manager, "simulator", name)
@@ -65,13 +65,13 @@ def test_convergence_order_by_fitted_slope(flowkit_manager, name, order, evals):
 
 def test_ode_simulators_refuse_an_sde(flowkit_manager):
     manager = flowkit_manager(plugins=[("extras", flowkit_extras)], builtins=False)
-    rk4 = build_component(manager, "simulator", "rk4")
+    rk38 = build_component(manager, "simulator", "rk38")
     noisy = Noisy()
     noisy.registered_name = "noisy"
     with pytest.raises(
-        CapabilityError, match="simulator 'rk4' integrates an ODE, but dynamics 'noisy' is an SDE"
+        CapabilityError, match="simulator 'rk38' integrates an ODE, but dynamics 'noisy' is an SDE"
     ):
-        rk4.simulate(noisy, torch.zeros(2, 1), torch.linspace(0, 1, 3))
+        rk38.simulate(noisy, torch.zeros(2, 1), torch.linspace(0, 1, 3))
 
 
 def test_polynomial_schedule_derivatives_and_ends(flowkit_manager):
