@@ -360,3 +360,50 @@ def test_build_component_gives_a_working_coupling(manager):
     x0, x1 = batch(16)
     assert total_cost(coupling(x0, x1)[0], x1) == pytest.approx(optimum(x0, x1))
     assert np.isclose(total_cost(coupling(x0, x1)[0], x1), optimum(x0, x1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The benchmarks' coupling rows run (tiny sizes; no timing is asserted)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _benchmarks():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_couplings
+    import bench_quality
+
+    return bench_couplings, bench_quality
+
+
+def test_coupling_speed_benchmark_rows_and_ratios():
+    bench_couplings, _ = _benchmarks()
+    cfg = bench_couplings.CouplingSpeedConfig(
+        batches=[16], block_steps=[2], reps=2, coupling_reps=1, peers=False
+    )
+    result = bench_couplings.run(cfg, log=lambda message: None)
+    rows = result["train"]["16"]["contenders"]
+    assert list(rows) == ["raw", "flowkit", "flowkit exact-ot", "flowkit sinkhorn"]
+    for name in rows:
+        rates = rows[name]["steps_per_s"]
+        assert len(rates["values"]) == 2
+        if name != "raw":
+            assert rates["ratios"] == [
+                a / b for a, b in zip(rates["values"], rows["raw"]["steps_per_s"]["values"], strict=True)
+            ]
+    assert set(result["coupling_ms"]["16"]) >= {"exact-ot scipy", "sinkhorn eps=0.05"}
+    assert "| 16 | flowkit exact-ot |" in bench_couplings.table(result)
+
+
+@pytest.mark.slow
+def test_coupling_quality_benchmark_rows():
+    _, bench_quality = _benchmarks()
+    cfg = bench_quality.QualityConfig(train_steps=5, batch_size=32, steps=[1, 2], n=32)
+    result = bench_quality.run_couplings(cfg, log=lambda message: None)
+    assert list(result["rows"]) == list(bench_quality.COUPLING_ROWS)
+    sb = result["rows"]["sb-cfm sigma=0.3"]
+    assert [p["steps"] for p in sb["euler"]] == [1, 2] and sb["sde_100"]["distance"] > 0
+    assert all(r["straightness"]["length_over_chord"] >= 1.0 - 1e-6 for r in result["rows"].values())
+    assert "| exact-ot |" in bench_quality.couplings_table(result)
