@@ -407,3 +407,11 @@ def test_coupling_quality_benchmark_rows():
     assert [p["steps"] for p in sb["euler"]] == [1, 2] and sb["sde_100"]["distance"] > 0
     assert all(r["straightness"]["length_over_chord"] >= 1.0 - 1e-6 for r in result["rows"].values())
     assert "| exact-ot |" in bench_quality.couplings_table(result)
+
+
+def test_the_cost_keeps_float32_inside_autocast():
+    x0, x1 = batch(64, seed=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cost = squared_distances(x1, x0)
+    assert cost.dtype == torch.float32
+    assert torch.allclose(cost, torch.cdist(x1.double(), x0.double()).square().float(), atol=1e-5)

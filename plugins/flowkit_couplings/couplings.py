@@ -25,6 +25,7 @@ numbers). No GPU was available in this work to measure a device-side auction, so
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Literal
 
 import attrs
@@ -55,10 +56,12 @@ def check_batch(x0: Tensor, x1: Tensor, labels: Tensor | None, name: str) -> Non
 def squared_distances(x1: Tensor, x0: Tensor) -> Tensor:
     """``C[j, i] = ||x1_j - x0_i||^2`` of the flattened points, ``(B, B)``, on their device.
 
-    Expanded as ``|x1|^2 + |x0|^2 - 2 x1 . x0`` (one matmul) and clamped at 0 against rounding.
+    Expanded as ``|x1|^2 + |x0|^2 - 2 x1 . x0`` (one matmul) and clamped at 0 against rounding; in the
+    inputs' precision even inside a mixed-precision region (the loss runs under the backend's autocast).
     """
     a, b = x1.reshape(x1.shape[0], -1), x0.reshape(x0.shape[0], -1)
-    cost = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        cost = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
     return cost.clamp_min_(0.0)
 
 
@@ -172,28 +175,45 @@ def sinkhorn_log_plan(
 ) -> tuple[Tensor, int]:
     """The log of the entropic plan ``log pi (B, B)`` with uniform marginals ``1/B``, and the iterations run.
 
-    Log-domain Sinkhorn on the potentials ``f (B,)``, ``g (B,)``: ``log pi = (f_j + g_i - C_ji) / eps``;
-    alternately ``f = eps log(1/B) - eps LSE_i((g_i - C_ji) / eps)`` and likewise ``g``. Stable for any
-    ``eps`` (no ``exp(-C/eps)`` underflow). ``mask`` (bool ``(B, B)``) forbids pairs (other classes):
-    their cost is infinite. Stops when the column marginals are within ``tolerance`` (L1, relative)
-    of uniform, checked every 10 iterations (one host sync each), or after ``iterations``.
+    Sinkhorn in the log domain, ``log pi = f_j + g_i - C_ji / eps`` (dimensionless potentials ``f``,
+    ``g``), stabilised by absorption (Schmitzer 2019): every 20 iterations the potentials absorb the
+    scalings ``u``, ``v`` and the kernel ``K = exp(f_j + g_i - C_ji / eps)`` is recomputed; in between,
+    an iteration is two matrix-vector products, ``u = (1/B) / (K v)``, ``v = (1/B) / (K^T u)``, instead
+    of two log-sum-exps (measured 20-50x faster per iteration on the CPU). The potentials start at the
+    row minima and their c-transform, so no row or column of ``K`` underflows for any ``eps``; where
+    the scalings would still overflow, the block falls back to exact log-domain updates. ``mask``
+    (bool ``(B, B)``) forbids pairs (other classes): their cost is infinite. Stops when the row
+    marginals are within ``tolerance`` (mean relative error; the columns are exact after each
+    ``v`` update; one more matrix-vector product), checked at each absorption (one host sync), or
+    after ``iterations``.
     """
     n = cost.shape[0]
     scaled = cost / epsilon
     if mask is not None:
         scaled = scaled.masked_fill(~mask, float("inf"))
-    log_w = -torch.log(torch.tensor(float(n), dtype=cost.dtype, device=cost.device))
-    f = torch.zeros(n, dtype=cost.dtype, device=cost.device)
-    g = torch.zeros(n, dtype=cost.dtype, device=cost.device)
+    target = 1.0 / n
+    f = scaled.min(dim=1).values
+    g = (scaled - f[:, None]).min(dim=0).values
     done = 0
-    for done in range(1, iterations + 1):
-        f = log_w - torch.logsumexp(g[None, :] - scaled, dim=1)
-        g = log_w - torch.logsumexp(f[:, None] - scaled, dim=0)
-        if done % 10 == 0:
-            # After the g update the columns are exact; the rows measure convergence.
+    while done < iterations:
+        block = min(20, iterations - done)
+        kernel = torch.exp(f[:, None] + g[None, :] - scaled)
+        u = torch.ones_like(f)
+        v = torch.ones_like(g)
+        for _ in range(block):
+            u = target / (kernel @ v)
+            v = target / (kernel.T @ u)
+        rows = u * (kernel @ v)
+        if bool(torch.isfinite(rows).all() & (u > 0).all() & (v > 0).all()):
+            f, g = f + torch.log(u), g + torch.log(v)
+        else:  # the scalings left float range: the same block as exact log-domain updates
+            for _ in range(block):
+                f = -math.log(n) - torch.logsumexp(g[None, :] - scaled, dim=1)
+                g = -math.log(n) - torch.logsumexp(f[:, None] - scaled, dim=0)
             rows = torch.logsumexp(f[:, None] + g[None, :] - scaled, dim=1).exp()
-            if float((rows * n - 1.0).abs().mean()) < tolerance:
-                break
+        done += block
+        if float((rows * n - 1.0).abs().mean()) < tolerance:
+            break
     return f[:, None] + g[None, :] - scaled, done
 
 
