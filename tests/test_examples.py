@@ -11,7 +11,7 @@ from flowkit.registry import PluginManager
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-TRAINED = ["moons", "cosine", "vp-dsm", "ve-dsm", "cfm-sde"]
+TRAINED = ["moons", "cosine", "vp-dsm", "ve-dsm", "cfm-sde", "ot-cfm"]
 EXACT = ["oracle-ode", "oracle-sde"]
 # What each trained example must reach even with a quarter of its training (the full runs reach
 # ratios of 0.8-0.9, see examples/README.md): within 3x the noise floor, as the issue asks.

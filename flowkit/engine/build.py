@@ -147,7 +147,9 @@ def build_pipeline(
         loss = cast(Loss, build.build("loss", raw["loss"], top.child("loss")))
         _located(lambda: loss.check(path), name, "[loss]")
         train = build.structure(TrainSection, raw.get("train", {}), top.child("train"))
-        context.roles = {loss.trains: loss.model_role(network, path)}
+        roles: dict[str, nn.Module] = {}
+        _located(lambda: roles.update(loss.roles(network, path)), name, "[loss]")
+        context.roles = roles
     else:
         for table in ("loss", "train"):
             if table in raw:
