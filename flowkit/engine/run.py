@@ -97,7 +97,8 @@ def run_pipeline(
     run = PipelineRun(pipeline, directory, manager.hook, quiet=quiet)
     command = command if command is not None else _command_line()
     write_toml(directory / "pipeline.toml", pipeline.resolved(manager, command))
-    write_status(directory, "running", stage="train" if pipeline.model.trainable else "sample", step=0)
+    stage = "train" if pipeline.model.trainable else "sample"
+    write_status(directory, "running", stage=stage, step=0, resume=f"flowkit resume {directory}")
     return _execute(run)
 
 
@@ -120,7 +121,13 @@ def _execute(run: PipelineRun, loop: TrainLoop | None = None, trained: bool = Fa
                     if hook.flowkit_train(run=run) is None:
                         train(run, loop)
             stage = "sample"
-            write_status(run.directory, "running", stage="sample", step=_trained_step(run))
+            write_status(
+                run.directory,
+                "running",
+                stage="sample",
+                step=_trained_step(run),
+                resume=f"flowkit resume {run.directory}",
+            )
             with _stage(run, "sample"):
                 result: Samples | None = hook.flowkit_sample(run=run)
                 if result is None:
@@ -275,7 +282,13 @@ def resume_run(
             if not (target / "model.pt").is_file():  # killed between the final checkpoint and model.pt
                 save_state(target / "model.pt", loop.weights(step))
             loop.finish()
-    write_status(target, "running", stage="train" if trainable and not trained else "sample", step=step)
+    write_status(
+        target,
+        "running",
+        stage="train" if trainable and not trained else "sample",
+        step=step,
+        resume=f"flowkit resume {target}",
+    )
     return _execute(run, loop, trained=trained)
 
 
