@@ -1,0 +1,28 @@
+"""``flowkit`` as torchrun runs it (``-m flowkit``), with a failure injected for the tests.
+
+``FLOWKIT_TEST_FAIL="RANK:STEP"`` makes that rank raise at that training step (an exception in its
+own code, as a bug or a bad batch would), so tests/test_distributed.py can check that every rank ends.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flowkit.cli import main
+from flowkit.engine.distributed import current_world
+from flowkit.engine.train import TrainLoop
+
+_fail = os.environ.get("FLOWKIT_TEST_FAIL")
+if _fail:
+    _rank, _step = (int(part) for part in _fail.split(":"))
+    _original = TrainLoop.step
+
+    def _failing_step(self: TrainLoop):  # type: ignore[no-untyped-def]
+        if current_world().rank == _rank and self.current_step + 1 == _step:
+            raise RuntimeError(f"injected failure at step {_step}")
+        return _original(self)
+
+    TrainLoop.step = _failing_step  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    main()
