@@ -7,6 +7,7 @@
 * :mod:`~flowkit.engine.train`, :mod:`~flowkit.engine.sample`, :mod:`~flowkit.engine.evaluate` — the
   stages;
 * :mod:`~flowkit.engine.interrupts` — SIGINT/SIGTERM, deferred to the end of a training step;
+* :mod:`~flowkit.engine.distributed` — data-parallel training under torchrun: ranks, what they share;
 * :mod:`~flowkit.engine.run` — orchestration with the lifecycle and stage hooks; resuming a run;
 * :mod:`~flowkit.engine.reuse` — sampling and evaluating a trained run again.
 """
