@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from flowkit.engine import TrainLoop, build_pipeline, resume_run
+from flowkit.engine import TrainLoop, build_pipeline, resume_run, run_pipeline
 from flowkit.engine import distributed as dist
 from flowkit.engine.checkpoints import load_checkpoint
 from flowkit.engine.distributed import World, failure_message, launcher_command, rank_seed
@@ -162,6 +162,41 @@ def test_a_rank_names_itself_and_a_broken_collective():
     assert "Connection closed by peer" in lost
 
 
+@pytest.fixture
+def one_rank_group(monkeypatch):
+    """A real gloo process group of one rank in this process: every collective of the engine runs
+    (DDP, the loss all-reduce, the generator gather, the broadcasts), with nobody to disagree."""
+    import torch.distributed as torch_dist
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    torch_dist.init_process_group("gloo", rank=0, world_size=1)
+    monkeypatch.setattr(dist, "_world", World(0, 1, 0, "gloo"))
+    yield
+    dist.stop()
+
+
+def test_a_one_rank_process_group_is_bitwise_the_plain_run_and_resumes_under_it(
+    tmp_path, manager, one_rank_group
+):
+    file = _pipeline_file(tmp_path)
+    grouped = run_pipeline(
+        build_pipeline(file, SETTINGS, manager), manager, out=str(tmp_path / "g"), quiet=True
+    )
+    assert grouped.metrics["world_size"] == 1
+    state = load_checkpoint(grouped.directory / "checkpoint-0000060.pt")
+    assert state["world_size"] == 1 and len(state["rank_generators"]) == 1
+    longer = resume_run(grouped.directory, manager, ["train.steps=70"], out=str(tmp_path / "g70"), quiet=True)
+    assert longer.metrics["resumed_from_step"] == 60
+    with pytest.raises(FlowkitError, match=r"the run is done; nothing to resume"):
+        resume_run(grouped.directory, manager, quiet=True)  # refused on rank 0, told to the others
+    dist.stop()
+    plain = run_pipeline(
+        build_pipeline(file, SETTINGS, manager), manager, out=str(tmp_path / "p"), quiet=True
+    )
+    _assert_bitwise(grouped.directory, plain.directory)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Real process groups (gloo on 127.0.0.1)
 # ---------------------------------------------------------------------------------------------------
@@ -296,6 +331,25 @@ def test_a_failure_on_one_rank_ends_both_and_a_resume_is_bitwise_the_uninterrupt
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_bitwise(out, reference)
     assert _losses(out) == _losses(reference)
+
+
+@pytest.mark.slow
+def test_a_rank_that_stops_answering_ends_the_run_after_the_process_group_timeout(two_ranks, tmp_path):
+    file, _reference = two_ranks
+    out = tmp_path / "hung"
+    sets = [arg for setting in [*SETTINGS, "run.distributed_timeout=5"] for arg in ("--set", setting)]
+    worker = [str(TESTS / "ddp_worker.py"), "run", str(file), *sets, "--out", str(out), "-q"]
+    # Rank 1 sleeps for an hour at step 30: only the 5 s timeout can end rank 0 before the subprocess
+    # timeout fails the test.
+    hung = _launch(
+        _torchrun("--standalone", "--nproc-per-node=2", *worker), timeout=240, FLOWKIT_TEST_HANG="1:30"
+    )
+    assert hung.returncode != 0
+    assert "Error: rank 0 of 2: lost contact with another process" in hung.stderr
+    assert "Timed out" in hung.stderr
+    status = read_status(out)
+    assert status is not None and status["state"] == "failed" and status["step"] == 20
+    assert status["resume"] == f"flowkit resume {out}"
 
 
 @pytest.mark.slow
