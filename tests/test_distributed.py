@@ -353,6 +353,41 @@ def test_a_rank_that_stops_answering_ends_the_run_after_the_process_group_timeou
 
 
 @pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_with_one_checkpoint(two_ranks, tmp_path):
+    import signal
+    import time
+
+    file, _reference = two_ranks
+    out = tmp_path / "stopped"
+    sets = ["train.steps=100000", "train.checkpoint_every=100", "train.log_every=100"]
+    args = [str(file), *(arg for setting in sets for arg in ("--set", setting)), "--out", str(out), "-q"]
+    command = _torchrun("--standalone", "--nproc-per-node=2", "-m", "flowkit", "run", *args)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint-0000100.pt").exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the first checkpoint never appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks, not at the same step
+        _stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    status = read_status(out)
+    assert status is not None and status["state"] == "interrupted"
+    step = status["step"]
+    for rank in (0, 1):
+        assert (
+            f"Interrupted: rank {rank} of 2: {file}: interrupted by SIGTERM at training step {step} "
+            in stderr
+        )
+    state = load_checkpoint(out / status["checkpoint"])
+    assert state["step"] == step and len(state["rank_generators"]) == 2
+
+
+@pytest.mark.slow
 def test_two_nodes_of_one_process_through_the_c10d_rendezvous(two_ranks, tmp_path):
     file, reference = two_ranks
     out = tmp_path / "nodes"
