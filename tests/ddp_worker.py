@@ -8,7 +8,7 @@ there (sleep), so tests/test_distributed.py can check that every rank ends eithe
 from __future__ import annotations
 
 import os
-import time
+import threading
 
 from flowkit.cli import main
 from flowkit.engine.distributed import current_world
@@ -23,7 +23,7 @@ if _fail:
     def _failing_step(self: TrainLoop):  # type: ignore[no-untyped-def]
         if current_world().rank == _rank and self.current_step + 1 == _step:
             if _hang:
-                time.sleep(3600)
+                threading.Event().wait(3600)
             raise RuntimeError(f"injected failure at step {_step}")
         return _original(self)
 
