@@ -60,7 +60,10 @@ def test_describe_a_kind_lists_its_components_and_a_section_its_keys():
     section = invoke("describe", "train")
     assert section.exit_code == 0
     assert section.stdout.startswith("[train]: the optimisation loop")
-    assert "  steps             int                    3000      Optimisation steps." in section.stdout
+    assert (
+        "  steps             int                    3000      Optimisation steps (at most 10^9)."
+        in section.stdout
+    )
 
 
 def test_describe_errors_name_what_is_known():

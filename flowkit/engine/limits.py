@@ -73,7 +73,7 @@ def check_sizes(pipeline: Pipeline) -> None:
     device = pipeline.device.device
     total, largest = 0, 0
     if isinstance(pipeline.model, nn.Module) and pipeline.model.trainable:
-        probe = pipeline.path.sample_prior((2, *pipeline.dataset.shape), device=device)
+        probe = torch.zeros((2, *pipeline.dataset.shape), device=device)  # no draw: the RNGs stay untouched
         total, largest = activation_floats(pipeline.model, probe, torch.full((2,), 0.5, device=device))
     where = f"{pipeline.source}: "
     have = f"{_gib(available)} free on {device}"
