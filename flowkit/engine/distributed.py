@@ -209,7 +209,7 @@ def wrap_model(network: nn.Module, world: World) -> nn.Module:
 
 
 def mean_over_ranks(values: Tensor, world: World) -> Tensor:
-    """``values`` averaged element-wise over the ranks (every rank gets the result); itself for one."""
+    """``values (K,)`` averaged element-wise over the ranks, ``(K,)`` on every rank; itself for one."""
     if not world.distributed:
         return values
     import torch.distributed as dist
@@ -231,13 +231,16 @@ def any_rank(flag: bool, device: torch.device, world: World) -> bool:
 
 
 def gather_to_main(obj: T, world: World) -> list[T] | None:
-    """Every rank's ``obj`` (picklable), in rank order, on rank 0; ``None`` on the others."""
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; ``None`` on the others.
+
+    An all-gather rather than a gather: NCCL has no object gather in every torch version, and the
+    objects (generator states, a few KiB a rank) make the difference immaterial."""
     if not world.distributed:
         return [obj]
     import torch.distributed as dist
 
-    found: list[Any] = [None] * world.size if world.is_main else []
-    dist.gather_object(obj, found if world.is_main else None, dst=0)
+    found: list[Any] = [None] * world.size
+    dist.all_gather_object(found, obj)
     return found if world.is_main else None
 
 
