@@ -312,6 +312,150 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------------------------------
+# Couplings (issue 13): independent, OT, Sinkhorn and Schrödinger-bridge CFM, few-step quality and
+# straightness. ``python benchmarks/bench_quality.py --couplings``.
+# ---------------------------------------------------------------------------------------------------
+
+#: ``[path]``, ``[model]`` and ``[loss]`` of each coupling row (moons, MLP heads 3×256).
+COUPLING_ROWS: dict[str, dict[str, Any]] = {
+    "independent": {"loss": {"kind": "cfm"}},
+    "exact-ot": {"loss": {"kind": "cfm", "coupling": "exact-ot"}},
+    "sinkhorn eps=0.1": {"loss": {"kind": "cfm", "coupling": {"kind": "sinkhorn", "epsilon": 0.1}}},
+    "sb-cfm sigma=0.3": {
+        "path": {"kind": "brownian-bridge", "sigma": 0.3},
+        "model": {"kind": "velocity-score"},
+        "loss": {"kind": "sb-cfm"},
+    },
+}
+
+
+def straightness(pipe: Any, n: int, steps: int = 100) -> dict[str, float]:
+    """How straight the learned flow is, from ``n`` Heun trajectories of ``steps`` steps.
+
+    ``length_over_chord``: the mean path length ``sum_k |x_{k+1} - x_k|`` over the mean chord
+    ``|x_1 - x_0|`` (1 for straight paths; a ratio of means, as a mean of ratios is dominated by the few
+    paths that end near where they start);
+    ``velocity_deviation``: mean over the grid and the samples of ``|(x_1 - x_0) - u_t(x_t)|``, how far
+    the velocity strays from the chord (0 for straight paths, which Euler with 1 step integrates exactly).
+    """
+    from flowkit_simulators.dynamics import FlowODE
+    from flowkit_simulators.simulators import HeunSimulator
+
+    pipeline = pipe.pipeline
+    velocity = pipeline.context.roles["velocity"]
+    lo, hi = pipeline.path.t_range
+    ts = torch.linspace(lo, hi, steps + 1)
+    x0 = pipeline.path.sample_prior((n, *pipeline.dataset.shape), torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        path = HeunSimulator().simulate_trajectory(FlowODE(velocity=velocity), x0, ts)  # (T + 1, n, D)
+        chord = path[-1] - path[0]
+        length = (path[1:] - path[:-1]).norm(dim=-1).sum(0)
+        deviation = torch.stack(
+            [
+                (chord - velocity(x, t.expand(n))).norm(dim=-1).mean()
+                for x, t in zip(path[:-1], ts[:-1], strict=True)
+            ]
+        )
+    return {
+        "length_over_chord": float(length.mean() / chord.norm(dim=-1).mean()),
+        "velocity_deviation": float(deviation.mean()),
+    }
+
+
+def run_couplings(cfg: QualityConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train each coupling row like the others, then W2 with Euler at ``cfg.steps`` (and the SB SDE)."""
+    import attrs
+
+    import flowkit
+    from flowkit.testing import build_component
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    manager, _ = make_manager()
+    result: dict[str, Any] = {
+        "machine": machine_description(cfg.threads, torch.device("cpu")),
+        "config": asdict(cfg),
+        "rows": {},
+    }
+    try:
+        for name, tables in COUPLING_ROWS.items():
+            spec: dict[str, Any] = {
+                "run": {"seed": cfg.seed},
+                "data": {"kind": "moons"},
+                "path": {"kind": "gaussian"},
+                "model": {"kind": "mlp", "hidden": [256, 256, 256]},
+                "train": {"steps": cfg.train_steps, "batch_size": cfg.batch_size, "lr": cfg.lr},
+                "sample": {"simulator": "euler", "steps": cfg.steps[0], "n": cfg.n, "trajectories": 0},
+                "evaluate": {"metric": "w2", "n": cfg.n},
+                "report": {"progress": False, "plots": False, "log": False},
+                **tables,
+            }
+            if spec["train"]["steps"] >= 1000:
+                spec["train"]["warmup_steps"] = 100
+            pipe = flowkit.load_pipeline(spec, manager=manager)
+            started = time.perf_counter()
+            pipe.train()
+            entry: dict[str, Any] = {"train_seconds": round(time.perf_counter() - started, 2), "euler": []}
+            section = pipe.pipeline.sample
+            for steps in cfg.steps:
+                pipe.pipeline.sample = attrs.evolve(section, steps=steps)
+                m = pipe.evaluate(pipe.sample(cfg.n))
+                entry["euler"].append(
+                    {"steps": steps, "distance": m["distance"], "noise_floor": m["noise_floor"]}
+                )
+                log(f"{name}: euler {steps:3d} steps W2 {m['distance']:.4f} (floor {m['noise_floor']:.4f})")
+            if "sb-cfm" in name:
+                sigma = pipe.pipeline.path.sigma
+                dynamics = build_component(
+                    manager,
+                    "dynamics",
+                    {"kind": "extension-sde", "sigma": sigma},
+                    context=pipe.pipeline.context,
+                )
+                em = build_component(manager, "simulator", "euler-maruyama")
+                pipe.pipeline.sample = attrs.evolve(section, simulator=em, dynamics=dynamics, steps=100)
+                m = pipe.evaluate(pipe.sample(cfg.n))
+                entry["sde_100"] = {"distance": m["distance"], "noise_floor": m["noise_floor"]}
+                log(f"{name}: SDE (Euler-Maruyama, 100 steps) W2 {m['distance']:.4f}")
+            entry["straightness"] = straightness(pipe, min(cfg.n, 1000))
+            log(f"{name}: straightness {entry['straightness']}")
+            result["rows"][name] = entry
+    finally:
+        torch.set_num_threads(threads)
+    return result
+
+
+def couplings_table(result: dict[str, Any]) -> str:
+    """Markdown: W2 per Euler step count, the SB SDE, and the two straightness figures, one row each."""
+    steps = [p["steps"] for p in next(iter(result["rows"].values()))["euler"]]
+    headers = [
+        "coupling",
+        *[f"W2 Euler {s}" for s in steps],
+        "W2 SDE 100",
+        "length / chord",
+        "mean ‖chord − u‖",
+    ]
+    rows = []
+    for name, entry in result["rows"].items():
+        sde = entry.get("sde_100", {}).get("distance")
+        st = entry["straightness"]
+        rows.append(
+            [
+                name,
+                *[p["distance"] for p in entry["euler"]],
+                sde,
+                st["length_over_chord"],
+                st["velocity_deviation"],
+            ]
+        )
+    floor = next(iter(result["rows"].values()))["euler"][0]["noise_floor"]
+    return (
+        format_table(headers, rows)
+        + f"\n\nNoise floor (data vs data, n = {result['config']['n']}): {floor:.3f}"
+    )
+
+
 def quick_config() -> QualityConfig:
     """Tiny sizes (seconds)."""
     return QualityConfig(train_steps=20, batch_size=64, steps=[1, 4], n=64)
@@ -325,7 +469,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS / "quality.json")
+    p.add_argument(
+        "--couplings", action="store_true", help="the coupling rows instead (couplings-quality.json)"
+    )
     a = p.parse_args(argv)
+    if a.couplings:
+        return main_couplings(a)
     cfg = (
         quick_config()
         if a.quick
@@ -339,6 +488,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     png = plot(result, a.out.with_suffix(".png"))
     print("\n" + text)
     print(f"wrote {a.out}, {a.out.with_suffix('.md')} and {png}")
+    return result
+
+
+def main_couplings(a: argparse.Namespace) -> dict[str, Any]:
+    """``--couplings``: the coupling rows (defaults: 3000 steps, Euler at 1, 2, 4, 8 steps)."""
+    steps = a.steps if a.steps != [1, 2, 4, 8, 16, 32, 64, 128] else [1, 2, 4, 8]
+    cfg = QualityConfig(threads=a.threads, train_steps=a.train_steps, n=a.n, steps=steps)
+    if a.quick:
+        cfg = QualityConfig(train_steps=20, batch_size=64, steps=[1, 2], n=64)
+    out = a.out if a.out != RESULTS / "quality.json" else RESULTS / "couplings-quality.json"
+    result = run_couplings(cfg, log=lambda m: print(m, flush=True))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    text = couplings_table(result)
+    out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+    print("\n" + text)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
     return result
 
 

@@ -57,8 +57,14 @@ def _user_errors(func: F) -> F:
             if state is not None and state.debug:
                 raise
             code = getattr(exc, "exit_code", 1)
-            click.echo(f"{'Interrupted' if code != 1 else 'Error'}: {exc}", err=True)
+            click.echo(f"{'Interrupted' if code != 1 else 'Error'}: {_rank_prefix()}{exc}", err=True)
             sys.exit(code)
+        except Exception as exc:  # under torchrun: one line naming the rank, and every rank ends
+            rank_message = _rank_failure(exc)
+            if rank_message is None or (state is not None and state.debug):
+                raise
+            click.echo(f"Error: {rank_message}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:  # outside a run's own handling (loading, building): nothing written
             if state is not None and state.debug:
                 raise
@@ -93,20 +99,68 @@ _set_option = click.option(
 )
 
 
+def _rank_prefix() -> str:
+    """``rank 1 of 2: `` under torchrun (before the process group too), else nothing."""
+    distributed = sys.modules.get("flowkit.engine.distributed")
+    found = distributed.launched() if distributed is not None else None
+    return f"rank {found[0]} of {found[1]}: " if found is not None and found[1] > 1 else ""
+
+
+def _rank_failure(exc: Exception) -> str | None:
+    """The one-line message of an unexpected error on a rank under torchrun; ``None`` outside it."""
+    distributed = sys.modules.get("flowkit.engine.distributed")
+    found = distributed.launched() if distributed is not None else None
+    if distributed is None or found is None or found[1] <= 1:  # the group is gone by now: ask the env
+        return None
+    return str(distributed.failure_message(exc, distributed.World(*found)))
+
+
+def _strip_nproc(argv: Sequence[str]) -> list[str]:
+    """``argv`` without ``--nproc N`` / ``--nproc=N``: what each torchrun worker runs."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
+
+
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @_set_option
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: [run] out).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or console reports.")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train data-parallel in N processes on this machine: runs `torchrun --standalone "
+    "--nproc-per-node N -m flowkit run ...`.",
+)
 @click.pass_obj
 @_user_errors
-def run(state: _State, file: str, overrides: tuple[str, ...], out: str | None, quiet: bool) -> None:
+def run(
+    state: _State, file: str, overrides: tuple[str, ...], out: str | None, quiet: bool, nproc: int | None
+) -> None:
     """Train, sample and evaluate the pipeline FILE; write a run directory."""
     from flowkit.engine import build_pipeline, run_pipeline
+    from flowkit.engine import distributed as dist
 
     manager = state.manager()
-    pipeline = build_pipeline(file, overrides, manager)
-    result = run_pipeline(pipeline, manager, out=out, quiet=quiet)
+    pipeline = build_pipeline(file, overrides, manager)  # errors before any process starts
+    if nproc is not None and nproc > 1:
+        dist.launch(nproc, _strip_nproc(sys.argv[1:]))
+    dist.start(pipeline.run.distributed, pipeline.device.device, pipeline.run.distributed_timeout, file)
+    try:
+        result = run_pipeline(pipeline, manager, out=out, quiet=quiet)
+        if not dist.current_world().is_main:
+            return
+    finally:
+        dist.stop()
     if not quiet:
         click.echo(_summary(result.metrics))
     click.echo(f"run directory: {result.directory}")
@@ -138,12 +192,49 @@ def resume(state: _State, run_dir: str, overrides: tuple[str, ...], out: str | N
     rate; --set train.steps=M extends training, and a finished run is then extended into a new run
     directory (--out, or a numbered sibling).
     """
+    from flowkit.engine import distributed as dist
     from flowkit.engine import resume_run
 
-    result = resume_run(run_dir, state.manager(), overrides, out=out, quiet=quiet, warn=_warn)
+    _start_for_resume(run_dir)
+    try:
+        result = resume_run(run_dir, state.manager(), overrides, out=out, quiet=quiet, warn=_warn)
+        if not dist.current_world().is_main:
+            return
+    finally:
+        dist.stop()
     if not quiet:
         click.echo(_summary(result.metrics))
     click.echo(f"run directory: {result.directory}")
+
+
+def _start_for_resume(run_dir: str) -> None:
+    """Join torchrun's process group for ``flowkit resume`` (nothing outside torchrun), with the
+    ``[run] distributed`` settings of the run's ``pipeline.toml``. A rank that cannot read it (a node
+    without the run directory) uses ``auto`` on CUDA where there is a GPU."""
+    from pathlib import Path
+
+    import torch
+
+    from flowkit.config import read_toml
+    from flowkit.engine import distributed as dist
+
+    if dist.launched_size() <= 1:
+        return
+    settings: dict[str, Any] = {}
+    try:
+        table = read_toml(Path(run_dir) / "pipeline.toml").get("run", {})
+        settings = table if isinstance(table, dict) else {}
+    except (FlowkitError, OSError):
+        pass
+    device = settings.get("device", "auto")
+    kind = device.get("kind", "auto") if isinstance(device, dict) else str(device)
+    cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
+    dist.start(
+        str(settings.get("distributed", "auto")),
+        torch.device("cuda" if cuda else "cpu"),
+        float(settings.get("distributed_timeout", 300.0)),
+        f"{run_dir}/pipeline.toml",
+    )
 
 
 def _warn(text: str) -> None:

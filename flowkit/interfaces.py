@@ -250,6 +250,14 @@ class ProbabilityPath(Component):
             f'likelihood can be computed with it; use a path that has one (e.g. kind = "gaussian")'
         )
 
+    def noise_is_prior(self) -> bool:
+        """Whether the ``noise`` given to :meth:`sample` is ``x_0 ~ p_init`` itself, independent of ``z``.
+
+        Only then does pairing ``noise`` with ``z`` by a :class:`Coupling` couple ``p_init`` with
+        ``p_data`` (a loss refuses a coupling on any other path). Default ``False``.
+        """
+        return False
+
     def target_score(self, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """Conditional score ``grad_x log p_t(x|z)``, shape ``(B, *D)``."""
         raise CapabilityError(
@@ -402,6 +410,11 @@ class Loss(Component):
     def model_role(self, network: nn.Module, path: ProbabilityPath) -> nn.Module:
         """Wrap ``network`` as the :class:`VectorField` or :class:`ScoreModel` this loss trains."""
 
+    def roles(self, network: nn.Module, path: ProbabilityPath) -> dict[str, nn.Module]:
+        """Every role the trained ``network`` plays: ``{trains: model_role(...)}`` by default. A loss
+        that trains a velocity and a score at once (two heads) returns both."""
+        return {self.trains: self.model_role(network, path)}
+
     @abc.abstractmethod
     def __call__(
         self, model: nn.Module, path: ProbabilityPath, z: Tensor, generator: torch.Generator | None = None
@@ -412,6 +425,30 @@ class Loss(Component):
         For labelled data the training loop calls it with a keyword ``y = labels (B,)`` (int64, the
         null class where dropped), which the loss passes on as ``model(x, t, y)``; a loss that takes
         no ``y`` keyword cannot train conditionally. Unlabelled data: no ``y`` is passed."""
+
+
+class Coupling(Component):
+    """Pairs a batch of noise with a batch of data: a coupling ``pi`` of ``p_init`` and ``p_data``.
+
+    ``__call__(x0 (B, *D), x1 (B, *D), labels (B,) or None, generator)`` returns ``(x0, x1, labels)``
+    with the same shapes, row ``i`` of each now a pair. Built-ins keep ``x1`` and ``labels`` in place
+    and reorder (or resample) ``x0``, so the data marginal is exact. With ``labels`` (of the data), a
+    coupling that honours them pairs each data point only with noise assigned to its class, so a
+    class-conditional model sees unbiased noise for every class. Random choices (sampling from a
+    plan) come from ``generator``. ``independent`` is ``True`` for the coupling that pairs as drawn.
+    """
+
+    independent: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        x0: Tensor,
+        x1: Tensor,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The pairs ``(x0, x1, labels)``: ``(B, *D)``, ``(B, *D)`` and ``(B,)`` (or ``None``)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -717,6 +754,7 @@ KINDS: dict[str, type] = {
     "schedule": Schedule,
     "model": Model,
     "loss": Loss,
+    "coupling": Coupling,
     "dynamics": ODE,
     "simulator": Simulator,
     "timegrid": TimeGrid,

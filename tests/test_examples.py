@@ -12,7 +12,7 @@ from flowkit.registry import PluginManager
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-TRAINED = ["moons", "cosine", "vp-dsm", "ve-dsm", "cfm-sde"]
+TRAINED = ["moons", "cosine", "vp-dsm", "ve-dsm", "cfm-sde", "ot-cfm"]
 EXACT = ["oracle-ode", "oracle-sde"]
 # Conditional image examples: the full run takes minutes (examples/README.md); the suite runs a few steps.
 IMAGES = ["digits"]

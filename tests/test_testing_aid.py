@@ -27,7 +27,17 @@ from flowkit.interfaces import Schedule
 from flowkit.params import param
 from flowkit.testing import build_component, check_component, component_problems, make_manager
 
-BUILTIN_PLUGINS = {"data", "devices", "gaussian", "losses", "metrics", "nets", "report", "simulators"}
+BUILTIN_PLUGINS = {
+    "couplings",
+    "data",
+    "devices",
+    "gaussian",
+    "losses",
+    "metrics",
+    "nets",
+    "report",
+    "simulators",
+}
 
 
 class Linear(Schedule):

@@ -8,6 +8,7 @@
   stages;
 * :mod:`~flowkit.engine.likelihood` — log-likelihood by the change of variables;
 * :mod:`~flowkit.engine.interrupts` — SIGINT/SIGTERM, deferred to the end of a training step;
+* :mod:`~flowkit.engine.distributed` — data-parallel training under torchrun: ranks, what they share;
 * :mod:`~flowkit.engine.run` — orchestration with the lifecycle and stage hooks; resuming a run;
 * :mod:`~flowkit.engine.reuse` — sampling and evaluating a trained run again.
 """

@@ -18,6 +18,7 @@ from torch import nn
 
 import flowkit
 from flowkit.config import Location, Structurer, apply_overrides, load_source, unstructure
+from flowkit.engine.distributed import check_world
 from flowkit.engine.guidance import check_conditioning
 from flowkit.engine.limits import check_sizes
 from flowkit.engine.sections import (
@@ -148,7 +149,9 @@ def build_pipeline(
         loss = cast(Loss, build.build("loss", raw["loss"], top.child("loss")))
         _located(lambda: loss.check(path), name, "[loss]")
         train = build.structure(TrainSection, raw.get("train", {}), top.child("train"))
-        context.roles = {loss.trains: loss.model_role(network, path)}
+        roles: dict[str, nn.Module] = {}
+        _located(lambda: roles.update(loss.roles(network, path)), name, "[loss]")
+        context.roles = roles
     else:
         for table in ("loss", "train"):
             if table in raw:
@@ -185,6 +188,7 @@ def build_pipeline(
     )
     check_sizes(pipeline)
     check_conditioning(pipeline)
+    check_world(name, train.batch_size if train is not None else None, run.distributed)
     return pipeline
 
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from flowkit.config import read_toml
 from flowkit.engine.build import Pipeline, build_pipeline
 from flowkit.engine.checkpoints import list_checkpoints, newest_checkpoint, save_state
+from flowkit.engine.distributed import current_world, failure_message, from_main
 from flowkit.engine.evaluate import evaluate
 from flowkit.engine.interrupts import Interrupted, SignalGuard, signal_name
 from flowkit.engine.rundir import read_status, run_directory, write_json, write_status, write_toml
@@ -93,11 +94,16 @@ def run_pipeline(
     ``checkpoint-*.pt`` (training state), ``model.pt`` (weights only), ``samples.npy``,
     ``metrics.json`` and what the reporter plugins write (plots, logs).
     """
-    directory = run_directory(pipeline.run.out, pipeline.source, out)
+    world = current_world()
+    # Rank 0 claims the directory and tells the others (under torchrun only rank 0 writes there).
+    directory = from_main(lambda: run_directory(pipeline.run.out, pipeline.source, out), world)
+    if not world.is_main:
+        return _execute_worker(PipelineRun(pipeline, directory, WorkerHooks(manager.hook), quiet=True))
     run = PipelineRun(pipeline, directory, manager.hook, quiet=quiet)
     command = command if command is not None else _command_line()
     write_toml(directory / "pipeline.toml", pipeline.resolved(manager, command))
-    write_status(directory, "running", stage="train" if pipeline.model.trainable else "sample", step=0)
+    stage = "train" if pipeline.model.trainable else "sample"
+    write_status(directory, "running", stage=stage, step=0, resume=f"flowkit resume {directory}")
     return _execute(run)
 
 
@@ -120,7 +126,13 @@ def _execute(run: PipelineRun, loop: TrainLoop | None = None, trained: bool = Fa
                     if hook.flowkit_train(run=run) is None:
                         train(run, loop)
             stage = "sample"
-            write_status(run.directory, "running", stage="sample", step=_trained_step(run))
+            write_status(
+                run.directory,
+                "running",
+                stage="sample",
+                step=_trained_step(run),
+                resume=f"flowkit resume {run.directory}",
+            )
             with _stage(run, "sample"):
                 result: Samples | None = hook.flowkit_sample(run=run)
                 if result is None:
@@ -129,6 +141,7 @@ def _execute(run: PipelineRun, loop: TrainLoop | None = None, trained: bool = Fa
             with _stage(run, "evaluate"):
                 if hook.flowkit_evaluate(run=run, samples=result) is None:
                     evaluate(run, result)
+            run.metrics["world_size"] = current_world().size
             write_json(run.directory / "metrics.json", run.metrics)  # after the stage: with its timing
             write_status(run.directory, "done", stage="done", step=_trained_step(run))
             hook.flowkit_run_end(run=run, metrics=run.metrics)
@@ -139,6 +152,38 @@ def _execute(run: PipelineRun, loop: TrainLoop | None = None, trained: bool = Fa
         except BaseException as exc:
             _record_failure(run, stage, exc)
             raise
+        finally:
+            run.signals = None
+    return run
+
+
+class WorkerHooks:
+    """The hooks a rank other than 0 calls under torchrun: ``flowkit_train`` only (a plugin that trains
+    in its own way must do so on every rank). Reporters and the other lifecycle and stage hooks run on
+    rank 0 alone, so one run writes one log, one progress bar and one set of plots."""
+
+    def __init__(self, hook: Any) -> None:
+        self._hook = hook
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "flowkit_train":
+            return self._hook.flowkit_train
+        return _no_hook
+
+
+def _no_hook(**kwargs: Any) -> None:
+    return None
+
+
+def _execute_worker(run: PipelineRun, loop: TrainLoop | None = None, trained: bool = False) -> PipelineRun:
+    """A rank other than 0: its share of training, nothing written. Sampling and evaluation are rank
+    0's alone (they are cheap next to training, and their draws then do not depend on the number of
+    processes), so this rank ends when training does."""
+    with SignalGuard() as guard:
+        run.signals = guard
+        try:
+            if run.pipeline.model.trainable and not trained and run.hook.flowkit_train(run=run) is None:
+                train(run, loop)
         finally:
             run.signals = None
     return run
@@ -181,6 +226,8 @@ def _record_failure(run: PipelineRun, stage: str, exc: BaseException) -> None:
     if status is not None and status["state"] in ("diverged", "interrupted"):
         return
     message = str(exc) if isinstance(exc, FlowkitError) else f"{type(exc).__name__}: {exc}"
+    if current_world().distributed:
+        message = failure_message(exc, current_world())
     newest = list_checkpoints(run.directory)
     resume = f"flowkit resume {run.directory}" if newest or stage != "train" else None
     step = newest[-1][0] if newest and stage == "train" else _trained_step(run) if stage != "train" else 0
@@ -224,6 +271,49 @@ def resume_run(
     with ``--set train.steps=M`` above its step, into a new run directory (``out``, or a numbered
     sibling), so nothing it holds is overwritten. ``warn(text)`` reports skipped checkpoint files.
     """
+    world = current_world()
+    if world.distributed and not world.is_main:
+        return _resume_worker(directory, manager, quiet)
+    sent: list[bool] = []
+    try:
+        return _resume(directory, manager, overrides, out, quiet, command, warn, sent)
+    except FlowkitError as exc:
+        if world.distributed and not sent:  # the other ranks wait for what to resume: tell them why not
+            from_main(_raise(exc), world)
+        raise
+
+
+def _raise(exc: FlowkitError) -> Any:
+    def make() -> None:
+        raise exc
+
+    return make
+
+
+def _resume_worker(directory: str | Path, manager: PluginManager, quiet: bool) -> PipelineRun:
+    """A rank other than 0 resuming: rank 0 sends the resolved pipeline and the checkpoint it chose."""
+    plan: dict[str, Any] = from_main(lambda: {}, current_world())
+    pipeline = build_pipeline(plan["pipeline"], (), manager)
+    run = PipelineRun(pipeline, Path(plan["target"]), WorkerHooks(manager.hook), quiet=True)
+    run.resumed_from = plan["step"]
+    loop = None
+    if plan["trainable"]:
+        loop = TrainLoop(pipeline)
+        if plan["state"] is not None:
+            loop.load_state_dict(plan["state"])
+    return _execute_worker(run, loop, trained=plan["trained"])
+
+
+def _resume(
+    directory: str | Path,
+    manager: PluginManager,
+    overrides: Sequence[str],
+    out: str | None,
+    quiet: bool,
+    command: str | None,
+    warn: Any,
+    sent: list[bool],
+) -> PipelineRun:
     root = Path(directory)
     status = _resumable_status(root)
     _check_resume_overrides(root, overrides)
@@ -261,12 +351,16 @@ def resume_run(
     resolved["flowkit"]["source"] = str(record.get("source", resolved["flowkit"]["source"]))
     resolved["flowkit"]["history"] = history
     write_toml(target / "pipeline.toml", resolved)
+    trained = trainable and step >= total
+    if current_world().distributed:  # the other ranks resume the same pipeline from the same state
+        plan = {"pipeline": resolved, "state": state, "step": step, "target": str(target)}
+        from_main(lambda: {**plan, "trainable": trainable, "trained": trained}, current_world())
+        sent.append(True)
     run = PipelineRun(pipeline, target, manager.hook, quiet=quiet, resumed_from=step)
     if target != root and path is not None:
         run.metrics["extended_from"] = str(path)
     run.metrics["resumed_from_step"] = step
     loop = None
-    trained = trainable and step >= total
     if trainable:
         loop = TrainLoop(pipeline)
         if state is not None:
@@ -275,7 +369,13 @@ def resume_run(
             if not (target / "model.pt").is_file():  # killed between the final checkpoint and model.pt
                 save_state(target / "model.pt", loop.weights(step))
             loop.finish()
-    write_status(target, "running", stage="train" if trainable and not trained else "sample", step=step)
+    write_status(
+        target,
+        "running",
+        stage="train" if trainable and not trained else "sample",
+        step=step,
+        resume=f"flowkit resume {target}",
+    )
     return _execute(run, loop, trained=trained)
 
 

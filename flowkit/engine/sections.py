@@ -32,6 +32,17 @@ class RunSection:
         doc="Run directory; {name} is the pipeline file's name. An existing "
         "non-empty directory is never overwritten: a numbered sibling is used.",
     )
+    distributed: Literal["auto", "gloo", "nccl", "off"] = param(
+        "auto",
+        doc="Process-group backend under torchrun: auto (NCCL on CUDA, gloo otherwise), gloo, nccl, or "
+        "off (refuse more than one process). One process needs none.",
+    )
+    distributed_timeout: float = param(
+        300.0,
+        doc="Seconds a process waits for the others in a collective before the run fails (bounds a hang "
+        "when a rank stops answering).",
+        validator=_positive,
+    )
 
 
 @attrs.define(frozen=True)
@@ -39,7 +50,11 @@ class TrainSection:
     """``[train]``: the optimisation loop (AdamW, learning-rate schedule, EMA of the weights)."""
 
     steps: int = param(3000, doc="Optimisation steps (at most 10^9).", validator=[_positive, _at_most_1e9])
-    batch_size: int = param(256, doc="Data points per step.", validator=_positive)
+    batch_size: int = param(
+        256,
+        doc="Data points per step: the global batch, split evenly across torchrun's processes.",
+        validator=_positive,
+    )
     lr: float = param(1e-3, doc="Peak learning rate of AdamW.", validator=_positive)
     lr_schedule: Literal["constant", "cosine"] = param(
         "cosine", doc="Learning-rate schedule after warm-up: constant, or cosine decay to zero."

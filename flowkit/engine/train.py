@@ -13,6 +13,7 @@ no checkpoint ever holds non-finite weights.
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,11 +28,19 @@ from flowkit.engine.checkpoints import (
     prune_checkpoints,
     save_state,
 )
+from flowkit.engine.distributed import (
+    any_rank,
+    current_world,
+    gather_to_main,
+    mean_over_ranks,
+    per_rank_batch,
+    rank_seed,
+    wrap_model,
+)
 from flowkit.engine.guidance import num_classes
 from flowkit.engine.interrupts import Interrupted, signal_name
 from flowkit.engine.rundir import write_status
 from flowkit.engine.sections import TrainSection
-from flowkit.engine.seeds import stage_seed
 from flowkit.errors import CapabilityError, FlowkitError
 
 if TYPE_CHECKING:
@@ -118,6 +127,10 @@ class TrainLoop:
     draws come from generators seeded from ``[run] seed``. :meth:`state_dict` and
     :meth:`load_state_dict` are the whole state: a loop restored from a checkpoint continues exactly
     as the uninterrupted one (bitwise, on the CPU).
+
+    Under torchrun (:mod:`flowkit.engine.distributed`) each rank draws ``batch_size / world_size``
+    points from its own generators, the forward pass goes through ``DistributedDataParallel`` (so the
+    averaged gradient is that of the global batch) and the logged losses are averaged over the ranks.
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
@@ -145,9 +158,16 @@ class TrainLoop:
             torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor) if scheduled else None
         )
         self.ema = WeightAverage(self.network, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        #: This process's rank and the number of processes (one of one outside torchrun).
+        self.world = current_world()
+        #: Points this rank draws per step (the global ``batch_size`` over the ranks).
+        self.batch_size = per_rank_batch(cfg.batch_size, self.world)
+        if self.world.distributed:  # forward through DDP: its backward averages the gradients
+            self.role = loss.model_role(wrap_model(pipeline.network, self.world), pipeline.path)
         seed = pipeline.run.seed
-        self.data_gen = self.backend.generator(stage_seed(seed, "data"))
-        self.loss_gen = self.backend.generator(stage_seed(seed, "loss"))
+        rank = self.world.rank
+        self.data_gen = self.backend.generator(rank_seed(seed, "data", rank))
+        self.loss_gen = self.backend.generator(rank_seed(seed, "loss", rank))
         #: The last step completed (0 before the first).
         self.current_step = 0
         #: The mean loss of the last log step (``None`` before the first).
@@ -173,7 +193,8 @@ class TrainLoop:
         if not self.stochastic:
             return self._step()
         with torch.random.fork_rng(devices=self._rng_devices):
-            torch.manual_seed(stage_seed(self.pipeline.run.seed, f"dropout:{self.current_step + 1}"))
+            step = self.current_step + 1  # each rank its own masks (rank 0's: a one-process run's)
+            torch.manual_seed(rank_seed(self.pipeline.run.seed, f"dropout:{step}", self.world.rank))
             return self._step()
 
     def _step(self) -> Tensor:
@@ -182,7 +203,7 @@ class TrainLoop:
             with self.backend.autocast():
                 loss = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen, y=y)  # type: ignore[call-arg]
         else:
-            z = self.pipeline.dataset.sample(self.cfg.batch_size, generator=self.data_gen, device=self.device)
+            z = self.pipeline.dataset.sample(self.batch_size, generator=self.data_gen, device=self.device)
             with self.backend.autocast():
                 loss = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen)
         self.optimizer.zero_grad(set_to_none=True)
@@ -200,7 +221,7 @@ class TrainLoop:
         """``(z (B, *D), y (B,))``: a batch with its labels, each replaced by the null class
         ``num_classes`` with probability ``[train] label_dropout`` (drawn from the data generator)."""
         z, y = self.pipeline.dataset.sample_labelled(
-            self.cfg.batch_size, generator=self.data_gen, device=self.device
+            self.batch_size, generator=self.data_gen, device=self.device
         )
         if self.cfg.label_dropout > 0:
             drop = torch.rand(y.shape, generator=self.data_gen, device=self.device) < self.cfg.label_dropout
@@ -226,10 +247,19 @@ class TrainLoop:
             yield step, loss, mean
 
     def check_losses(self) -> None:
-        """Raise :class:`Diverged` if a loss since the last check is not finite (one device read)."""
+        """Raise :class:`Diverged` if a loss since the last check is not finite (one device read).
+
+        Under torchrun the losses are first averaged over the ranks (one all-reduce), so the window
+        holds the losses of the global batch and every rank finds the same divergence."""
         fresh = self._window[self._checked :]
-        if not fresh:
+        if not fresh and not self.world.distributed:
             return
+        if self.world.distributed:  # every rank takes part, even with nothing new (checkpoints)
+            stacked = torch.stack(fresh) if fresh else torch.empty(0, device=self.device)
+            fresh = list(mean_over_ranks(stacked, self.world).unbind())
+            self._window[self._checked :] = fresh
+            if not fresh:
+                return
         finite = torch.isfinite(torch.stack(fresh))
         if not bool(finite.all()):
             first = int((~finite).nonzero()[0, 0])
@@ -259,6 +289,9 @@ class TrainLoop:
         self.check_losses()
         self.check_weights()
         state = self.weights(self.current_step)
+        mine = {"data": self.data_gen.get_state(), "loss": self.loss_gen.get_state()}
+        # Every rank's generators, in rank order, on rank 0 (the one that writes the checkpoint).
+        every = gather_to_main(mine, self.world) or [mine]
         state.update(
             {
                 "format": FORMAT,
@@ -266,7 +299,9 @@ class TrainLoop:
                 "ema_updates": self.ema.updates if self.ema is not None else 0,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "generators": {"data": self.data_gen.get_state(), "loss": self.loss_gen.get_state()},
+                "generators": every[0],
+                "rank_generators": every,
+                "world_size": self.world.size,
                 "window": torch.stack(self._window).cpu() if self._window else torch.empty(0),
                 "last_logged": self.last_logged,
             }
@@ -296,14 +331,27 @@ class TrainLoop:
             self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
             self.scheduler.last_epoch = step
             self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-        self.data_gen.set_state(state["generators"]["data"])
-        self.loss_gen.set_state(state["generators"]["loss"])
+        self._load_generators(state, step)
         window = state.get("window")
         self._window = [loss.to(self.device) for loss in window] if window is not None else []
         self._checked = len(self._window)
         self.last_logged = state.get("last_logged")
         self.current_step = step
         return step
+
+    def _load_generators(self, state: dict[str, Any], step: int) -> None:
+        """Rank ``r`` continues the streams rank ``r`` saved; a rank the checkpoint has none for (it was
+        written by fewer processes) starts a fresh stream derived from the seed, its rank and ``step``.
+        So a run resumed with as many processes continues bitwise; with another number, statistically."""
+        saved = state.get("rank_generators") or [state["generators"]]  # one-process checkpoints
+        rank = self.world.rank
+        if rank < len(saved):
+            self.data_gen.set_state(saved[rank]["data"])
+            self.loss_gen.set_state(saved[rank]["loss"])
+            return
+        seed = self.pipeline.run.seed
+        self.data_gen.manual_seed(rank_seed(seed, "data", rank, resumed_at=step))
+        self.loss_gen.manual_seed(rank_seed(seed, "loss", rank, resumed_at=step))
 
     def finish(self) -> None:
         """Put the weights sampling should use (the EMA, where enabled) into the network."""
@@ -324,16 +372,19 @@ def train(run: PipelineRun, loop: TrainLoop | None = None) -> None:
     pipe = run.pipeline
     loop = loop if loop is not None else TrainLoop(pipe)
     cfg, hook = loop.cfg, run.hook
+    main = loop.world.is_main  # only rank 0 writes the run directory
     try:
         for step, loss, mean_loss in loop.run(cfg.steps):
             hook.flowkit_train_step(run=run, step=step, loss=loss)
             if mean_loss is not None:
                 hook.flowkit_log(run=run, step=step, metrics={"loss": mean_loss, "lr": loop.lr})
-            if guard is not None and guard.requested is not None:
+            signum = _stop_requested(guard, loop)
+            if signum is not None:
                 path = _checkpoint(run, loop)
-                raise _interrupted(run, guard.requested, step, path)
+                raise _interrupted(run, signum, step, path)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 _checkpoint(run, loop)
+            if main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 write_status(
                     run.directory,
                     "running",
@@ -343,7 +394,8 @@ def train(run: PipelineRun, loop: TrainLoop | None = None) -> None:
                     resume=f"flowkit resume {run.directory}",  # what to do if this process is killed
                 )
         _checkpoint(run, loop)  # the final state: a finished run can be extended
-        _save_weights(run, loop.weights(cfg.steps), "model.pt")
+        if main:
+            _save_weights(run, loop.weights(cfg.steps), "model.pt")
     except Diverged as exc:
         raise _diverged(run, loop, exc) from None
     finally:
@@ -357,9 +409,22 @@ def train(run: PipelineRun, loop: TrainLoop | None = None) -> None:
     run.metrics["train_steps"] = cfg.steps
 
 
+def _stop_requested(guard: Any, loop: TrainLoop) -> int | None:
+    """The deferred signal to stop at this step's end, if any. Under torchrun the ranks agree (one
+    tiny all-reduce a step): torchrun forwards a signal to every rank, but not at the same step, and
+    all must leave the loop together (the checkpoint is a collective)."""
+    signum = guard.requested if guard is not None else None
+    if loop.world.distributed and any_rank(signum is not None, loop.device, loop.world):
+        return signum if signum is not None else int(signal.SIGTERM)  # a peer was signalled first
+    return signum
+
+
 def _checkpoint(run: PipelineRun, loop: TrainLoop) -> str:
-    """Write ``checkpoint-<step>.pt`` (checked first), drop the oldest beyond ``keep_checkpoints``."""
+    """Write ``checkpoint-<step>.pt`` (checked first), drop the oldest beyond ``keep_checkpoints``.
+    Every rank takes part in the state (a collective); only rank 0 writes it."""
     state = loop.state_dict()
+    if not loop.world.is_main:
+        return str(run.directory / checkpoint_name(loop.current_step))
     path = save_state(run.directory / checkpoint_name(loop.current_step), state)
     prune_checkpoints(run.directory, loop.cfg.keep_checkpoints)
     run.hook.flowkit_checkpoint(run=run, step=loop.current_step, path=str(path))
@@ -384,15 +449,16 @@ def _interrupted(run: PipelineRun, signum: int, step: int, path: str) -> Interru
         f"{run.pipeline.train.steps if run.pipeline.train else step}; the training state is saved in "
         f"{path}. Continue with: {resume}"
     )
-    write_status(
-        run.directory,
-        "interrupted",
-        stage="train",
-        step=step,
-        checkpoint=Path(path).name,
-        message=message,
-        resume=resume,
-    )
+    if current_world().is_main:
+        write_status(
+            run.directory,
+            "interrupted",
+            stage="train",
+            step=step,
+            checkpoint=Path(path).name,
+            message=message,
+            resume=resume,
+        )
     return Interrupted(message, signum, recorded=True)
 
 
@@ -414,13 +480,14 @@ def _diverged(run: PipelineRun, loop: TrainLoop, exc: Diverged) -> FlowkitError:
             "set [train] grad_clip, and set [train] checkpoint_every to be able to resume"
         )
     message = f"{run.source}: {exc}; {advice}"
-    write_status(
-        run.directory,
-        "diverged",
-        stage="train",
-        step=exc.step,
-        checkpoint=good[-1][1].name if good else None,
-        message=message,
-        resume=resume,
-    )
+    if loop.world.is_main:
+        write_status(
+            run.directory,
+            "diverged",
+            stage="train",
+            step=exc.step,
+            checkpoint=good[-1][1].name if good else None,
+            message=message,
+            resume=resume,
+        )
     return FlowkitError(message)

@@ -19,6 +19,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from flowkit.engine.distributed import local_rank
 from flowkit.engine.limits import cpu_memory_available
 from flowkit.errors import FlowkitError
 from flowkit.interfaces import BuildContext, DeviceBackend
@@ -143,7 +144,12 @@ class CUDABackend(DeviceBackend):
 
     @attrs.define(frozen=True)
     class Params:
-        index: int = param(0, doc="GPU index (as in cuda:INDEX).", validator=_NONNEGATIVE)
+        index: int = param(
+            0,
+            doc="GPU index (as in cuda:INDEX); under torchrun each process adds its LOCAL_RANK "
+            "(one GPU per process).",
+            validator=_NONNEGATIVE,
+        )
         precision: Precision = param(
             "fp32",
             doc="fp32, bf16 (autocast of the training forward) or tf32.",
@@ -161,12 +167,15 @@ class CUDABackend(DeviceBackend):
                 f'({cuda_unavailable_reason()}); use device = "cpu" or "auto"'
             )
         count = torch.cuda.device_count()
-        if p.index >= count:
+        index = p.index + local_rank()  # data-parallel: process LOCAL_RANK drives the next GPU
+        if index >= count:
+            ranked = f" + LOCAL_RANK {local_rank()}" if local_rank() else ""
             raise FlowkitError(
-                f"device 'cuda' index {p.index} was requested but only {count} GPU(s) are visible "
+                f"device 'cuda' index {p.index}{ranked} was requested but only {count} GPU(s) are visible "
                 f"(indices 0 to {count - 1}); set index to one of those"
+                + (", or start fewer processes per node" if ranked else "")
             )
-        self._device = torch.device("cuda", p.index)
+        self._device = torch.device("cuda", index)
         if p.precision == "bf16" and not torch.cuda.is_bf16_supported():
             raise FlowkitError(
                 f'precision "bf16" was requested but {torch.cuda.get_device_name(self._device)} does not '

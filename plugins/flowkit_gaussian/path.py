@@ -123,6 +123,14 @@ class GaussianPath(GaussianProbabilityPath):
             per_sample(s.d_beta(t), like),
         )
 
+    def noise_is_prior(self) -> bool:
+        """Whether ``x_0 = alpha_0 z + beta_0 noise`` is the noise itself: ``|alpha_0| < 1e-2`` and
+        ``|beta_0 - 1| < 1e-2`` at the start of ``t_range`` (OT with small ``sigma_min``, cosine, VP;
+        not VE, whose ``x_0 = z + sigma_max noise``). Only then may a coupling pair noise and data."""
+        start = torch.tensor([self.t_range[0]], dtype=torch.float64)
+        alpha, beta = float(self.schedule.alpha(start)), float(self.schedule.beta(start))
+        return abs(alpha) < 1e-2 and abs(beta - 1.0) < 1e-2
+
     # -- sampling ------------------------------------------------------------------------------------
 
     def sample_prior(

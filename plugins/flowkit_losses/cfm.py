@@ -6,11 +6,14 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from flowkit.interfaces import ProbabilityPath
+from flowkit.errors import CapabilityError
+from flowkit.interfaces import Coupling, ProbabilityPath
+from flowkit.params import component
 from flowkit_losses.common import (
     NetworkVelocity,
     TimeSampledLoss,
     TSampling,
+    active_coupling,
     call_network,
     logit_mean_field,
     logit_std_field,
@@ -27,6 +30,11 @@ class CFMLoss(TimeSampledLoss):
     ``z - (1 - sigma_min) eps``), which is regular even where ``beta_t`` vanishes; other paths give
     ``path.target_velocity(x, z, t)``. It has the same gradient as flow matching against the marginal
     field. Works on any path.
+
+    ``coupling`` pairs the drawn noise with the data before ``x`` is drawn (``independent``: as drawn;
+    ``exact-ot``: minibatch OT-CFM; ``sinkhorn``: entropic). Only a path whose noise is ``x_0 ~ p_init``
+    itself (:meth:`~flowkit.interfaces.ProbabilityPath.noise_is_prior`: OT and cosine Gaussian paths,
+    VP, the Brownian bridge) can be coupled; :meth:`check` refuses the others when the pipeline is built.
     """
 
     trains = "velocity"
@@ -36,6 +44,46 @@ class CFMLoss(TimeSampledLoss):
         t_sampling: TSampling = t_sampling_field()
         logit_mean: float = logit_mean_field()
         logit_std: float = logit_std_field()
+        coupling: Coupling = component(
+            "independent", doc="Pairing of noise and data per batch (independent, exact-ot, sinkhorn)."
+        )
+
+    def check(self, path: ProbabilityPath) -> None:
+        """Refuse a coupling on a path whose noise is not ``x_0 ~ p_init`` (e.g. VE: ``x_0 = z + 50 eps``)."""
+        coupling = active_coupling(self.params.coupling)
+        if coupling is None or path.noise_is_prior():
+            return
+        name = path.registered_name or type(path).__name__
+        raise CapabilityError(
+            f"coupling '{coupling.registered_name}' pairs noise x_0 ~ p_init with data, but on path "
+            f"'{name}' the noise is not x_0 (x_0 depends on the data point, e.g. alpha_0 = 1 for VE); "
+            'use coupling = "independent", or a path that starts from the prior (schedule ot, cosine '
+            'or vp, or [path] kind = "brownian-bridge")'
+        )
+
+    def __call__(
+        self,
+        model: nn.Module,
+        path: ProbabilityPath,
+        z: Tensor,
+        generator: torch.Generator | None = None,
+        y: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> Tensor:
+        """Scalar loss on data ``z (B, *D)`` (with ``labels (B,)`` for a class-aware coupling; ``y (B,)``:
+        the labels a conditional model is given, paired with the data): draws ``t (B,)`` and the noise,
+        pairs them by the coupling, then calls :meth:`loss_at`."""
+        coupling = active_coupling(self.params.coupling)
+        if coupling is None:
+            return super().__call__(model, path, z, generator, y=y)
+        t = self.sample_times(z.shape[0], path, generator, z.device, z.dtype)
+        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        if y is None:
+            noise, z, _ = coupling(noise, z, labels, generator)
+            return self.loss_at(model, path, z, t, noise, generator)
+        # a conditional model: the condition travels with its data point (class-aware pairing by it)
+        noise, z, paired = coupling(noise, z, y, generator)
+        return self.loss_at(model, path, z, t, noise, generator, y=paired if paired is not None else y)
 
     def model_role(self, network: nn.Module, path: ProbabilityPath) -> nn.Module:
         """The network as a :class:`~flowkit.interfaces.VectorField` (``forward = network``)."""

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.interfaces import (
+    Coupling,
     GaussianProbabilityPath,
     Loss,
     NoisePredictor,
@@ -126,6 +127,16 @@ class TimeSampledLoss(Loss):
         """The loss at given times ``t (B,)`` and noise ``(B, *D)``; a scalar. Deterministic for a
         Gaussian path; a path with more randomness draws it from ``generator``. ``y (B,)``: the labels
         of a conditional model (passed only when there are labels)."""
+
+
+def active_coupling(coupling: object) -> Coupling | None:
+    """The coupling a loss applies, or ``None`` for the independent one. A loss built outside a
+    pipeline (``CFMLoss()``) holds the default's spec ``"independent"``, not a built component."""
+    if isinstance(coupling, Coupling) and not coupling.independent:
+        return coupling
+    if coupling in (None, "independent") or isinstance(coupling, Coupling):
+        return None
+    raise TypeError(f"coupling must be a built Coupling component or 'independent', got {coupling!r}")
 
 
 def mean_squared(a: Tensor, b: Tensor) -> Tensor:

@@ -9,13 +9,14 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import CapabilityError
-from flowkit.interfaces import GaussianProbabilityPath, NoisePredictor, ProbabilityPath, per_sample
-from flowkit.params import param
+from flowkit.interfaces import Coupling, GaussianProbabilityPath, NoisePredictor, ProbabilityPath, per_sample
+from flowkit.params import component, param
 from flowkit_losses.common import (
     NetworkScore,
     NoisePredictionScore,
     TimeSampledLoss,
     TSampling,
+    active_coupling,
     call_network,
     logit_mean_field,
     logit_std_field,
@@ -52,10 +53,22 @@ class DSMLoss(TimeSampledLoss):
         t_sampling: TSampling = t_sampling_field()
         logit_mean: float = logit_mean_field()
         logit_std: float = logit_std_field()
+        coupling: Coupling = component(
+            "independent", doc="Only 'independent': a coupling would change the score DSM learns."
+        )
 
     def check(self, path: ProbabilityPath) -> None:
-        """Raise :class:`CapabilityError` when ``path`` gives no score (or no noise scale, for "noise")."""
+        """Raise :class:`CapabilityError` when ``path`` gives no score (or no noise scale, for "noise"),
+        or when a coupling other than ``independent`` is set."""
         name = path.registered_name or type(path).__name__
+        coupling = active_coupling(self.params.coupling)
+        if coupling is not None:
+            raise CapabilityError(
+                f"loss 'dsm' cannot use coupling '{coupling.registered_name}': its target -eps / beta_t "
+                "is the score of p_t(x|z) only when the noise is independent of the data; use "
+                '[loss] kind = "cfm" for OT-CFM (or "sb-cfm" for a score on the Brownian bridge), or '
+                'coupling = "independent"'
+            )
         if not path.provides_score:
             raise CapabilityError(
                 f"loss 'dsm' trains a score, but path '{name}' provides no conditional score; use "

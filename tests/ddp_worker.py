@@ -1,0 +1,33 @@
+"""``flowkit`` as torchrun runs it (``-m flowkit``), with a failure injected for the tests.
+
+``FLOWKIT_TEST_FAIL="RANK:STEP"`` makes that rank raise at that training step (an exception in its
+own code, as a bug or a bad batch would); ``FLOWKIT_TEST_HANG="RANK:STEP"`` makes it stop answering
+there (sleep), so tests/test_distributed.py can check that every rank ends either way.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from flowkit.cli import main
+from flowkit.engine.distributed import current_world
+from flowkit.engine.train import TrainLoop
+
+_fail = os.environ.get("FLOWKIT_TEST_FAIL") or os.environ.get("FLOWKIT_TEST_HANG")
+if _fail:
+    _rank, _step = (int(part) for part in _fail.split(":"))
+    _hang = "FLOWKIT_TEST_HANG" in os.environ
+    _original = TrainLoop.step
+
+    def _failing_step(self: TrainLoop):  # type: ignore[no-untyped-def]
+        if current_world().rank == _rank and self.current_step + 1 == _step:
+            if _hang:
+                threading.Event().wait(3600)
+            raise RuntimeError(f"injected failure at step {_step}")
+        return _original(self)
+
+    TrainLoop.step = _failing_step  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    main()
