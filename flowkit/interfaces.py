@@ -120,6 +120,30 @@ class Dataset(Component):
     ) -> Tensor:
         """Return ``n`` samples, shape ``(n, *D)``, float32, on ``device`` (default: CPU)."""
 
+    # Labelled data (conditional generation). A dataset with labels sets ``num_classes > 0`` and
+    # implements ``sample_labelled``; the class indices are ``0 .. num_classes - 1``, and the index
+    # ``num_classes`` is the null class (no condition) that conditional networks also accept.
+
+    #: Number of classes of a labelled dataset; 0 for unlabelled data.
+    num_classes: int = 0
+    #: ``(low, high)`` bounds of the data's values (images: ``(-1.0, 1.0)``), ``None`` when unbounded;
+    #: samples are clipped to them at the end of sampling, as image pipelines do.
+    value_range: tuple[float, float] | None = None
+
+    def sample_labelled(
+        self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(x (n, *D) float32, y (n,) int64)``: ``n`` samples with their class labels, on ``device``."""
+        raise CapabilityError(
+            f"dataset '{self.registered_name}' has no labels; conditional training and guidance need "
+            'a labelled dataset (e.g. kind = "digits", or kind = "images" with a labels array)'
+        )
+
+    def held_out(self) -> tuple[Tensor, Tensor | None] | None:
+        """The held-out split ``(x (M, *D), y (M,) or None)`` on the CPU, or ``None`` when the dataset
+        has none (synthetic data: every draw is fresh). Image metrics compare samples with it."""
+        return None
+
     @property
     def provides_log_prob(self) -> bool:
         """Whether :meth:`log_prob` gives the exact density of ``p_data`` (an optional capability: a
@@ -344,9 +368,16 @@ class Network(Model):
 
     A network predicts nothing in particular: the loss gives it a role (velocity or score) with
     :meth:`Loss.model_role`. ``from_params`` reads the data's event shape from ``context.data_shape``.
+
+    A *conditional* network sets ``num_classes > 0`` and takes a third argument, ``forward(x, t, y)``
+    with ``y (B,)`` int64 class labels, where ``y = num_classes`` is the null class (unconditional);
+    ``forward(x, t)`` then means the null class. Unconditional networks keep ``forward(x, t)``: the
+    roles and losses pass ``y`` only when there is one.
     """
 
     trainable = True
+    #: Classes the network is conditioned on (0: unconditional); ``num_classes`` is the null label.
+    num_classes: int = 0
 
     @abc.abstractmethod
     def forward(self, x: Tensor, t: Tensor) -> Tensor: ...
@@ -389,7 +420,11 @@ class Loss(Component):
         self, model: nn.Module, path: ProbabilityPath, z: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """Scalar loss on a batch of data ``z (B, *D)``; draws ``t`` and ``x ~ p_t(.|z)`` itself, from
-        ``generator``. ``model`` is what :meth:`model_role` returned."""
+        ``generator``. ``model`` is what :meth:`model_role` returned.
+
+        For labelled data the training loop calls it with a keyword ``y = labels (B,)`` (int64, the
+        null class where dropped), which the loss passes on as ``model(x, t, y)``; a loss that takes
+        no ``y`` keyword cannot train conditionally. Unlabelled data: no ``y`` is passed."""
 
 
 class Coupling(Component):
@@ -649,11 +684,14 @@ class BuildContext:
 @attrs.frozen
 class Samples:
     """What the sampling stage produces: ``samples (N, *D)`` on the CPU, a short ``trajectory
-    (T + 1, K, *D)`` of the first ``K`` of them (or ``None``), and the function evaluations ``nfe``."""
+    (T + 1, K, *D)`` of the first ``K`` of them (or ``None``), the function evaluations ``nfe``, and
+    for a conditional model the ``labels (N,)`` the samples were drawn for."""
 
     samples: Tensor
     trajectory: Tensor | None = None
     nfe: int = 0
+    #: The class each sample was asked for ``(N,)`` int64 (the null class: unconditional), or ``None``.
+    labels: Tensor | None = None
 
 
 class Run(Protocol):

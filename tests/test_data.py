@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from flowkit_data.files import FileDataset
+from flowkit_data.images import Digits, ImageFile
 from flowkit_data.toy import Checkerboard, Circles, EightGaussians, Moons
 
 from flowkit.errors import FlowkitError
@@ -37,6 +38,8 @@ def test_registers_every_dataset():
         ("dataset", "eight-gaussians"): EightGaussians,
         ("dataset", "checkerboard"): Checkerboard,
         ("dataset", "file"): FileDataset,
+        ("dataset", "digits"): Digits,
+        ("dataset", "images"): ImageFile,
     }
     for cls in added.values():
         check_component("dataset", cls)

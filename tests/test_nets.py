@@ -1,4 +1,5 @@
-"""The MLP backbone: shapes, parameter count, time features, validation, a fit of a known field."""
+"""The MLP backbone: shapes, parameter count, time features, validation, a fit of a known field
+(the U-Net: tests/test_images.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import flowkit_nets
 import pytest
 import torch
 from flowkit_nets.mlp import MLP
+from flowkit_nets.unet import UNet
 
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.interfaces import BuildContext, Dataset
 from flowkit.testing import build_component, check_component, make_manager
 
 
-def test_registers_mlp():
+def test_registers_mlp_and_unet():
     added = {}
 
     class Recorder:
@@ -22,8 +24,9 @@ def test_registers_mlp():
             added[(kind, name)] = cls
 
     flowkit_nets.flowkit_register(Recorder())
-    assert added == {("model", "mlp"): MLP}
+    assert added == {("model", "mlp"): MLP, ("model", "unet"): UNet}
     check_component("model", MLP)
+    check_component("model", UNet)
 
 
 @pytest.mark.parametrize("shape", [(2,), (3, 4)])

@@ -19,6 +19,7 @@ from torch import nn
 import flowkit
 from flowkit.config import Location, Structurer, apply_overrides, load_source, unstructure
 from flowkit.engine.distributed import check_world
+from flowkit.engine.guidance import check_conditioning
 from flowkit.engine.limits import check_sizes
 from flowkit.engine.sections import (
     REQUIRED,
@@ -186,6 +187,7 @@ def build_pipeline(
         name, run, dataset, path, model, network, loss, train, sample, evaluate, tables, context, capture
     )
     check_sizes(pipeline)
+    check_conditioning(pipeline)
     check_world(name, train.batch_size if train is not None else None, run.distributed)
     return pipeline
 

@@ -22,6 +22,7 @@ from flowkit.config import parse_override
 from flowkit.engine.build import Pipeline, build_pipeline
 from flowkit.engine.checkpoints import list_checkpoints, load_weights
 from flowkit.engine.evaluate import measure, plugin_metrics
+from flowkit.engine.guidance import sample_labels
 from flowkit.engine.rundir import claim_file, unused_file, write_array, write_json
 from flowkit.engine.sample import draw_samples
 from flowkit.errors import ConfigError, FlowkitError
@@ -87,7 +88,8 @@ def sample_run(
     """Draw ``n`` (default ``[sample] n``) samples from the run's trained weights with the
     ``[sample]`` settings (and ``overrides``); write them to ``out`` or a new file of the run directory.
 
-    Returns the file and a record: ``n``, ``nfe``, ``simulator``, ``steps``, ``weights``.
+    Returns the file and a record: ``n``, ``nfe``, ``simulator``, ``steps``, ``weights`` (and, for a
+    conditional model, ``labels``: the file ``<samples>-labels.npy`` of the class of each sample).
     """
     root = Path(directory)
     if n is not None and n <= 0:
@@ -109,6 +111,11 @@ def sample_run(
         "steps": cfg.steps,
         "weights": origin,
     }
+    labels = sample_labels(pipeline, count)
+    if labels is not None:  # a conditional model: the class of each sample, beside the samples
+        labels_file = claim_file(target.with_name(f"{target.stem}-labels.npy"))
+        write_array(labels_file, labels.numpy())
+        record["labels"] = str(labels_file)
     return target, record
 
 
@@ -164,7 +171,9 @@ def evaluate_run(
         metrics["nfe"] = nfe
     if metrics.get("distance") is not None:
         run = PipelineRun(pipeline, root, manager.hook, quiet=True, metrics=metrics)
-        plugin_metrics(run, Samples(samples, None, nfe or 0), reference)
+        # the classes the samples were asked for: those of the run's own (or fresh) samples
+        labels = sample_labels(pipeline, samples.shape[0]) if samples_file is None else None
+        plugin_metrics(run, Samples(samples, None, nfe or 0, labels), reference)
     target = claim_file(Path(out)) if out is not None else unused_file(root, "metrics-evaluate", ".json")
     write_json(target, metrics)
     return target, metrics

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from flowkit.engine.guidance import guided_dynamics, sample_labels
 from flowkit.engine.rundir import write_array
 from flowkit.engine.seeds import stage_seed
 from flowkit.interfaces import Progress, Samples
@@ -42,17 +43,28 @@ def draw_samples(
     span = ts[[0, -1]] if simulator.adaptive else ts
     generator = backend.generator(stage_seed(pipeline.run.seed, seed_stage))
     x0 = pipeline.path.sample_prior((n, *pipeline.dataset.shape), generator=generator, device=device)
+    # A conditional model samples the labels of sample_labels, guided by [sample] guidance.
+    labels = sample_labels(pipeline, n)
+    dynamics = guided_dynamics(pipeline, None if labels is None else labels.to(device))
     if not pipeline.capture:
-        return x0, simulator.simulate(cfg.dynamics, x0, span, generator=generator, progress=progress)
+        samples = simulator.simulate(dynamics, x0, span, generator=generator, progress=progress)
+        return x0, clip_to_range(pipeline, samples)
 
     def draw(x: Tensor) -> Tensor:
-        return simulator.simulate(cfg.dynamics, x, span, generator=generator)
+        return simulator.simulate(dynamics, x, span, generator=generator)
 
     # Per-step hooks cannot run inside a replayed graph: progress is reported once, at the end.
     samples = backend.compile_sampler(draw, x0)(x0)
     if progress is not None:
         progress(cfg.steps, cfg.steps)
-    return x0, samples
+    return x0, clip_to_range(pipeline, samples)
+
+
+def clip_to_range(pipeline: Pipeline, samples: Tensor) -> Tensor:
+    """``samples (n, *D)`` clipped to the dataset's ``value_range`` (unchanged where it has none):
+    guided samples overshoot the data's bounds (images: [-1, 1])."""
+    bounds = pipeline.dataset.value_range
+    return samples if bounds is None else samples.clamp(*bounds)
 
 
 @torch.no_grad()
@@ -71,11 +83,15 @@ def sample(run: PipelineRun) -> Samples:
     run.metrics["sample_steps"] = cfg.steps
     run.metrics["sampler_captured"] = pipe.capture
     trajectory = None
+    labels = sample_labels(pipe, cfg.n)
     if cfg.trajectories:
         traj_gen = pipe.device.generator(stage_seed(pipe.run.seed, "trajectory"))
+        first = None if labels is None else labels[: cfg.trajectories].to(pipe.device.device)
         trajectory = cfg.simulator.simulate_trajectory(
-            cfg.dynamics, x0[: cfg.trajectories], sample_times(pipe), generator=traj_gen
+            guided_dynamics(pipe, first), x0[: cfg.trajectories], sample_times(pipe), generator=traj_gen
         ).cpu()
     samples = samples.float().cpu()
     write_array(run.directory / "samples.npy", samples.numpy())
-    return Samples(samples, trajectory, nfe)
+    if labels is not None:  # the class each sample was asked for (the null class: unconditional)
+        write_array(run.directory / "labels.npy", labels.numpy())
+    return Samples(samples, trajectory, nfe, labels)

@@ -80,6 +80,38 @@ class TrainSection:
     keep_checkpoints: int = param(
         3, doc="Checkpoints kept: older ones are deleted (0: keep every one).", validator=_non_negative
     )
+    label_dropout: float = param(
+        0.1,
+        doc="Conditional models: probability of training a sample with the null label instead of its "
+        "class, which trains the unconditional model that classifier-free guidance needs "
+        "(unlabelled data: unused).",
+        validator=[_non_negative, attrs.validators.lt(1)],
+    )
+
+
+def _check_classes(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if isinstance(value, list):
+        if any(isinstance(c, bool) or not isinstance(c, int) for c in value):
+            raise ValueError(f'classes must be "all", "null" or a list of class indices; got {value!r}')
+    elif value not in ("all", "null"):
+        raise ValueError(f'classes must be "all", "null" or a list of class indices; got {value!r}')
+
+
+@attrs.define(frozen=True)
+class GuidanceSection:
+    """``[sample] guidance``: classifier-free guidance of a conditional model (docs/math.md)."""
+
+    scale: float = param(
+        0.0,
+        doc="Guidance weight w: the field (1 + w) u(x, t | y) - w u(x, t | null); 0: conditional, unguided.",
+        validator=_non_negative,
+    )
+    classes: Literal["all", "null"] | list[int] = param(
+        "all",
+        doc='Classes asked for, cycled over the samples: "all", a list of class indices, or "null" '
+        "(unconditional samples).",
+        validator=_check_classes,
+    )
 
 
 @attrs.define(frozen=True)
@@ -100,6 +132,10 @@ class SampleSection:
     )
     n: int = param(2000, doc="Number of samples drawn.", validator=_positive)
     trajectories: int = param(256, doc="Sample paths recorded for plots (0: none).", validator=_non_negative)
+    guidance: GuidanceSection | None = param(
+        None,
+        doc="Conditional models: { scale = w, classes = ... }; without it, every class, unguided (w = 0).",
+    )
 
 
 def _above_low(instance: DequantizeSection, attribute: attrs.Attribute, value: float) -> None:

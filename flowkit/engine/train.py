@@ -37,6 +37,7 @@ from flowkit.engine.distributed import (
     rank_seed,
     wrap_model,
 )
+from flowkit.engine.guidance import num_classes
 from flowkit.engine.interrupts import Interrupted, signal_name
 from flowkit.engine.rundir import write_status
 from flowkit.engine.sections import TrainSection
@@ -173,6 +174,13 @@ class TrainLoop:
         self.last_logged: float | None = None
         self._window: list[Tensor] = []  # losses since the last log step
         self._checked = 0  # how many of them were checked finite
+        #: Classes of a conditional model (0: unconditional); labels are drawn with the data then.
+        self.num_classes = num_classes(pipeline)
+        # Dropout draws from torch's global generator: each step seeds it (inside a fork) from the run
+        # seed and the step number, so the run neither depends on nor changes the global state, and a
+        # resumed run draws the same masks.
+        self.stochastic = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.network.modules())
+        self._rng_devices = [self.device] if self.device.type == "cuda" else []
         self.network.train()
 
     @property
@@ -182,9 +190,22 @@ class TrainLoop:
 
     def step(self) -> Tensor:
         """One optimisation step; returns the loss as a detached scalar tensor (no device sync)."""
-        z = self.pipeline.dataset.sample(self.batch_size, generator=self.data_gen, device=self.device)
-        with self.backend.autocast():
-            loss = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen)
+        if not self.stochastic:
+            return self._step()
+        with torch.random.fork_rng(devices=self._rng_devices):
+            step = self.current_step + 1  # each rank its own masks (rank 0's: a one-process run's)
+            torch.manual_seed(rank_seed(self.pipeline.run.seed, f"dropout:{step}", self.world.rank))
+            return self._step()
+
+    def _step(self) -> Tensor:
+        if self.num_classes:
+            z, y = self.labelled_batch()
+            with self.backend.autocast():
+                loss = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen, y=y)  # type: ignore[call-arg]
+        else:
+            z = self.pipeline.dataset.sample(self.batch_size, generator=self.data_gen, device=self.device)
+            with self.backend.autocast():
+                loss = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
@@ -195,6 +216,17 @@ class TrainLoop:
         if self.ema is not None:
             self.ema.update()
         return loss.detach()
+
+    def labelled_batch(self) -> tuple[Tensor, Tensor]:
+        """``(z (B, *D), y (B,))``: a batch with its labels, each replaced by the null class
+        ``num_classes`` with probability ``[train] label_dropout`` (drawn from the data generator)."""
+        z, y = self.pipeline.dataset.sample_labelled(
+            self.batch_size, generator=self.data_gen, device=self.device
+        )
+        if self.cfg.label_dropout > 0:
+            drop = torch.rand(y.shape, generator=self.data_gen, device=self.device) < self.cfg.label_dropout
+            y = y.masked_fill(drop, self.num_classes)
+        return z, y
 
     def run(self, total: int) -> Iterator[tuple[int, Tensor, float | None]]:
         """The steps after :attr:`current_step` up to ``total``, yielding ``(step, loss, mean)`` after

@@ -1,12 +1,15 @@
-"""Built-in datasets: 2D toy distributions generated on the device, and samples read from a file."""
+"""Built-in datasets: 2D toy distributions generated on the device, samples read from a file, and
+labelled images (the 8x8 digits, image arrays from files)."""
 
 from flowkit import hookimpl
 
 
 @hookimpl
 def flowkit_register(registry):
-    """Register the datasets ``moons``, ``circles``, ``eight-gaussians``, ``checkerboard`` and ``file``."""
+    """Register the datasets ``moons``, ``circles``, ``eight-gaussians``, ``checkerboard``, ``file``,
+    ``digits`` and ``images``."""
     from flowkit_data.files import FileDataset
+    from flowkit_data.images import Digits, ImageFile
     from flowkit_data.toy import Checkerboard, Circles, EightGaussians, Moons
 
     registry.add("dataset", "moons", Moons)
@@ -14,3 +17,5 @@ def flowkit_register(registry):
     registry.add("dataset", "eight-gaussians", EightGaussians)
     registry.add("dataset", "checkerboard", Checkerboard)
     registry.add("dataset", "file", FileDataset)
+    registry.add("dataset", "digits", Digits)
+    registry.add("dataset", "images", ImageFile)

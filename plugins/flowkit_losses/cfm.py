@@ -14,6 +14,7 @@ from flowkit_losses.common import (
     TimeSampledLoss,
     TSampling,
     active_coupling,
+    call_network,
     logit_mean_field,
     logit_std_field,
     mean_squared,
@@ -66,17 +67,23 @@ class CFMLoss(TimeSampledLoss):
         path: ProbabilityPath,
         z: Tensor,
         generator: torch.Generator | None = None,
+        y: Tensor | None = None,
         labels: Tensor | None = None,
     ) -> Tensor:
-        """Scalar loss on data ``z (B, *D)`` (with ``labels (B,)`` for a class-aware coupling): draws
-        ``t (B,)`` and the noise, pairs them by the coupling, then calls :meth:`loss_at`."""
+        """Scalar loss on data ``z (B, *D)`` (with ``labels (B,)`` for a class-aware coupling; ``y (B,)``:
+        the labels a conditional model is given, paired with the data): draws ``t (B,)`` and the noise,
+        pairs them by the coupling, then calls :meth:`loss_at`."""
         coupling = active_coupling(self.params.coupling)
         if coupling is None:
-            return super().__call__(model, path, z, generator)
+            return super().__call__(model, path, z, generator, y=y)
         t = self.sample_times(z.shape[0], path, generator, z.device, z.dtype)
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        noise, z, _ = coupling(noise, z, labels, generator)
-        return self.loss_at(model, path, z, t, noise, generator)
+        if y is None:
+            noise, z, _ = coupling(noise, z, labels, generator)
+            return self.loss_at(model, path, z, t, noise, generator)
+        # a conditional model: the condition travels with its data point (class-aware pairing by it)
+        noise, z, paired = coupling(noise, z, y, generator)
+        return self.loss_at(model, path, z, t, noise, generator, y=paired if paired is not None else y)
 
     def model_role(self, network: nn.Module, path: ProbabilityPath) -> nn.Module:
         """The network as a :class:`~flowkit.interfaces.VectorField` (``forward = network``)."""
@@ -90,10 +97,11 @@ class CFMLoss(TimeSampledLoss):
         t: Tensor,
         noise: Tensor,
         generator: torch.Generator | None = None,
+        y: Tensor | None = None,
     ) -> Tensor:
         """The loss at given times ``t (B,)`` and noise ``(B, *D)``; a scalar. A path with more
-        randomness than ``noise`` draws it from ``generator``."""
+        randomness than ``noise`` draws it from ``generator``. ``y (B,)``: labels of a conditional model."""
         x, target = path.sample_with_target(z, t, noise, generator)
         if type(model) is NetworkVelocity:  # skip the wrapper's own module call in the hot loop
             model = model.network
-        return mean_squared(model(x, t), target)
+        return mean_squared(call_network(model, x, t, y), target)

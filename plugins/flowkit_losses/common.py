@@ -98,12 +98,20 @@ class TimeSampledLoss(Loss):
         )
 
     def __call__(
-        self, model: nn.Module, path: ProbabilityPath, z: Tensor, generator: torch.Generator | None = None
+        self,
+        model: nn.Module,
+        path: ProbabilityPath,
+        z: Tensor,
+        generator: torch.Generator | None = None,
+        y: Tensor | None = None,
     ) -> Tensor:
-        """Scalar loss on data ``z (B, *D)``; draws ``t (B,)`` then ``eps (B, *D)`` from ``generator``."""
+        """Scalar loss on data ``z (B, *D)`` (with labels ``y (B,)`` for a conditional model); draws
+        ``t (B,)`` then ``eps (B, *D)`` from ``generator``."""
         t = self.sample_times(z.shape[0], path, generator, z.device, z.dtype)
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        return self.loss_at(model, path, z, t, noise, generator)
+        if y is None:
+            return self.loss_at(model, path, z, t, noise, generator)
+        return self.loss_at(model, path, z, t, noise, generator, y=y)
 
     @abc.abstractmethod
     def loss_at(
@@ -114,9 +122,11 @@ class TimeSampledLoss(Loss):
         t: Tensor,
         noise: Tensor,
         generator: torch.Generator | None = None,
+        y: Tensor | None = None,
     ) -> Tensor:
         """The loss at given times ``t (B,)`` and noise ``(B, *D)``; a scalar. Deterministic for a
-        Gaussian path; a path with more randomness draws it from ``generator``."""
+        Gaussian path; a path with more randomness draws it from ``generator``. ``y (B,)``: the labels
+        of a conditional model (passed only when there are labels)."""
 
 
 def active_coupling(coupling: object) -> Coupling | None:
@@ -135,26 +145,32 @@ def mean_squared(a: Tensor, b: Tensor) -> Tensor:
     return torch.nn.functional.mse_loss(a, b)  # one fused node forward and backward
 
 
+def call_network(network: nn.Module, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+    """``network(x, t)``, or ``network(x, t, y)`` with labels ``y (B,)``: an unconditional network
+    is never given a third argument."""
+    return network(x, t) if y is None else network(x, t, y)
+
+
 class NetworkVelocity(VectorField):
-    """A network playing the velocity: ``forward(x (B, *D), t (B,)) = network(x, t)``."""
+    """A network playing the velocity: ``forward(x (B, *D), t (B,), y (B,) = None) = network(x, t[, y])``."""
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.network(x, t)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return call_network(self.network, x, t, y)
 
 
 class NetworkScore(ScoreModel):
-    """A network playing the score directly: ``forward(x (B, *D), t (B,)) = network(x, t)``."""
+    """A network playing the score directly: ``forward(x (B, *D), t (B,), y = None) = network(x, t[, y])``."""
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.network(x, t)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return call_network(self.network, x, t, y)
 
 
 class NoisePredictionScore(NoisePredictor):
@@ -173,12 +189,12 @@ class NoisePredictionScore(NoisePredictor):
         self.network = network
         self.path = path
 
-    def predict_noise(self, x: Tensor, t: Tensor) -> Tensor:
-        """The network's noise prediction, ``(B, *D)``."""
+    def predict_noise(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The network's noise prediction, ``(B, *D)`` (given labels ``y (B,)`` where conditional)."""
         c = self.path.schedule.coefficients(t.to(x.dtype)).broadcast(x)
         variance = c.alpha * c.alpha + c.beta * c.beta
         scale = torch.rsqrt(variance) if isinstance(variance, Tensor) else variance**-0.5
-        return self.network(x * scale, t)
+        return call_network(self.network, x * scale, t, y)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.path.target_score_from_noise(self.predict_noise(x, t), t)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.path.target_score_from_noise(self.predict_noise(x, t, y), t)

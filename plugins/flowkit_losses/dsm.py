@@ -17,6 +17,7 @@ from flowkit_losses.common import (
     TimeSampledLoss,
     TSampling,
     active_coupling,
+    call_network,
     logit_mean_field,
     logit_std_field,
     mean_squared,
@@ -96,17 +97,21 @@ class DSMLoss(TimeSampledLoss):
         t: Tensor,
         noise: Tensor,
         generator: torch.Generator | None = None,
+        y: Tensor | None = None,
     ) -> Tensor:
-        """The loss at given times ``t (B,)`` and noise ``(B, *D)``; a scalar."""
+        """The loss at given times ``t (B,)`` and noise ``(B, *D)``; a scalar. ``y (B,)``: labels of a
+        conditional model."""
         x = path.sample(z, t, noise, generator)
         if self.params.weighting == "noise":
+            if isinstance(model, NoisePredictionScore):
+                return mean_squared(model.predict_noise(x, t, y), noise)
             if isinstance(model, NoisePredictor):
                 return mean_squared(model.predict_noise(x, t), noise)
             assert isinstance(path, GaussianProbabilityPath)
             beta = per_sample(path.schedule.coefficients(t.to(x.dtype)).beta, x)
-            return mean_squared(beta * model(x, t), -noise)
+            return mean_squared(beta * call_network(model, x, t, y), -noise)
         if isinstance(path, GaussianProbabilityPath):
             target = path.target_score_from_noise(noise, t)
         else:
             target = path.target_score(x, z, t)
-        return mean_squared(model(x, t), target)
+        return mean_squared(call_network(model, x, t, y), target)

@@ -1,6 +1,8 @@
 """PNG plots of a run (matplotlib, Agg backend: no display needed).
 
-For 2D data: ``samples.png`` (held-out data beside the samples), ``trajectories.png`` (paths from noise
+For images ``(N, C, H, W)``: ``samples.png``, a grid with one row per class asked for (``labels.npy`` of
+the run directory; rows of samples in order without labels). For 2D data: ``samples.png`` (held-out
+data beside the samples), ``trajectories.png`` (paths from noise
 at ``t = 0`` to samples at ``t = 1``) and ``vector_field.png`` (streamlines of the learned velocity
 ``u_t`` at four times, over the particles at those times). A plot that fails is reported and skipped:
 a plot never breaks a run.
@@ -37,6 +39,14 @@ def write_plots(run: Any, samples: Tensor, reference: Tensor, trajectory: Tensor
     Each plot is attempted on its own: one that raises is reported (a :class:`ReportWarning`, or a
     line in ``report-errors.log`` under ``--quiet``) and the others are still written.
     """
+    if samples.dim() == 4:
+        try:
+            return [image_grid_png(run.directory / "samples.png", samples, _labels(run), run.metrics)]
+        except Exception as exc:  # a plot must never break a run
+            _report_failure(run, "samples.png", exc)
+            return []
+        finally:
+            _close_all()
     if samples.dim() != 2 or samples.shape[1] != 2:
         return []
     directory = run.directory
@@ -211,6 +221,49 @@ def vector_field_png(path: Path, run: Any, reference: Tensor, trajectory: Tensor
         ax.set_aspect("equal")
     fig.colorbar(stream.lines, ax=list(axes), shrink=0.8, label="speed |u_t(x)|")
     fig.suptitle("the model's vector field u_t (orange: sample paths at time t; blue: held-out data)")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _labels(run: Any) -> Tensor | None:
+    """The labels the samples were asked for (``labels.npy`` of the run directory), if any."""
+    import numpy as np
+
+    file = Path(run.directory) / "labels.npy"
+    return torch.from_numpy(np.load(file)) if file.is_file() else None
+
+
+def image_grid_png(
+    path: Path, samples: Tensor, labels: Tensor | None, metrics: dict[str, Any], per_row: int = 10
+) -> Path:
+    """A grid of image samples ``(N, C, H, W)`` in [-1, 1]: one row per class of ``labels (N,)`` (the
+    first ``per_row`` samples of each, in class order), or rows of samples in order without labels."""
+    plt = _pyplot()
+    if labels is None:
+        rows = [("", samples[i : i + per_row]) for i in range(0, min(len(samples), per_row * 10), per_row)]
+    else:
+        rows = [(f"{int(c)}", samples[labels == c][:per_row]) for c in torch.unique(labels)]
+    fig, axes = plt.subplots(
+        len(rows), per_row, figsize=(per_row * 0.8, len(rows) * 0.8 + 0.6), squeeze=False
+    )
+    for r, (name, images) in enumerate(rows):
+        for c in range(per_row):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(images):
+                image = ((images[c].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+                ax.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray", vmin=0, vmax=1)
+        if name:
+            axes[r][0].set_ylabel(name if name != str(len(rows)) else "null", rotation=0, labelpad=12)
+    title = "samples, one row per class"
+    if metrics.get("class_accuracy") is not None:
+        title += f" (read as their class: {100 * metrics['class_accuracy']:.1f}%)"
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -1,0 +1,274 @@
+"""Image datasets: scikit-learn's bundled 8x8 digits, and image arrays read from .npy/.npz files.
+
+Both hold ``(N, C, H, W)`` float32 images in [-1, 1] with optional int64 class labels, split once into
+a training part (what ``sample`` draws from, uniformly with replacement) and a held-out part (what
+image metrics compare samples with). The split is a fixed permutation of seed ``split_seed``: the same
+file and parameters give the same split on every machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import numpy as np
+import torch
+from torch import Tensor
+
+from flowkit.errors import FlowkitError
+from flowkit.interfaces import BuildContext, Dataset
+from flowkit.params import param
+
+_fraction = [attrs.validators.ge(0.0), attrs.validators.lt(1.0)]
+
+
+def held_out_field() -> float:
+    return param(
+        0.2, doc="Share of the images kept out of training for evaluation (0: none).", validator=_fraction
+    )
+
+
+def split_seed_field() -> int:
+    return param(0, doc="Seed of the permutation that splits training and held-out images.")
+
+
+class ImageArray(Dataset):
+    """Images ``(N, C, H, W)`` in [-1, 1] with optional labels ``(N,)``, split into training and held-out.
+
+    ``sample`` and ``sample_labelled`` draw the same training rows for the same generator state (one
+    ``randint`` of ``n`` rows), so a labelled and an unlabelled run see the same images.
+    """
+
+    value_range = (-1.0, 1.0)
+
+    def __init__(self, params, images: Tensor, labels: Tensor | None, what: str) -> None:
+        super().__init__(params)
+        count = images.shape[0]
+        held = round(params.held_out * count)
+        if held >= count:
+            raise FlowkitError(f"{what}: held_out = {params.held_out} leaves no training images of {count}")
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(params.split_seed))
+        test, train = order[:held], order[held:]
+        self.images, self.test_images = images[train].contiguous(), images[test].contiguous()
+        self.labels = labels[train].contiguous() if labels is not None else None
+        self.test_labels = labels[test].contiguous() if labels is not None else None
+        self.num_classes = int(labels.max()) + 1 if labels is not None else 0
+        self._on_device: dict[torch.device, tuple[Tensor, Tensor | None]] = {}
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def _rows(
+        self, n: int, generator: torch.Generator | None, device: torch.device | None
+    ) -> tuple[Tensor, Tensor | None]:
+        target = torch.device(device) if device is not None else torch.device("cpu")
+        if target.type == "cuda" and target.index is None:
+            target = torch.device("cuda", torch.cuda.current_device())
+        cached = self._on_device.get(target)
+        if cached is None:
+            labels = self.labels.to(target) if self.labels is not None else None
+            cached = self._on_device[target] = (self.images.to(target), labels)
+        images, labels = cached
+        rows = torch.randint(0, images.shape[0], (n,), generator=generator, device=target)
+        return images.index_select(0, rows), labels.index_select(0, rows) if labels is not None else None
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> Tensor:
+        """``n`` training images drawn with replacement, ``(n, C, H, W)`` float32 in [-1, 1]."""
+        return self._rows(n, generator, device)[0]
+
+    def sample_labelled(
+        self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(x (n, C, H, W), y (n,) int64)``: training images with their labels."""
+        x, y = self._rows(n, generator, device)
+        if y is None:
+            super().sample_labelled(n, generator, device)  # raises: no labels
+            raise AssertionError  # pragma: no cover
+        return x, y
+
+    def held_out(self) -> tuple[Tensor, Tensor | None] | None:
+        """The held-out images ``(M, C, H, W)`` and labels ``(M,)`` (or ``None``); ``None`` if ``M = 0``."""
+        if self.test_images.shape[0] == 0:
+            return None
+        return self.test_images, self.test_labels
+
+
+class Digits(ImageArray):
+    """scikit-learn's bundled 8x8 handwritten digits: 1,797 images ``(1, 8, 8)`` of 10 classes.
+
+    Pixels (0..16) are scaled to [-1, 1] as ``pixel / 8 - 1``. The data ships inside the scikit-learn
+    wheel (nothing is downloaded): ``pip install "flowkit[images]"``.
+    """
+
+    @attrs.define(frozen=True)
+    class Params:
+        held_out: float = held_out_field()
+        split_seed: int = split_seed_field()
+
+    def __init__(self, params: Params | None = None) -> None:
+        params = params if params is not None else self.Params()
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise FlowkitError(
+                "dataset 'digits' needs scikit-learn (its 8x8 digits ship inside the wheel); install "
+                'the images extra: pip install "flowkit[images]"'
+            ) from None
+        bunch = load_digits()
+        images = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / 8.0 - 1.0)[:, None]
+        labels = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+        super().__init__(params, images, labels, "dataset 'digits'")
+
+
+class ImageFile(ImageArray):
+    """Images from a ``.npy`` or ``.npz`` file: ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, H, W)``.
+
+    ``uint8`` pixels are scaled to [-1, 1] (``pixel / 127.5 - 1``); floating-point images must already
+    lie in [-1, 1]. Labels (optional): the ``labels_key`` array of the ``.npz``, or a ``labels`` ``.npy``
+    file, of ``N`` integers ``0 .. K-1``. Each mistake (suffix, shape, range, dtype, labels length) is a
+    :class:`FlowkitError` naming the file and what would be right.
+    """
+
+    @attrs.define(frozen=True)
+    class Params:
+        path: str = param(doc="A .npy or .npz file of images; relative to the pipeline file.")
+        key: str = param("images", doc="The images array of a .npz file.")
+        labels: str = param(
+            "", doc="A .npy file of N integer labels (a .npz holds them under labels_key instead)."
+        )
+        labels_key: str = param("labels", doc="The labels array of a .npz file (none: unlabelled).")
+        layout: str = param(
+            "auto",
+            doc="'NCHW', 'NHWC', or 'auto' (NHWC when the last axis has 1, 3 or 4 channels and the "
+            "second does not).",
+            validator=attrs.validators.in_(["auto", "NCHW", "NHWC"]),
+        )
+        held_out: float = held_out_field()
+        split_seed: int = split_seed_field()
+
+    def __init__(self, params: Params | None = None, base_dir: str | Path | None = None) -> None:
+        if params is None:
+            raise FlowkitError("dataset 'images' needs a path, e.g. path = \"images.npz\"")
+        file = _resolve(params.path, base_dir)
+        images, labels = _read(file, params, base_dir)
+        super().__init__(
+            params, _images(images, file, params.layout), _labels(labels, images.shape[0], file), str(file)
+        )
+        self.file = file
+
+    @classmethod
+    def from_params(cls, params: Params, context: BuildContext) -> ImageFile:
+        """Build, resolving relative paths against the folder of ``context.source``."""
+        source = Path(context.source)
+        base_dir = source.parent if source.is_file() else None
+        dataset = cls(params, base_dir=base_dir)
+        labels = str(_resolve(params.labels, base_dir).resolve()) if params.labels else ""
+        # the resolved pipeline (in the run directory) finds the files from anywhere
+        dataset.params = attrs.evolve(
+            params, path=str(_resolve(params.path, base_dir).resolve()), labels=labels
+        )
+        return dataset
+
+
+def _resolve(path: str, base_dir: str | Path | None) -> Path:
+    file = Path(path).expanduser()
+    return Path(base_dir) / file if not file.is_absolute() and base_dir is not None else file
+
+
+def _load_npy(file: Path, what: str) -> np.ndarray:
+    if file.suffix != ".npy":
+        raise FlowkitError(f"{what} '{file}' has the suffix '{file.suffix}'; expected a .npy file")
+    if not file.is_file():
+        raise FlowkitError(f"{what} '{file}' does not exist")
+    try:
+        return np.load(file, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise FlowkitError(
+            f"{what} '{file}' is not a readable .npy array: {error or type(error).__name__}"
+        ) from None
+
+
+def _read(
+    file: Path, params: ImageFile.Params, base_dir: str | Path | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The images array and the labels array (or ``None``) the parameters name."""
+    if file.suffix not in (".npy", ".npz"):
+        raise FlowkitError(
+            f"image file '{file}' has the suffix '{file.suffix}'; expected a .npy or .npz file"
+        )
+    labels = None
+    if file.suffix == ".npy":
+        images = _load_npy(file, "image file")
+    else:
+        if not file.is_file():
+            raise FlowkitError(f"image file '{file}' does not exist")
+        try:
+            with np.load(file, allow_pickle=False) as archive:
+                names = list(archive.files)
+                if params.key not in names:
+                    raise FlowkitError(
+                        f"image file '{file}' has no array '{params.key}' "
+                        f"(it holds {', '.join(names) or 'none'}); "
+                        "set [data] key to the images array"
+                    )
+                images = archive[params.key]
+                labels = archive[params.labels_key] if params.labels_key in names else None
+        except (ValueError, OSError, EOFError) as error:
+            raise FlowkitError(f"image file '{file}' is not a readable .npz archive: {error}") from None
+    if params.labels:
+        labels = _load_npy(_resolve(params.labels, base_dir), "labels file")
+    return images, labels
+
+
+def _images(array: np.ndarray, file: Path, layout: str) -> Tensor:
+    """``(N, C, H, W)`` float32 in [-1, 1] from a uint8 or float array in one of the layouts."""
+    if array.dtype == np.uint8:
+        scaled = array.astype(np.float32) / 127.5 - 1.0
+    elif array.dtype.kind == "f":
+        scaled = array.astype(np.float32)
+        if not np.isfinite(scaled).all():
+            raise FlowkitError(f"image file '{file}' contains NaN or infinite values")
+        low, high = float(scaled.min(initial=0.0)), float(scaled.max(initial=0.0))
+        if low < -1.0 or high > 1.0:
+            hint = " (pixels in [0, 1]: x * 2 - 1; in [0, 255]: store uint8)" if low >= 0 else ""
+            raise FlowkitError(
+                f"image file '{file}' holds float values in [{low:g}, {high:g}]; float images must lie "
+                f"in [-1, 1]{hint}"
+            )
+    else:
+        raise FlowkitError(
+            f"image file '{file}' holds {array.dtype} values; expected uint8 pixels (0..255) or float "
+            "values in [-1, 1]"
+        )
+    if scaled.ndim == 3:
+        scaled = scaled[:, None]  # (N, H, W): one channel
+    if scaled.ndim != 4 or scaled.shape[0] == 0:
+        raise FlowkitError(
+            f"image file '{file}' holds an array of shape {array.shape}; expected (N, C, H, W), "
+            "(N, H, W, C) or (N, H, W) with N >= 1"
+        )
+    channels_last = scaled.shape[3] in (1, 3, 4) and scaled.shape[1] not in (1, 3, 4)
+    if layout == "NHWC" or (layout == "auto" and channels_last):
+        scaled = scaled.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(scaled))
+
+
+def _labels(array: np.ndarray | None, count: int, file: Path) -> Tensor | None:
+    """``(N,)`` int64 labels ``0 .. K-1``, checked against the ``count`` images."""
+    if array is None:
+        return None
+    if array.dtype.kind not in "iu":
+        raise FlowkitError(f"labels of '{file}' are {array.dtype}; expected integers 0 .. K-1")
+    if array.ndim != 1 or array.shape[0] != count:
+        raise FlowkitError(
+            f"labels of '{file}' have shape {array.shape}; expected one label per image: ({count},)"
+        )
+    if array.min() < 0:
+        raise FlowkitError(f"labels of '{file}' hold {int(array.min())}; expected integers 0 .. K-1")
+    return torch.from_numpy(array.astype(np.int64))
