@@ -133,16 +133,25 @@ def write_array(path: Path, array: np.ndarray) -> Path:
     return write_atomic(path, lambda handle: np.save(handle, array))
 
 
+def _create(path: Path) -> bool:
+    """Create ``path`` empty and exclusively: ``False`` when it exists (``OSError`` otherwise)."""
+    try:
+        with open(path, "x", encoding="utf-8"):
+            return True
+    except FileExistsError:
+        return False
+
+
 def claim_file(path: Path) -> Path:
     """Reserve ``path`` (create it empty, exclusively), refusing one that exists: what ``--out FILE``
     of ``flowkit sample`` and ``flowkit likelihood`` write to is never a file the user already has."""
     try:
-        with open(path, "x", encoding="utf-8"):
-            return path
-    except FileExistsError:
-        raise FlowkitError(f"{path} exists; flowkit never overwrites a file: choose another") from None
+        created = _create(path)
     except OSError as exc:
         raise FlowkitError(f"cannot write {path}: {_reason(exc)}") from None
+    if not created:
+        raise FlowkitError(f"{path} exists; flowkit never overwrites a file: choose another")
+    return path
 
 
 def unused_file(directory: Path, stem: str, suffix: str) -> Path:
@@ -152,12 +161,11 @@ def unused_file(directory: Path, stem: str, suffix: str) -> Path:
     while True:
         path = directory / (f"{stem}{suffix}" if i == 1 else f"{stem}-{i}{suffix}")
         try:
-            with open(path, "x", encoding="utf-8"):
+            if _create(path):
                 return path
-        except FileExistsError:
-            i += 1
         except OSError as exc:
             raise FlowkitError(f"cannot write into {directory}: {_reason(exc)}") from None
+        i += 1
 
 
 # ---------------------------------------------------------------------------------------------------
