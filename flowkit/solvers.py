@@ -59,14 +59,50 @@ def counted(dynamics: ODE) -> _CountedODE:
     return _CountedODE(dynamics)
 
 
-class FixedStepSimulator(Simulator):
+class GridSimulator(Simulator):
+    """A simulator that visits exactly the times of its grid: implement :meth:`_run`, which integrates
+    ``x`` over ``ts`` and returns the final state and, when ``keep``, every visited state (the first
+    included). ``simulate`` and ``simulate_trajectory`` are the two uses of it."""
+
+    adaptive: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def _run(
+        self,
+        dynamics: ODE,
+        x: Tensor,
+        ts: Tensor,
+        generator: torch.Generator | None,
+        keep: bool,
+        progress: Progress | None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """``(x_final (B, *D), states)``: ``states`` the ``T + 1`` visited ``(B, *D)`` when ``keep``."""
+
+    def simulate(
+        self,
+        dynamics: ODE,
+        x: Tensor,
+        ts: Tensor,
+        generator: torch.Generator | None = None,
+        progress: Progress | None = None,
+    ) -> Tensor:
+        """Integrate ``x (B, *D)`` over the grid ``ts (T + 1,)``; returns the final ``(B, *D)``."""
+        return self._run(dynamics, x, ts, generator, keep=False, progress=progress)[0]
+
+    def simulate_trajectory(
+        self, dynamics: ODE, x: Tensor, ts: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Every visited state, ``(T + 1, B, *D)``."""
+        return torch.stack(self._run(dynamics, x, ts, generator, keep=True, progress=None)[1])
+
+
+class FixedStepSimulator(GridSimulator):
     """A simulator that advances exactly between consecutive grid times: implement :meth:`step`.
 
     ``simulate`` calls ``step`` once per interval of ``ts``, reports ``progress(i, T)`` after step
     ``i`` and sets ``last_nfe``. Capturable as a CUDA graph as long as ``step`` is (no host sync).
     """
 
-    adaptive: ClassVar[bool] = False
     capturable: ClassVar[bool] = True
 
     @abc.abstractmethod
@@ -99,20 +135,3 @@ class FixedStepSimulator(Simulator):
                 progress(i + 1, total)
         self.last_nfe = counting.count
         return x, states
-
-    def simulate(
-        self,
-        dynamics: ODE,
-        x: Tensor,
-        ts: Tensor,
-        generator: torch.Generator | None = None,
-        progress: Progress | None = None,
-    ) -> Tensor:
-        """Integrate ``x (B, *D)`` over the grid ``ts (T + 1,)``; returns the final ``(B, *D)``."""
-        return self._run(dynamics, x, ts, generator, keep=False, progress=progress)[0]
-
-    def simulate_trajectory(
-        self, dynamics: ODE, x: Tensor, ts: Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Every visited state, ``(T + 1, B, *D)``."""
-        return torch.stack(self._run(dynamics, x, ts, generator, keep=True, progress=None)[1])

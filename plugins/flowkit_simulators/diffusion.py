@@ -25,7 +25,7 @@ from torch import Tensor
 from flowkit.errors import CapabilityError, FlowkitError
 from flowkit.interfaces import ODE, SDE, GaussianProbabilityPath, ProbabilityFlowODE, Progress, Simulator
 from flowkit.params import param
-from flowkit.solvers import counted
+from flowkit.solvers import GridSimulator, counted
 from flowkit_simulators.timegrids import noise_levels, times_of_sigmas
 
 
@@ -55,7 +55,7 @@ def _coefficient_dtype(x: Tensor) -> torch.dtype:
     return torch.float32 if x.device.type == "mps" else torch.float64
 
 
-class DPMSolverPlusPlus(Simulator):
+class DPMSolverPlusPlus(GridSimulator):
     """DPM-Solver++ (Lu et al. 2022) in data-prediction form, multistep: 2M (``order = 2``) or DDIM (1).
 
     From ``s = t_i`` to ``t = t_{i+1}`` with ``h_i = lambda_t - lambda_s``, ``lambda = log(alpha / beta)``:
@@ -71,7 +71,6 @@ class DPMSolverPlusPlus(Simulator):
     """
 
     solves: ClassVar[type] = ODE
-    adaptive: ClassVar[bool] = False
     capturable: ClassVar[bool] = True
 
     @attrs.define(frozen=True)
@@ -108,7 +107,13 @@ class DPMSolverPlusPlus(Simulator):
         return tuple(c.to(dtype=like.dtype) for c in (scale_x, scale_d, half_inv_r))
 
     def _run(
-        self, dynamics: ODE, x: Tensor, ts: Tensor, keep: bool, progress: Progress | None
+        self,
+        dynamics: ODE,
+        x: Tensor,
+        ts: Tensor,
+        generator: torch.Generator | None,
+        keep: bool,
+        progress: Progress | None,
     ) -> tuple[Tensor, list[Tensor]]:
         self.check(dynamics)
         flow = counted(dynamics)
@@ -133,30 +138,13 @@ class DPMSolverPlusPlus(Simulator):
         self.last_nfe = flow.count
         return x, states
 
-    def simulate(
-        self,
-        dynamics: ODE,
-        x: Tensor,
-        ts: Tensor,
-        generator: torch.Generator | None = None,
-        progress: Progress | None = None,
-    ) -> Tensor:
-        """Integrate ``x (B, *D)`` over the grid ``ts (T + 1,)``; returns the final ``(B, *D)``."""
-        return self._run(dynamics, x, ts, keep=False, progress=progress)[0]
-
-    def simulate_trajectory(
-        self, dynamics: ODE, x: Tensor, ts: Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Every visited state, ``(T + 1, B, *D)``."""
-        return torch.stack(self._run(dynamics, x, ts, keep=True, progress=None)[1])
-
 
 def _non_negative_or_inf(_instance: object, attribute: attrs.Attribute, value: float) -> None:
     if math.isnan(value) or value < 0:
         raise ValueError(f"{attribute.name} must be >= 0 (inf allowed), got {value!r}")
 
 
-class EDMSampler(Simulator):
+class EDMSampler(GridSimulator):
     """EDM's sampler (Karras et al. 2022, Algorithm 2): Heun in ``sigma = beta_t / alpha_t``, with churn.
 
     On ``y = x / alpha_t`` the flow is ``dy / dsigma = (y - x_hat) / sigma``. A step from ``sigma_i`` to
@@ -177,7 +165,6 @@ class EDMSampler(Simulator):
     """
 
     solves: ClassVar[type] = ODE
-    adaptive: ClassVar[bool] = False
     capturable: ClassVar[bool] = False
 
     @attrs.define(frozen=True)
@@ -272,20 +259,3 @@ class EDMSampler(Simulator):
                 progress(i + 1, total)
         self.last_nfe = flow.count
         return x, states
-
-    def simulate(
-        self,
-        dynamics: ODE,
-        x: Tensor,
-        ts: Tensor,
-        generator: torch.Generator | None = None,
-        progress: Progress | None = None,
-    ) -> Tensor:
-        """Integrate ``x (B, *D)`` over the grid ``ts (T + 1,)``; returns the final ``(B, *D)``."""
-        return self._run(dynamics, x, ts, generator, keep=False, progress=progress)[0]
-
-    def simulate_trajectory(
-        self, dynamics: ODE, x: Tensor, ts: Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Every visited state, ``(T + 1, B, *D)``."""
-        return torch.stack(self._run(dynamics, x, ts, generator, keep=True, progress=None)[1])
