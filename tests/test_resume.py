@@ -382,6 +382,27 @@ def test_sample_and_evaluate_reuse_the_trained_weights_and_never_overwrite(refer
         sample_run(ref, manager, out="x.txt")
 
 
+def test_a_taken_out_file_is_refused_before_sampling_or_measuring(reference, manager, tmp_path, monkeypatch):
+    import flowkit.engine.reuse as reuse
+
+    _, ref = reference
+    taken = tmp_path / "taken.npy"
+    taken.write_bytes(b"the user's file")
+    taken_json = tmp_path / "taken.json"
+    taken_json.write_text("{}")
+
+    def no_sampling(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("sampled before refusing the --out file")
+
+    monkeypatch.setattr(reuse, "draw_samples", no_sampling)
+    monkeypatch.setattr(reuse, "load_trained", no_sampling)
+    with pytest.raises(FlowkitError, match=r"taken\.npy exists; flowkit never overwrites a file"):
+        sample_run(ref, manager, out=taken)
+    with pytest.raises(FlowkitError, match=r"taken\.json exists; flowkit never overwrites a file"):
+        evaluate_run(ref, manager, ["sample.steps=2"], out=taken_json)
+    assert taken.read_bytes() == b"the user's file"
+
+
 def test_sampling_an_unfinished_run_uses_its_newest_checkpoint(reference, tmp_path):
     pipeline_file, _ = reference
     stopper = PluginManager(warn=False, plugins=[_signal_at(30, signal.SIGTERM)])

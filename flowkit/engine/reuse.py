@@ -23,7 +23,7 @@ from flowkit.engine.build import Pipeline, build_pipeline
 from flowkit.engine.checkpoints import list_checkpoints, load_weights
 from flowkit.engine.evaluate import measure, plugin_metrics
 from flowkit.engine.guidance import sample_labels
-from flowkit.engine.rundir import claim_file, unused_file, write_array, write_json
+from flowkit.engine.rundir import claim_file, refuse_existing, unused_file, write_array, write_json
 from flowkit.engine.sample import draw_samples
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.interfaces import Samples
@@ -96,9 +96,14 @@ def sample_run(
         raise ConfigError(f"--n: the number of samples must be positive, got {n}")
     if out is not None and Path(out).suffix != ".npy":
         raise ConfigError(f"--out {out}: samples are written as a .npy file; name one ending in .npy")
+    if out is not None:  # before sampling, which may take minutes; claimed atomically afterwards
+        refuse_existing(Path(out))
     pipeline, origin = load_trained(root, manager, overrides, "sample", note)
     cfg = pipeline.sample
     count = cfg.n if n is None else n
+    labels = sample_labels(pipeline, count)
+    if out is not None and labels is not None:
+        refuse_existing(Path(out).with_name(f"{Path(out).stem}-labels.npy"))
     _, samples = draw_samples(pipeline, count)
     nfe = cfg.simulator.last_nfe
     stem = f"samples-{cfg.simulator.registered_name}-{cfg.steps}"
@@ -111,7 +116,6 @@ def sample_run(
         "steps": cfg.steps,
         "weights": origin,
     }
-    labels = sample_labels(pipeline, count)
     if labels is not None:  # a conditional model: the class of each sample, beside the samples
         labels_file = claim_file(target.with_name(f"{target.stem}-labels.npy"))
         write_array(labels_file, labels.numpy())
@@ -138,6 +142,8 @@ def evaluate_run(
     root = Path(directory)
     if out is not None and Path(out).suffix != ".json":
         raise ConfigError(f"--out {out}: metrics are written as a .json file; name one ending in .json")
+    if out is not None:  # before sampling and measuring; claimed atomically afterwards
+        refuse_existing(Path(out))
     resample = any(parse_override(text)[0][0] == "sample" for text in overrides)
     if resample and samples_file is not None:
         raise ConfigError(

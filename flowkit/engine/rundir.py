@@ -142,6 +142,13 @@ def _create(path: Path) -> bool:
         return False
 
 
+def refuse_existing(path: Path) -> None:
+    """Raise :class:`FlowkitError` if ``path`` exists: checked before the work that fills it (sampling,
+    evaluation), so a taken ``--out`` costs nothing. :func:`claim_file` still claims it atomically."""
+    if path.exists() or path.is_symlink():
+        raise FlowkitError(f"{path} exists; flowkit never overwrites a file: choose another")
+
+
 def claim_file(path: Path) -> Path:
     """Reserve ``path`` (create it empty, exclusively), refusing one that exists: what ``--out FILE``
     of ``flowkit sample`` and ``flowkit likelihood`` write to is never a file the user already has."""
