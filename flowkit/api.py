@@ -31,6 +31,7 @@ from torch import Tensor
 from flowkit.engine.build import Pipeline, build_pipeline
 from flowkit.engine.checkpoints import load_weights
 from flowkit.engine.evaluate import measure
+from flowkit.engine.guidance import sample_labels
 from flowkit.engine.run import PipelineRun, run_pipeline
 from flowkit.engine.sample import draw_samples
 from flowkit.engine.train import Diverged, TrainLoop
@@ -85,6 +86,15 @@ class LoadedPipeline:
         self._samples = samples
         return samples
 
+    def labels(self, n: int | None = None) -> Tensor | None:
+        """The class asked of each of the ``n`` samples that :meth:`sample` draws (default
+        ``[sample] n``), ``(n,)`` int64, from ``[sample] guidance classes``; ``None`` for an
+        unconditional model. Deterministic: the labels of ``sample(n)`` whenever it is called."""
+        count = self.pipeline.sample.n if n is None else int(n)
+        if count <= 0:
+            raise FlowkitError(f"labels(n): n must be positive, got {count}")
+        return sample_labels(self.pipeline, count)
+
     def evaluate(self, samples: Tensor | None = None) -> dict[str, Any]:
         """The ``[evaluate]`` metrics of ``samples`` (default: the last :meth:`sample`, or a fresh
         ``[sample] n``): distance, noise floor and their ratio."""
@@ -131,8 +141,16 @@ class FinishedRun:
         """The run's ``samples.npy``, ``(n, *D)``."""
         return torch.from_numpy(np.load(self.directory / "samples.npy"))
 
+    @property
+    def labels(self) -> Tensor | None:
+        """The class of each of the run's samples (``labels.npy``), ``(n,)``; ``None`` for an
+        unconditional model."""
+        file = self.directory / "labels.npy"
+        return torch.from_numpy(np.load(file)) if file.is_file() else None
+
     def sample(self, n: int | None = None) -> Tensor:
-        """Fresh samples from the trained weights (see :meth:`LoadedPipeline.sample`)."""
+        """Fresh samples from the trained weights (see :meth:`LoadedPipeline.sample`; their classes:
+        ``self.pipeline.labels(n)``)."""
         return self.pipeline.sample(n)
 
     def __repr__(self) -> str:

@@ -567,6 +567,9 @@ def test_a_run_directory_opens_again(tmp_path):
     saved = np.load(done.directory / "samples.npy")
     assert np.array_equal(opened.sample(n).numpy(), saved)  # EMA weights, the same sampling seed
     assert np.array_equal(opened.samples.numpy(), saved)
+    assert opened.labels is None and opened.pipeline.labels(5) is None  # unconditional
+    with pytest.raises(FlowkitError, match=r"labels\(n\): n must be positive, got 0"):
+        opened.pipeline.labels(0)
 
 
 def test_open_run_refuses_what_is_not_a_run(tmp_path):

@@ -13,6 +13,7 @@ from flowkit_data.images import Digits, ImageFile
 from flowkit_metrics.images import frechet, image_metrics
 from flowkit_nets.unet import UNet
 
+import flowkit
 from flowkit.engine import build_pipeline, run_pipeline
 from flowkit.engine.guidance import GuidedScore, GuidedVelocity, sample_labels
 from flowkit.engine.train import TrainLoop
@@ -445,6 +446,9 @@ def test_an_image_file_pipeline_resolves_its_files_and_samples_again_with_labels
     assert np.load(run.directory / "labels.npy").tolist() == [2] * 6
     target, record = sample_run(run.directory, manager, n=4)
     assert np.load(record["labels"]).tolist() == [2] * 4 and np.load(target).shape == (4, 1, 8, 8)
+    done = flowkit.open_run(run.directory, manager)  # the Python API says the classes too
+    assert done.labels is not None and done.labels.tolist() == [2] * 6
+    assert done.pipeline.labels(3).tolist() == [2] * 3
 
 
 def test_guided_dynamics_of_a_dsm_model_is_the_guided_combination_of_its_sde_drifts(manager):
