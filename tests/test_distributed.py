@@ -164,30 +164,40 @@ def test_a_rank_names_itself_and_a_broken_collective():
 
 @pytest.fixture
 def one_rank_group(monkeypatch):
-    """A real gloo process group of one rank in this process: every collective of the engine runs
-    (DDP, the loss all-reduce, the generator gather, the broadcasts), with nobody to disagree."""
+    """Joins a real gloo process group of one rank in this process: every collective of the engine
+    runs (DDP, the loss all-reduce, the generator gather, the broadcasts), with nobody to disagree."""
     import torch.distributed as torch_dist
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-    torch_dist.init_process_group("gloo", rank=0, world_size=1)
-    monkeypatch.setattr(dist, "_world", World(0, 1, 0, "gloo"))
-    yield
+
+    def join() -> None:
+        monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+        torch_dist.init_process_group("gloo", rank=0, world_size=1)
+        monkeypatch.setattr(dist, "_world", World(0, 1, 0, "gloo"))
+
+    yield join
     dist.stop()
 
 
 def test_a_one_rank_process_group_is_bitwise_the_plain_run_and_resumes_under_it(
     tmp_path, manager, one_rank_group
 ):
+    import torch.distributed as torch_dist
+
     file = _pipeline_file(tmp_path)
+    one_rank_group()
     grouped = run_pipeline(
         build_pipeline(file, SETTINGS, manager), manager, out=str(tmp_path / "g"), quiet=True
     )
+    # Every rank left the group together at the end of training; rank 0 sampled alone, still rank 0.
+    assert not torch_dist.is_initialized() and dist.current_world() == World(0, 1, 0, "gloo")
     assert grouped.metrics["world_size"] == 1
     state = load_checkpoint(grouped.directory / "checkpoint-0000060.pt")
     assert state["world_size"] == 1 and len(state["rank_generators"]) == 1
+    one_rank_group()
     longer = resume_run(grouped.directory, manager, ["train.steps=70"], out=str(tmp_path / "g70"), quiet=True)
-    assert longer.metrics["resumed_from_step"] == 60
+    assert longer.metrics["resumed_from_step"] == 60 and not torch_dist.is_initialized()
+    one_rank_group()
     with pytest.raises(FlowkitError, match=r"the run is done; nothing to resume"):
         resume_run(grouped.directory, manager, quiet=True)  # refused on rank 0, told to the others
     dist.stop()
