@@ -154,6 +154,29 @@ def test_nproc_inside_torchrun_is_refused(monkeypatch):
         dist.launch(2, ["run", "f.toml"])
 
 
+@pytest.mark.parametrize(
+    "args", [["sample", "RUN"], ["evaluate", "RUN"], ["likelihood", "RUN", "--save", "ll.npy"]]
+)
+def test_one_process_commands_refuse_torchrun(tmp_path, monkeypatch, args):
+    from click.testing import CliRunner
+
+    from flowkit.cli import main
+
+    monkeypatch.chdir(tmp_path)  # a real run directory is not needed: the refusal comes first
+    for rank in (0, 1):
+        env = {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        result = CliRunner().invoke(main, args, env=env)
+        assert result.exit_code == 1
+        assert result.output == (
+            f"Error: rank {rank} of 2: flowkit {args[0]} runs in one process, but torchrun started 2 "
+            f"(WORLD_SIZE); run `flowkit {args[0]}` without torchrun\n"
+        )
+    assert not (tmp_path / "ll.npy").exists()
+    one = CliRunner().invoke(main, args, env={"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"})
+    assert "without torchrun" not in one.output  # torchrun with one process is one process
+    assert "RUN" in one.output  # it went on, to the missing run directory
+
+
 def test_a_rank_names_itself_and_a_broken_collective():
     two = World(1, 2, 0, "gloo")
     assert failure_message(ValueError("bad batch"), two) == "rank 1 of 2: ValueError: bad batch"
