@@ -32,6 +32,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ def worker(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - started
     if world.is_main:
         print(json.dumps({"steps_per_s": args.steps / elapsed, "threads": torch.get_num_threads()}))
+    dist.leave_together()  # as flowkit run does: no rank tears the group down under another
     dist.stop()
 
 
@@ -98,6 +100,58 @@ def measure(nproc: int, threads: int, args: argparse.Namespace) -> float:
     return float(json.loads(line)["steps_per_s"])
 
 
+def run_ddp(
+    args: argparse.Namespace,
+    measure: Callable[[int, int, argparse.Namespace], float] = measure,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> dict[str, Any]:
+    """Every configuration ``args.reps`` times (each repetition starting with another one), through
+    ``measure(nproc, threads, args)``; returns the record written to ``ddp.json``: per configuration
+    the steps/s of each repetition, their median and the median of the per-repetition ratios to
+    ``1 proc x 1 thread``."""
+    load_before = os.getloadavg()
+    results: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    for rep in range(args.reps):
+        for name in rotate(list(CONFIGS), rep):
+            results[name].append(measure(*CONFIGS[name], args))
+            log(f"rep {rep + 1}: {name}: {results[name][-1]:.1f} steps/s")
+    load_after = os.getloadavg()
+    base = results["1 proc x 1 thread"]
+    summary: dict[str, Any] = {}
+    for name, values in results.items():
+        ratio = median(paired_ratios(values, base))
+        summary[name] = {"steps_per_s": values, "median": median(values), "ratio_to_1x1": ratio}
+    import torch
+
+    return {
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": load_after,
+        "batch": args.batch,
+        "steps": args.steps,
+        "reps": args.reps,
+        "results": summary,
+    }
+
+
+def report(record: dict[str, Any]) -> str:
+    """The ``ddp.md`` text: the conditions, then one row per configuration."""
+    rows: list[list[Any]] = []
+    for name, entry in record["results"].items():
+        ratio = entry["ratio_to_1x1"]
+        rows.append([name, f"{entry['median']:.1f}", f"{ratio:.2f}" if ratio is not None else "-"])
+    table = format_table(["configuration", "steps/s (median)", "ratio to 1x1"], rows)
+    before, after = record["load_before"][0], record["load_after"][0]
+    header = (
+        f"{record['date']}, {record['cpus']} CPUs, torch {record['torch']}, global batch {record['batch']}, "
+        f"{record['steps']} steps x {record['reps']} reps; load average {before:.2f} before, "
+        f"{after:.2f} after\n\n"
+    )
+    return header + table + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -113,43 +167,12 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.warmup, args.reps = 10, 2, 1
-    load_before = os.getloadavg()
-    results: dict[str, list[float]] = {name: [] for name in CONFIGS}
-    for rep in range(args.reps):
-        for name in rotate(list(CONFIGS), rep):
-            results[name].append(measure(*CONFIGS[name], args))
-            print(f"rep {rep + 1}: {name}: {results[name][-1]:.1f} steps/s", file=sys.stderr)
-    load_after = os.getloadavg()
-    base = results["1 proc x 1 thread"]
-    rows: list[list[Any]] = []
-    summary: dict[str, Any] = {}
-    for name, values in results.items():
-        ratio = median(paired_ratios(values, base))
-        summary[name] = {"steps_per_s": values, "median": median(values), "ratio_to_1x1": ratio}
-        rows.append([name, f"{median(values):.1f}", f"{ratio:.2f}" if ratio is not None else "-"])
-    import torch
-
-    record = {
-        "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        "torch": torch.__version__,
-        "cpus": os.cpu_count(),
-        "load_before": load_before,
-        "load_after": load_after,
-        "batch": args.batch,
-        "steps": args.steps,
-        "reps": args.reps,
-        "results": summary,
-    }
-    table = format_table(["configuration", "steps/s (median)", "ratio to 1x1"], rows)
+    record = run_ddp(args)
+    text = report(record)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ddp.json").write_text(json.dumps(record, indent=2) + "\n")
-    header = (
-        f"{record['date']}, {record['cpus']} CPUs, torch {record['torch']}, global batch {args.batch}, "
-        f"{args.steps} steps x {args.reps} reps; load average {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after\n\n"
-    )
-    (RESULTS / "ddp.md").write_text(header + table + "\n")
-    print(header + table)
+    (RESULTS / "ddp.md").write_text(text)
+    print(text, end="")
 
 
 if __name__ == "__main__":

@@ -115,6 +115,20 @@ def _rank_failure(exc: Exception) -> str | None:
     return str(distributed.failure_message(exc, distributed.World(*found)))
 
 
+def _one_process(command: str) -> None:
+    """Refuse to run ``flowkit COMMAND`` under torchrun with more than one process: sample, evaluate
+    and likelihood are one-process commands (rank 0's work in a run), and as N copies they would only
+    repeat it N times, racing for the same output file."""
+    from flowkit.engine import distributed as dist
+
+    size = dist.launched_size()
+    if size > 1:
+        raise FlowkitError(
+            f"flowkit {command} runs in one process, but torchrun started {size} (WORLD_SIZE); "
+            f"run `flowkit {command}` without torchrun"
+        )
+
+
 def _strip_nproc(argv: Sequence[str]) -> list[str]:
     """``argv`` without ``--nproc N`` / ``--nproc=N``: what each torchrun worker runs."""
     kept: list[str] = []
@@ -259,6 +273,7 @@ def sample_command(
     """
     from flowkit.engine import sample_run
 
+    _one_process("sample")
     target, record = sample_run(run_dir, state.manager(), n=n, overrides=overrides, out=out, note=_warn)
     click.echo(
         f"{record['n']} samples ({record['simulator']}, {record['steps']} steps, nfe = {record['nfe']}) "
@@ -292,6 +307,7 @@ def evaluate_command(
     """
     from flowkit.engine import evaluate_run
 
+    _one_process("evaluate")
     target, metrics = evaluate_run(
         run_dir, state.manager(), overrides, samples_file=samples_file, out=out, note=_warn
     )
@@ -426,6 +442,7 @@ def likelihood(
     from flowkit.api import open_run
     from flowkit.engine.likelihood import evaluate_likelihood, load_points, run_settings
 
+    _one_process("likelihood")
     if save is not None and Path(save).exists():
         raise FlowkitError(f"--save {save}: the file exists; choose another name (it is never overwritten)")
     manager = state.manager()

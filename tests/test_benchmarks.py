@@ -3,6 +3,7 @@ and that every contender computes the same samples. No timing is asserted."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -14,6 +15,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import bench_ddp  # noqa: E402
 import bench_oracle  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_speed  # noqa: E402
@@ -198,3 +200,38 @@ def test_the_fast_samplers_get_more_small_step_counts_and_a_plateau_row():
     assert "| trained | dpm-solver++ | 0.1 | 8 | 0.109 | 1.09 |" in text
     assert "| trained | heun | 0.1 | 128 | 0.1 | 1 |" in text
     assert "| trained | euler | 0.1 | not reached | – | – |" in text
+
+
+def _ddp_args(**sizes: int) -> argparse.Namespace:
+    return argparse.Namespace(**{"batch": 16, "steps": 3, "warmup": 1, "reps": 2, "threads": 1, **sizes})
+
+
+def test_ddp_bench_pairs_each_configuration_with_one_process_in_rotated_order():
+    calls: list[tuple[int, int]] = []
+    rates = {(1, 1): [10.0, 20.0], (1, 2): [15.0, 20.0], (2, 1): [30.0, 50.0]}
+
+    def measure(nproc: int, threads: int, args: argparse.Namespace) -> float:
+        calls.append((nproc, threads))
+        return rates[nproc, threads][len([c for c in calls if c == (nproc, threads)]) - 1]
+
+    record = bench_ddp.run_ddp(_ddp_args(), measure=measure, log=lambda message: None)
+    json.dumps(record)  # serializable as written
+    # Each repetition runs every configuration once, the second starting with the next one.
+    assert calls == [(1, 1), (1, 2), (2, 1), (1, 2), (2, 1), (1, 1)]
+    one, two = record["results"]["1 proc x 1 thread"], record["results"]["2 procs x 1 thread"]
+    assert one == {"steps_per_s": [10.0, 20.0], "median": 15.0, "ratio_to_1x1": 1.0}
+    assert two["steps_per_s"] == [30.0, 50.0] and two["median"] == 40.0
+    assert two["ratio_to_1x1"] == pytest.approx(statistics.median([30.0 / 10.0, 50.0 / 20.0]))
+    threads = record["results"]["1 proc x 2 threads"]
+    assert threads["ratio_to_1x1"] == pytest.approx(statistics.median([1.5, 1.0]))
+    assert (record["batch"], record["steps"], record["reps"]) == (16, 3, 2)
+    text = bench_ddp.report(record)
+    assert "global batch 16, 3 steps x 2 reps" in text
+    assert "| 2 procs x 1 thread | 40.0 | 2.75 |" in text
+
+
+@pytest.mark.slow
+def test_ddp_bench_measures_two_gloo_ranks_under_torchrun():
+    # The one torchrun launch: the worker as two ranks (flowkit's process group, the timing barriers,
+    # leaving the group), rank 0's JSON line parsed into steps/s.
+    assert bench_ddp.measure(2, 1, _ddp_args()) > 0

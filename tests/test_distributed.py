@@ -31,8 +31,15 @@ from flowkit.errors import ConfigError, FlowkitError
 from flowkit.registry import PluginManager
 
 TESTS = Path(__file__).parent
-#: Steps of the multi-process runs: three log lines, checkpoints at 20 and 40 (all kept).
-SETTINGS = ["train.steps=60", "train.log_every=20", "train.checkpoint_every=20", "train.keep_checkpoints=0"]
+#: Steps of the multi-process runs: three log lines, checkpoints at 20 and 40 (all kept); no plots
+#: (nothing here looks at them, and drawing them cost every launch seconds).
+SETTINGS = [
+    "train.steps=60",
+    "train.log_every=20",
+    "train.checkpoint_every=20",
+    "train.keep_checkpoints=0",
+    "report.plots=false",
+]
 #: The losses and weights of 2 gloo ranks against one process computing the same global batch: the
 #: same sums in the same order give bitwise-equal floats on the CPU; the bound leaves room for a
 #: different reduction order (a torch or gloo version) without hiding a wrong batch or seed.
@@ -154,6 +161,29 @@ def test_nproc_inside_torchrun_is_refused(monkeypatch):
         dist.launch(2, ["run", "f.toml"])
 
 
+@pytest.mark.parametrize(
+    "args", [["sample", "RUN"], ["evaluate", "RUN"], ["likelihood", "RUN", "--save", "ll.npy"]]
+)
+def test_one_process_commands_refuse_torchrun(tmp_path, monkeypatch, args):
+    from click.testing import CliRunner
+
+    from flowkit.cli import main
+
+    monkeypatch.chdir(tmp_path)  # a real run directory is not needed: the refusal comes first
+    for rank in (0, 1):
+        env = {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        result = CliRunner().invoke(main, args, env=env)
+        assert result.exit_code == 1
+        assert result.output == (
+            f"Error: rank {rank} of 2: flowkit {args[0]} runs in one process, but torchrun started 2 "
+            f"(WORLD_SIZE); run `flowkit {args[0]}` without torchrun\n"
+        )
+    assert not (tmp_path / "ll.npy").exists()
+    one = CliRunner().invoke(main, args, env={"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"})
+    assert "without torchrun" not in one.output  # torchrun with one process is one process
+    assert "RUN" in one.output  # it went on, to the missing run directory
+
+
 def test_a_rank_names_itself_and_a_broken_collective():
     two = World(1, 2, 0, "gloo")
     assert failure_message(ValueError("bad batch"), two) == "rank 1 of 2: ValueError: bad batch"
@@ -164,30 +194,40 @@ def test_a_rank_names_itself_and_a_broken_collective():
 
 @pytest.fixture
 def one_rank_group(monkeypatch):
-    """A real gloo process group of one rank in this process: every collective of the engine runs
-    (DDP, the loss all-reduce, the generator gather, the broadcasts), with nobody to disagree."""
+    """Joins a real gloo process group of one rank in this process: every collective of the engine
+    runs (DDP, the loss all-reduce, the generator gather, the broadcasts), with nobody to disagree."""
     import torch.distributed as torch_dist
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-    torch_dist.init_process_group("gloo", rank=0, world_size=1)
-    monkeypatch.setattr(dist, "_world", World(0, 1, 0, "gloo"))
-    yield
+
+    def join() -> None:
+        monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+        torch_dist.init_process_group("gloo", rank=0, world_size=1)
+        monkeypatch.setattr(dist, "_world", World(0, 1, 0, "gloo"))
+
+    yield join
     dist.stop()
 
 
 def test_a_one_rank_process_group_is_bitwise_the_plain_run_and_resumes_under_it(
     tmp_path, manager, one_rank_group
 ):
+    import torch.distributed as torch_dist
+
     file = _pipeline_file(tmp_path)
+    one_rank_group()
     grouped = run_pipeline(
         build_pipeline(file, SETTINGS, manager), manager, out=str(tmp_path / "g"), quiet=True
     )
+    # Every rank left the group together at the end of training; rank 0 sampled alone, still rank 0.
+    assert not torch_dist.is_initialized() and dist.current_world() == World(0, 1, 0, "gloo")
     assert grouped.metrics["world_size"] == 1
     state = load_checkpoint(grouped.directory / "checkpoint-0000060.pt")
     assert state["world_size"] == 1 and len(state["rank_generators"]) == 1
+    one_rank_group()
     longer = resume_run(grouped.directory, manager, ["train.steps=70"], out=str(tmp_path / "g70"), quiet=True)
-    assert longer.metrics["resumed_from_step"] == 60
+    assert longer.metrics["resumed_from_step"] == 60 and not torch_dist.is_initialized()
+    one_rank_group()
     with pytest.raises(FlowkitError, match=r"the run is done; nothing to resume"):
         resume_run(grouped.directory, manager, quiet=True)  # refused on rank 0, told to the others
     dist.stop()
@@ -277,127 +317,14 @@ def _assert_bitwise(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> tuple[Path, Path]:
-    """``flowkit run --nproc 2``: the pipeline file and the run directory."""
+    """The uninterrupted two-rank run that the other multi-process tests compare with: two one-process
+    "nodes", each its own torchrun, meeting through the c10d rendezvous on 127.0.0.1 as two machines
+    would. Returns the pipeline file and the run directory. (``flowkit run --nproc 2``, the
+    ``--standalone`` launch, is the SIGTERM test's; the crash test's resume is ``--standalone`` too and
+    must be bitwise this run.)"""
     root = tmp_path_factory.mktemp("ddp")
     file = _pipeline_file(root)
-    sets = [arg for setting in SETTINGS for arg in ("--set", setting)]
     out = root / "runs" / "two"
-    done = _launch(
-        [sys.executable, "-m", "flowkit", "run", str(file), *sets, "--out", str(out), "-q", "--nproc", "2"]
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return file, out
-
-
-@pytest.mark.slow
-def test_two_ranks_equal_one_process_with_the_same_global_batch(two_ranks, manager):
-    file, out = two_ranks
-    means, weights = one_process_reference(file, 2, manager)
-    assert _losses(out) == pytest.approx(means, abs=TOLERANCE, rel=0)
-    got = _model(out)
-    for which in ("model", "raw"):  # the EMA (what samples) and the raw weights
-        worst = max(float((got[which][k] - weights[which][k]).abs().max()) for k in weights[which])
-        assert worst <= TOLERANCE, f"{which} weights differ by {worst}"
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["train_steps"] == 60
-    # Only rank 0 wrote: one run directory, one log line per log step, the status done.
-    assert sorted(p.name for p in out.parent.iterdir()) == ["two"]
-    assert len(_losses(out)) == 3
-    assert read_status(out)["state"] == "done"
-    state = load_checkpoint(out / "checkpoint-0000040.pt")
-    assert state["world_size"] == 2 and len(state["rank_generators"]) == 2
-    assert not torch.equal(state["rank_generators"][0]["data"], state["rank_generators"][1]["data"])
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="flaky: in 1 of 4 full runs on 2026-12-02 a rank of the 2-process resume died of SIGABRT "
-    "(gloo at exit?); not yet understood, so it must not fail CI; the crash half was never the failure",
-)
-def test_a_failure_on_one_rank_ends_both_and_a_resume_is_bitwise_the_uninterrupted_run(two_ranks, tmp_path):
-    file, reference = two_ranks
-    out = tmp_path / "crashed"
-    sets = [arg for setting in [*SETTINGS, "run.distributed_timeout=60"] for arg in ("--set", setting)]
-    port = str(_free_port())
-    rdzv = ["--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}"]
-    worker = [str(TESTS / "ddp_worker.py"), "run", str(file), *sets, "--out", str(out), "-q"]
-    # The subprocess timeout (well above the 60 s process-group timeout) turns a hang into a failure.
-    crashed = _launch(_torchrun(*rdzv, "--max-restarts=0", *worker), FLOWKIT_TEST_FAIL="1:30")
-    assert crashed.returncode != 0
-    assert "Error: rank 1 of 2: RuntimeError: injected failure at step 30" in crashed.stderr
-    status = read_status(out)
-    assert status is not None and status["state"] in ("failed", "killed", "interrupted")
-    assert sorted(p.name for p in out.glob("checkpoint-*.pt")) == ["checkpoint-0000020.pt"]
-    # Resumed by two processes from the step-20 checkpoint: every rank continues its own streams.
-    resumed = _launch(
-        _torchrun("--standalone", "--nproc-per-node=2", "-m", "flowkit", "resume", str(out), "-q")
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_bitwise(out, reference)
-    assert _losses(out) == _losses(reference)
-
-
-@pytest.mark.slow
-def test_a_rank_that_stops_answering_ends_the_run_after_the_process_group_timeout(two_ranks, tmp_path):
-    file, _reference = two_ranks
-    out = tmp_path / "hung"
-    sets = [arg for setting in [*SETTINGS, "run.distributed_timeout=5"] for arg in ("--set", setting)]
-    worker = [str(TESTS / "ddp_worker.py"), "run", str(file), *sets, "--out", str(out), "-q"]
-    # Rank 1 sleeps for an hour at step 30: only the 5 s timeout can end rank 0 before the subprocess
-    # timeout fails the test.
-    hung = _launch(
-        _torchrun("--standalone", "--nproc-per-node=2", *worker), timeout=240, FLOWKIT_TEST_HANG="1:30"
-    )
-    assert hung.returncode != 0
-    assert "Error: rank 0 of 2: lost contact with another process" in hung.stderr
-    assert "Timed out" in hung.stderr
-    status = read_status(out)
-    assert status is not None and status["state"] == "failed" and status["step"] == 20
-    assert status["resume"] == f"flowkit resume {out}"
-
-
-@pytest.mark.slow
-def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_with_one_checkpoint(two_ranks, tmp_path):
-    import signal
-    import threading
-
-    file, _reference = two_ranks
-    out = tmp_path / "stopped"
-    sets = ["train.steps=100000", "train.checkpoint_every=100", "train.log_every=100"]
-    args = [str(file), *(arg for setting in sets for arg in ("--set", setting)), "--out", str(out), "-q"]
-    command = _torchrun("--standalone", "--nproc-per-node=2", "-m", "flowkit", "run", *args)
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    try:
-        for _ in range(4800):  # poll every 50 ms, at most 4 minutes
-            if (out / "checkpoint-0000100.pt").exists():
-                break
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            threading.Event().wait(0.05)
-        else:
-            raise AssertionError("the first checkpoint never appeared")
-        proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks, not at the same step
-        _stdout, stderr = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode != 0
-    status = read_status(out)
-    assert status is not None and status["state"] == "interrupted"
-    step = status["step"]
-    for rank in (0, 1):
-        assert (
-            f"Interrupted: rank {rank} of 2: {file}: interrupted by SIGTERM at training step {step} "
-            in stderr
-        )
-    state = load_checkpoint(out / status["checkpoint"])
-    assert state["step"] == step and len(state["rank_generators"]) == 2
-
-
-@pytest.mark.slow
-def test_two_nodes_of_one_process_through_the_c10d_rendezvous(two_ranks, tmp_path):
-    file, reference = two_ranks
-    out = tmp_path / "nodes"
     sets = [arg for setting in SETTINGS for arg in ("--set", setting)]
     port = str(_free_port())
     node = _torchrun(
@@ -426,8 +353,115 @@ def test_two_nodes_of_one_process_through_the_c10d_rendezvous(two_ranks, tmp_pat
             if proc.poll() is None:
                 proc.kill()
     assert [proc.returncode for proc in nodes] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nodes"]  # one run directory, by rank 0
+    # Rank 0's node prints the run directory; the other rank prints nothing.
+    assert sorted(stdout for stdout, _ in results) == ["", f"run directory: {out}\n"]
+    return file, out
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process_with_the_same_global_batch(two_ranks, manager):
+    file, out = two_ranks
+    means, weights = one_process_reference(file, 2, manager)
+    assert _losses(out) == pytest.approx(means, abs=TOLERANCE, rel=0)
+    got = _model(out)
+    for which in ("model", "raw"):  # the EMA (what samples) and the raw weights
+        worst = max(float((got[which][k] - weights[which][k]).abs().max()) for k in weights[which])
+        assert worst <= TOLERANCE, f"{which} weights differ by {worst}"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["train_steps"] == 60
+    # Only rank 0 wrote: one run directory, one log line per log step, the status done.
+    assert sorted(p.name for p in out.parent.iterdir()) == ["two"]
+    assert len(_losses(out)) == 3
+    assert read_status(out)["state"] == "done"
+    state = load_checkpoint(out / "checkpoint-0000040.pt")
+    assert state["world_size"] == 2 and len(state["rank_generators"]) == 2
+    assert not torch.equal(state["rank_generators"][0]["data"], state["rank_generators"][1]["data"])
+
+
+@pytest.mark.slow
+def test_a_failure_on_one_rank_ends_both_and_a_resume_is_bitwise_the_uninterrupted_run(two_ranks, tmp_path):
+    file, reference = two_ranks
+    out = tmp_path / "crashed"
+    sets = [arg for setting in [*SETTINGS, "run.distributed_timeout=60"] for arg in ("--set", setting)]
+    port = str(_free_port())
+    rdzv = ["--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}"]
+    worker = [str(TESTS / "ddp_worker.py"), "run", str(file), *sets, "--out", str(out), "-q"]
+    # The subprocess timeout (well above the 60 s process-group timeout) turns a hang into a failure.
+    crashed = _launch(_torchrun(*rdzv, "--max-restarts=0", *worker), FLOWKIT_TEST_FAIL="1:30")
+    assert crashed.returncode != 0
+    assert "Error: rank 1 of 2: RuntimeError: injected failure at step 30" in crashed.stderr
+    status = read_status(out)
+    assert status is not None and status["state"] in ("failed", "killed", "interrupted")
+    assert sorted(p.name for p in out.glob("checkpoint-*.pt")) == ["checkpoint-0000020.pt"]
+    # Resumed by two processes from the step-20 checkpoint: every rank continues its own streams.
+    resumed = _launch(
+        _torchrun("--standalone", "--nproc-per-node=2", "-m", "flowkit", "resume", str(out), "-q")
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_bitwise(out, reference)
+    assert _losses(out) == _losses(reference)
+    assert read_status(out)["state"] == "done"
+
+
+@pytest.mark.slow
+def test_a_rank_that_stops_answering_ends_the_run_after_the_process_group_timeout(two_ranks, tmp_path):
+    file, _reference = two_ranks
+    out = tmp_path / "hung"
+    sets = [arg for setting in [*SETTINGS, "run.distributed_timeout=5"] for arg in ("--set", setting)]
+    worker = [str(TESTS / "ddp_worker.py"), "run", str(file), *sets, "--out", str(out), "-q"]
+    # Rank 1 sleeps for an hour at step 30: only the 5 s timeout can end rank 0 before the subprocess
+    # timeout fails the test.
+    hung = _launch(
+        _torchrun("--standalone", "--nproc-per-node=2", *worker), timeout=240, FLOWKIT_TEST_HANG="1:30"
+    )
+    assert hung.returncode != 0
+    assert "Error: rank 0 of 2: lost contact with another process" in hung.stderr
+    assert "Timed out" in hung.stderr
+    status = read_status(out)
+    assert status is not None and status["state"] == "failed" and status["step"] == 20
+    assert status["resume"] == f"flowkit resume {out}"
+
+
+@pytest.mark.slow
+def test_sigterm_to_flowkit_run_nproc_stops_every_rank_at_the_same_step_with_one_checkpoint(
+    two_ranks, tmp_path
+):
+    import signal
+    import threading
+
+    file, _reference = two_ranks
+    out = tmp_path / "stopped"
+    sets = ["train.steps=100000", "train.checkpoint_every=100", "train.log_every=100", "report.plots=false"]
+    args = [str(file), *(arg for setting in sets for arg in ("--set", setting)), "--out", str(out), "-q"]
+    # `--nproc 2` replaces this process with `torchrun --standalone --nproc-per-node=2 -m flowkit run`:
+    # the signal goes to the pid started here, which is torchrun by then.
+    command = [sys.executable, "-m", "flowkit", "run", *args, "--nproc", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        for _ in range(4800):  # poll every 50 ms, at most 4 minutes
+            if (out / "checkpoint-0000100.pt").exists():
+                break
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            threading.Event().wait(0.05)
+        else:
+            raise AssertionError("the first checkpoint never appeared")
+        proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks, not at the same step
+        _stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    status = read_status(out)
+    assert status is not None and status["state"] == "interrupted"
+    step = status["step"]
+    for rank in (0, 1):
+        assert (
+            f"Interrupted: rank {rank} of 2: {file}: interrupted by SIGTERM at training step {step} "
+            in stderr
+        )
+    state = load_checkpoint(out / status["checkpoint"])
+    assert state["step"] == step and len(state["rank_generators"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stopped"]  # one run directory, by rank 0
 
 
 @pytest.mark.slow

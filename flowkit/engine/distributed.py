@@ -168,8 +168,28 @@ def start(setting: str, device: torch.device, timeout_s: float, source: str = "[
     return _world
 
 
+def leave_together() -> None:
+    """Every rank leaves the process group at the same point: a barrier (bounded by ``[run]
+    distributed_timeout``, like every collective), then ``destroy_process_group`` on each rank.
+
+    The engine calls it on every rank at the end of training, where the ranks are in step anyway (the
+    final checkpoint gathered their generators), before rank 0 samples and evaluates alone. So no rank
+    tears the group down while another still holds its end of the connections (gloo's background
+    threads then meet a peer that is gone), and no rank waits through sampling, which may take longer
+    than any collective timeout. :func:`current_world` still names this rank (messages,
+    ``world_size``); a collective after this fails loudly (no process group)."""
+    if not _world.distributed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def stop() -> None:
-    """Leave the process group (each rank on its own: no collective)."""
+    """Leave the process group where :func:`leave_together` did not (each rank on its own: no
+    collective, so a failing rank never waits for the others), and forget this process's rank."""
     global _world
     if _world.distributed:
         import torch.distributed as dist

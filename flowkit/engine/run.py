@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from flowkit.config import read_toml
 from flowkit.engine.build import Pipeline, build_pipeline
 from flowkit.engine.checkpoints import list_checkpoints, newest_checkpoint, save_state
-from flowkit.engine.distributed import current_world, failure_message, from_main
+from flowkit.engine.distributed import current_world, failure_message, from_main, leave_together
 from flowkit.engine.evaluate import evaluate
 from flowkit.engine.interrupts import Interrupted, SignalGuard, signal_name
 from flowkit.engine.rundir import read_status, run_directory, write_json, write_status, write_toml
@@ -125,6 +125,7 @@ def _execute(run: PipelineRun, loop: TrainLoop | None = None, trained: bool = Fa
                 with _stage(run, "train"):
                     if hook.flowkit_train(run=run) is None:
                         train(run, loop)
+            leave_together()  # under torchrun: every rank leaves the group here, then rank 0 samples alone
             stage = "sample"
             write_status(
                 run.directory,
@@ -178,12 +179,14 @@ def _no_hook(**kwargs: Any) -> None:
 def _execute_worker(run: PipelineRun, loop: TrainLoop | None = None, trained: bool = False) -> PipelineRun:
     """A rank other than 0: its share of training, nothing written. Sampling and evaluation are rank
     0's alone (they are cheap next to training, and their draws then do not depend on the number of
-    processes), so this rank ends when training does."""
+    processes), so this rank ends when training does, after leaving the process group together with
+    the others (rank 0 leaves it before sampling)."""
     with SignalGuard() as guard:
         run.signals = guard
         try:
             if run.pipeline.model.trainable and not trained and run.hook.flowkit_train(run=run) is None:
                 train(run, loop)
+            leave_together()
         finally:
             run.signals = None
     return run
