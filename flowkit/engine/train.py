@@ -211,6 +211,8 @@ class TrainLoop:
         self.data_gen = self.backend.generator(rank_seed(seed, "data", rank))
         self.loss_gen = self.backend.generator(rank_seed(seed, "loss", rank))
         #: Whether each batch is drawn and paired a step ahead, on a worker thread (``Loss.pairs_ahead``).
+        #: Set it to ``False`` before the first step to pair each batch inside its own step (no thread;
+        #: the same training, bitwise, for a loss that draws nothing after the pairing).
         self.ahead = loss.pairs_ahead()
         # What the loss draws after the pairing (a plan's random choice, a path's own noise) comes
         # from a stream of its own, so the data and loss streams are drawn batch after batch.
