@@ -20,6 +20,15 @@ relative); median per batch: at ``B = 256``, POT's network simplex (``ot.emd``) 
 ``linear_sum_assignment`` 56 s. Hence ``method = "auto"``: ``ot.emd`` where POT is installed, else
 scipy. Both run on the host in float64 (the points are copied there once per batch: ``B * D``
 numbers). No GPU was available in this work to measure a device-side auction, so none is offered.
+
+A training step of the benchmark MLP at ``B = 256`` takes about 3.4 ms, less than one solve, so
+``exact-ot`` splits its call into :meth:`ExactOT.solve` (the permutation: reads its inputs, draws
+nothing) and :meth:`ExactOT.pair`, and says ``background = True``: the training loop solves batch
+``k + 1`` on a worker thread while step ``k`` trains (``docs/design.md``, "Pairing a step ahead"). That
+overlaps only because both solvers release the GIL, measured on 2026-12-03 (2-core VM, load average
+about 5): while a thread ran ``ot.emd`` or ``linear_sum_assignment`` on 256 x 256 costs, another
+thread's wake-up from a 0.2 ms sleep was delayed by 0.08 ms (median; p99 5 and 3.8 ms), the same as
+with no solver running (0.08 ms), against 7.9 ms beside a thread spinning in pure Python.
 """
 
 from __future__ import annotations
