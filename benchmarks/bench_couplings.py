@@ -15,7 +15,7 @@ steps, and each ratio is to the raw loop's rate *in the same repetition* (``comm
   ``plugins/flowkit_couplings/couplings.py``), paired a step ahead on the training loop's worker
   thread (the default; ``docs/design.md``, "Pairing a step ahead");
 * ``flowkit exact-ot in-step``: the same, with ``TrainLoop.ahead = False``: each batch paired on the
-  training thread inside its own step (what flowkit did before; the bitwise-same training);
+  training thread inside its own step (as flowkit did before; the bitwise-same training);
 * ``flowkit sinkhorn``: ``coupling = { kind = "sinkhorn", epsilon = 0.05 }``;
 * ``torchcfm ot-cfm``: torchcfm's ``ExactOptimalTransportConditionalFlowMatcher(sigma=0)`` on the
   hand-written loop (POT's ``emd`` and sampling pairs from the plan with ``numpy``).

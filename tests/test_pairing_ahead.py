@@ -197,6 +197,11 @@ def test_same_seed_twice_gives_bitwise_weights_whatever_the_timing(manager, path
     a = trained(manager, spec, 12, delays=[0.0, 0.03, 0.0])
     b = trained(manager, spec, 12, delays=[0.01, 0.0])
     assert_same(weights(a), weights(b))
+    inline = TrainLoop(build_pipeline(spec, (), manager))
+    inline.ahead = False  # each batch paired inside its step, no thread: the same training
+    for _ in inline.run(12):
+        assert pairing_threads() == []
+    assert_same(weights(inline), weights(a))
 
 
 def test_close_midway_puts_the_draws_back(manager):

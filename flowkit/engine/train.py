@@ -211,12 +211,13 @@ class TrainLoop:
         self.data_gen = self.backend.generator(rank_seed(seed, "data", rank))
         self.loss_gen = self.backend.generator(rank_seed(seed, "loss", rank))
         #: Whether each batch is drawn and paired a step ahead, on a worker thread (``Loss.pairs_ahead``).
-        #: Set it to ``False`` before the first step to pair each batch inside its own step (no thread;
-        #: the same training, bitwise, for a loss that draws nothing after the pairing).
+        #: Set it to ``False`` to pair each batch inside its own step, on this thread: the same draws
+        #: from the same streams, so the same training, bitwise; only no thread.
         self.ahead = loss.pairs_ahead()
         # What the loss draws after the pairing (a plan's random choice, a path's own noise) comes
         # from a stream of its own, so the data and loss streams are drawn batch after batch.
         self.paired_gen = self.backend.generator(rank_seed(seed, "paired", rank)) if self.ahead else None
+        self._split = self.ahead  # the step in two stages (the thread or not: TrainLoop.ahead)
         self._next: _Ahead | None = None  # the batch of step current_step + 1, drawn ahead
         self._worker: ThreadPoolExecutor | None = None
         #: The last step completed (0 before the first).
@@ -252,8 +253,8 @@ class TrainLoop:
             return self._step(ahead)
 
     def _step(self, ahead: bool) -> Tensor:
-        if self.ahead:
-            loss = self._paired_loss(ahead)
+        if self._split:
+            loss = self._paired_loss(ahead and self.ahead)
         elif self.num_classes:
             z, y = self.labelled_batch()
             with self.backend.autocast():
