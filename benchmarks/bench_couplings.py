@@ -12,7 +12,10 @@ steps, and each ratio is to the raw loop's rate *in the same repetition* (``comm
 * ``raw``: the hand-written independent CFM loop of ``bench_speed.py`` (the reference);
 * ``flowkit``: flowkit's training loop, ``coupling = "independent"``;
 * ``flowkit exact-ot``: ``coupling = "exact-ot"`` (POT's ``emd`` where installed, see
-  ``plugins/flowkit_couplings/couplings.py``);
+  ``plugins/flowkit_couplings/couplings.py``), paired a step ahead on the training loop's worker
+  thread (the default; ``docs/design.md``, "Pairing a step ahead");
+* ``flowkit exact-ot in-step``: the same, with ``TrainLoop.ahead = False``: each batch paired on the
+  training thread inside its own step (as flowkit did before; the bitwise-same training);
 * ``flowkit sinkhorn``: ``coupling = { kind = "sinkhorn", epsilon = 0.05 }``;
 * ``torchcfm ot-cfm``: torchcfm's ``ExactOptimalTransportConditionalFlowMatcher(sigma=0)`` on the
   hand-written loop (POT's ``emd`` and sampling pairs from the plan with ``numpy``).
@@ -53,11 +56,12 @@ from common import (
     write_pipeline,
 )
 
-#: The couplings flowkit is timed with (``[loss] coupling`` values).
-COUPLINGS: dict[str, Any] = {
-    "flowkit": "independent",
-    "flowkit exact-ot": "exact-ot",
-    "flowkit sinkhorn": {"kind": "sinkhorn", "epsilon": 0.05},
+#: The couplings flowkit is timed with (``[loss] coupling`` values) and whether the loop pairs ahead.
+COUPLINGS: dict[str, tuple[Any, bool]] = {
+    "flowkit": ("independent", True),
+    "flowkit exact-ot": ("exact-ot", True),
+    "flowkit exact-ot in-step": ("exact-ot", False),
+    "flowkit sinkhorn": ({"kind": "sinkhorn", "epsilon": 0.05}, True),
 }
 
 
@@ -75,9 +79,12 @@ class CouplingSpeedConfig:
 
 
 class CoupledFlowkitTrainer:
-    """``flowkit.engine.train.train`` on the benchmark pipeline with ``[loss] coupling``."""
+    """``flowkit.engine.train.train`` on the benchmark pipeline with ``[loss] coupling``; ``ahead =
+    False`` pairs each batch inside its own step (``TrainLoop.ahead``)."""
 
-    def __init__(self, batch: int, coupling: Any, seed: int, workdir: Path, name: str) -> None:
+    def __init__(
+        self, batch: int, coupling: Any, seed: int, workdir: Path, name: str, ahead: bool = True
+    ) -> None:
         import attrs
 
         from flowkit.engine import build_pipeline
@@ -92,14 +99,17 @@ class CoupledFlowkitTrainer:
         self.run = make_run(self.pipeline, manager, workdir / f"{slug}-{batch}")
         self.section = self.pipeline.train
         self.evolve = attrs.evolve
+        self.ahead = ahead
 
     def block(self, k: int) -> float:
-        from flowkit.engine.train import train
+        from flowkit.engine.train import TrainLoop, train
 
         first, last = 2, 2 + k
         self.pipeline.train = self.evolve(self.section, steps=last)
+        loop = TrainLoop(self.pipeline)
+        loop.ahead = loop.ahead and self.ahead
         self.clock.arm(first, last)
-        train(self.run)
+        train(self.run, loop)
         return self.clock.elapsed(first, last)
 
 
@@ -162,8 +172,10 @@ def run(cfg: CouplingSpeedConfig, log: Callable[[str], None] = print) -> dict[st
             for batch, k in zip(cfg.batches, cfg.block_steps, strict=True):
                 log(f"train, batch {batch}: {cfg.reps} blocks of {k} steps per contender")
                 contenders: dict[str, Any] = {"raw": RawTrainer(batch, speed_cfg)}
-                for name, coupling in COUPLINGS.items():
-                    contenders[name] = CoupledFlowkitTrainer(batch, coupling, cfg.seed, Path(tmp), name)
+                for name, (coupling, ahead) in COUPLINGS.items():
+                    contenders[name] = CoupledFlowkitTrainer(
+                        batch, coupling, cfg.seed, Path(tmp), name, ahead
+                    )
                 missing = {}
                 if cfg.peers and optional_import("torchcfm") is not None:
                     contenders["torchcfm ot-cfm"] = TorchCFMOTTrainer(batch, speed_cfg)

@@ -426,6 +426,54 @@ class Loss(Component):
         null class where dropped), which the loss passes on as ``model(x, t, y)``; a loss that takes
         no ``y`` keyword cannot train conditionally. Unlabelled data: no ``y`` is passed."""
 
+    # A step in two stages, so that the training loop can pair the next batch while this one trains.
+
+    def pairs_ahead(self) -> bool:
+        """Whether a step is worth splitting into :meth:`prepare` (the draws), ``PreparedBatch.solve``
+        (heavy work needing no generator, run by the training loop on a worker thread while the
+        previous step trains) and :meth:`loss_on`. ``False`` (the default): the loop calls the loss
+        as a whole and starts no thread."""
+        return False
+
+    def prepare(
+        self,
+        path: ProbabilityPath,
+        z: Tensor,
+        generator: torch.Generator | None = None,
+        y: Tensor | None = None,
+    ) -> PreparedBatch:
+        """Make this batch's draws from ``generator`` (on the training thread) and return them with
+        the work left before the loss (see :class:`PreparedBatch`). Only where :meth:`pairs_ahead`."""
+        raise CapabilityError(f"loss '{self.registered_name}' does not split a step (pairs_ahead)")
+
+    def loss_on(
+        self,
+        model: nn.Module,
+        path: ProbabilityPath,
+        batch: PreparedBatch,
+        solution: Any,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The scalar loss of ``batch`` (from :meth:`prepare`) given ``solution = batch.solve()``; draws
+        what it still needs from ``generator``. With one generator ``g`` for both,
+        ``loss_on(model, path, b, b.solve(), g)`` for ``b = prepare(path, z, g)`` is ``self(model, path,
+        z, g)``, bitwise."""
+        raise CapabilityError(f"loss '{self.registered_name}' does not split a step (pairs_ahead)")
+
+
+@attrs.frozen
+class PreparedBatch:
+    """A batch whose random draws are made and whose pairing is still to do (:meth:`Loss.prepare`).
+
+    ``draws`` is what the loss drew (its own layout, read back by :meth:`Loss.loss_on`); ``solve()``
+    is the rest of the pairing. ``solve`` may run on another thread while the training thread works
+    on other tensors: it draws no random numbers, changes none of the draws and no state the
+    training step reads, and returns the ``solution`` :meth:`Loss.loss_on` takes (a host solver
+    that releases the GIL then runs beside the training step)."""
+
+    draws: dict[str, Any]
+    solve: Callable[[], Any]
+
 
 class Coupling(Component):
     """Pairs a batch of noise with a batch of data: a coupling ``pi`` of ``p_init`` and ``p_data``.
@@ -436,9 +484,33 @@ class Coupling(Component):
     coupling that honours them pairs each data point only with noise assigned to its class, so a
     class-conditional model sees unbiased noise for every class. Random choices (sampling from a
     plan) come from ``generator``. ``independent`` is ``True`` for the coupling that pairs as drawn.
+
+    A coupling may split a call into :meth:`solve` (the deterministic, expensive part: draws nothing,
+    thread-safe) and :meth:`pair` (applies the solution; any random choice). ``background = True``
+    says that :meth:`solve` is worth running on a worker thread beside the training step (it
+    releases the GIL for most of its time); a loss then pairs each batch a step ahead
+    (:meth:`Loss.pairs_ahead`). The defaults do all the work in :meth:`pair` (``__call__``).
     """
 
     independent: ClassVar[bool] = False
+    background: ClassVar[bool] = False
+
+    def solve(self, x0: Tensor, x1: Tensor, labels: Tensor | None = None) -> Any:
+        """The generator-free part of pairing ``x0 (B, *D)`` with ``x1 (B, *D)``: its result goes to
+        :meth:`pair`. Must not change its inputs; may run on a worker thread. Default: nothing."""
+        return None
+
+    def pair(
+        self,
+        solution: Any,
+        x0: Tensor,
+        x1: Tensor,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The pairs given ``solution = solve(x0, x1, labels)``: ``pair(solve(x0, x1, l), x0, x1, l, g)``
+        is ``self(x0, x1, l, g)``. Default: ``self(x0, x1, labels, generator)``."""
+        return self(x0, x1, labels, generator)
 
     @abc.abstractmethod
     def __call__(

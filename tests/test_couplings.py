@@ -385,7 +385,13 @@ def test_coupling_speed_benchmark_rows_and_ratios():
     )
     result = bench_couplings.run(cfg, log=lambda message: None)
     rows = result["train"]["16"]["contenders"]
-    assert list(rows) == ["raw", "flowkit", "flowkit exact-ot", "flowkit sinkhorn"]
+    assert list(rows) == [
+        "raw",
+        "flowkit",
+        "flowkit exact-ot",
+        "flowkit exact-ot in-step",
+        "flowkit sinkhorn",
+    ]
     for name in rows:
         rates = rows[name]["steps_per_s"]
         assert len(rates["values"]) == 2

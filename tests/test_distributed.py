@@ -474,3 +474,47 @@ def test_a_two_rank_run_extends_in_one_process(two_ranks, tmp_path, manager):
     state = load_checkpoint(extended.directory / "checkpoint-0000080.pt")
     assert state["world_size"] == 1 and len(state["rank_generators"]) == 1
     assert read_status(copy)["state"] == "done"  # a finished run is extended into a new directory
+
+
+# ---------------------------------------------------------------------------------------------------
+# OT-CFM paired a step ahead (issue 13): each rank its own worker and its own plan
+# ---------------------------------------------------------------------------------------------------
+
+EXACT_OT = ["loss.coupling=exact-ot"]
+
+
+def test_exact_ot_under_a_one_rank_process_group_is_bitwise_the_plain_run(tmp_path, manager, one_rank_group):
+    file = _pipeline_file(tmp_path)
+    grouped = run_pipeline(
+        build_pipeline(file, [*SETTINGS, *EXACT_OT], manager), manager, out=str(tmp_path / "g"), quiet=True
+    )
+    state = load_checkpoint(grouped.directory / "checkpoint-0000060.pt")
+    assert set(state["rank_generators"][0]) == {"data", "loss", "paired"}
+    dist.stop()
+    plain = run_pipeline(
+        build_pipeline(file, [*SETTINGS, *EXACT_OT], manager), manager, out=str(tmp_path / "p"), quiet=True
+    )
+    _assert_bitwise(grouped.directory, plain.directory)
+
+
+@pytest.mark.slow
+def test_two_ranks_pair_ahead_each_its_own_batch_as_one_process_pairs_them(tmp_path, manager):
+    """``--nproc 2`` with exact-ot: every rank pairs its share a step ahead; one process pairing each
+    rank's share inside the step (``one_process_reference``, the loss called whole) gets the same."""
+    file = _pipeline_file(tmp_path)
+    file.write_text(file.read_text().replace('kind = "cfm"', 'kind = "cfm"\ncoupling = "exact-ot"'))
+    sets = [arg for setting in SETTINGS for arg in ("--set", setting)]
+    out = tmp_path / "runs" / "two-ot"
+    done = _launch(
+        [sys.executable, "-m", "flowkit", "run", str(file), *sets, "--out", str(out), "-q", "--nproc", "2"]
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    means, weights = one_process_reference(file, 2, manager)
+    assert build_pipeline(file, SETTINGS, manager).loss.pairs_ahead()
+    assert _losses(out) == pytest.approx(means, abs=TOLERANCE, rel=0)
+    got = _model(out)
+    for which in ("model", "raw"):
+        worst = max(float((got[which][k] - weights[which][k]).abs().max()) for k in weights[which])
+        assert worst <= TOLERANCE, f"{which} weights differ by {worst}"
+    state = load_checkpoint(out / "checkpoint-0000060.pt")
+    assert [set(g) for g in state["rank_generators"]] == [{"data", "loss", "paired"}] * 2

@@ -8,6 +8,15 @@ Divergence is found without a device sync per step: the losses since the last ch
 checked in one read at every log step and before every checkpoint, which names the exact step of the
 first non-finite loss. A checkpoint is written only after that check and a check of the weights, so
 no checkpoint ever holds non-finite weights.
+
+A loss whose pairing is worth running beside the training step (:meth:`~flowkit.interfaces.Loss.pairs_ahead`:
+``cfm`` with ``coupling = "exact-ot"``) is run a step ahead: during step ``k`` the training thread
+draws batch ``k + 1`` (from the same data and loss generators, in the same order as one step at a
+time) and hands its solve to one worker thread, so the host solver runs on another core while step
+``k`` trains; step ``k + 1`` waits only for what is left of it. What the loss draws after the pairing
+comes from a third generator (``paired``), so a checkpoint holds the data and loss generators as they
+were before the batch drawn ahead, and a resumed run draws that batch again, bitwise. See
+``docs/design.md``, "Pairing a step ahead".
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import math
 import signal
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +52,7 @@ from flowkit.engine.interrupts import Interrupted, signal_name
 from flowkit.engine.rundir import write_status
 from flowkit.engine.sections import TrainSection
 from flowkit.errors import CapabilityError, FlowkitError
+from flowkit.interfaces import PreparedBatch
 
 if TYPE_CHECKING:
     from flowkit.engine.build import Pipeline
@@ -118,6 +129,32 @@ class Diverged(FlowkitError):
         self.what = what
 
 
+class PairingError(FlowkitError):
+    """The pairing of a batch (``PreparedBatch.solve``, on the worker thread or not) raised ``cause``."""
+
+    def __init__(self, step: int, loss: str, cause: BaseException) -> None:
+        super().__init__(
+            f"training step {step}: pairing noise and data failed (loss '{loss}'): "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.step = step
+        self.cause = cause
+
+
+#: The name (prefix) of the one worker thread that pairs the next batch while a step trains.
+PAIRING_THREAD = "flowkit-pairing"
+
+
+class _Ahead:
+    """A batch drawn a step ahead: its draws, its solve under way, and the data and loss generator
+    states from before its draws (what a checkpoint saves, and what :meth:`TrainLoop.close` restores)."""
+
+    __slots__ = ("batch", "future", "generators")
+
+    def __init__(self, batch: PreparedBatch, future: Future[Any], generators: tuple[Tensor, Tensor]) -> None:
+        self.batch, self.future, self.generators = batch, future, generators
+
+
 class TrainLoop:
     """The optimisation of a pipeline's network: AdamW, a learning-rate schedule and an EMA of the weights.
 
@@ -131,6 +168,11 @@ class TrainLoop:
     Under torchrun (:mod:`flowkit.engine.distributed`) each rank draws ``batch_size / world_size``
     points from its own generators, the forward pass goes through ``DistributedDataParallel`` (so the
     averaged gradient is that of the global batch) and the logged losses are averaged over the ranks.
+
+    Where the loss pairs ahead (:attr:`ahead`), :meth:`step` draws the next batch and starts its
+    pairing on a worker thread (:data:`PAIRING_THREAD`) before it trains; :meth:`close` (or ``with
+    TrainLoop(...) as loop``) stops the thread and puts the generators back to before that batch.
+    :meth:`run` and :func:`train` close it on every way out. Otherwise no thread is started.
     """
 
     def __init__(self, pipeline: Pipeline) -> None:
@@ -168,6 +210,16 @@ class TrainLoop:
         rank = self.world.rank
         self.data_gen = self.backend.generator(rank_seed(seed, "data", rank))
         self.loss_gen = self.backend.generator(rank_seed(seed, "loss", rank))
+        #: Whether each batch is drawn and paired a step ahead, on a worker thread (``Loss.pairs_ahead``).
+        #: Set it to ``False`` to pair each batch inside its own step, on this thread: the same draws
+        #: from the same streams, so the same training, bitwise; only no thread.
+        self.ahead = loss.pairs_ahead()
+        # What the loss draws after the pairing (a plan's random choice, a path's own noise) comes
+        # from a stream of its own, so the data and loss streams are drawn batch after batch.
+        self.paired_gen = self.backend.generator(rank_seed(seed, "paired", rank)) if self.ahead else None
+        self._split = self.ahead  # the step in two stages (the thread or not: TrainLoop.ahead)
+        self._next: _Ahead | None = None  # the batch of step current_step + 1, drawn ahead
+        self._worker: ThreadPoolExecutor | None = None
         #: The last step completed (0 before the first).
         self.current_step = 0
         #: The mean loss of the last log step (``None`` before the first).
@@ -188,17 +240,22 @@ class TrainLoop:
         """The current learning rate."""
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def step(self) -> Tensor:
-        """One optimisation step; returns the loss as a detached scalar tensor (no device sync)."""
+    def step(self, ahead: bool = True) -> Tensor:
+        """One optimisation step; returns the loss as a detached scalar tensor (no device sync).
+
+        Where the loss pairs ahead, ``ahead = True`` also draws the next step's batch and starts its
+        pairing on the worker thread (``False``: the last step; nothing is left running)."""
         if not self.stochastic:
-            return self._step()
+            return self._step(ahead)
         with torch.random.fork_rng(devices=self._rng_devices):
             step = self.current_step + 1  # each rank its own masks (rank 0's: a one-process run's)
             torch.manual_seed(rank_seed(self.pipeline.run.seed, f"dropout:{step}", self.world.rank))
-            return self._step()
+            return self._step(ahead)
 
-    def _step(self) -> Tensor:
-        if self.num_classes:
+    def _step(self, ahead: bool) -> Tensor:
+        if self._split:
+            loss = self._paired_loss(ahead and self.ahead)
+        elif self.num_classes:
             z, y = self.labelled_batch()
             with self.backend.autocast():
                 loss = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen, y=y)  # type: ignore[call-arg]
@@ -217,6 +274,67 @@ class TrainLoop:
             self.ema.update()
         return loss.detach()
 
+    def _paired_loss(self, ahead: bool) -> Tensor:
+        """This step's loss on a batch paired ahead (or now, on the first step and after a resume or
+        :meth:`close`); with ``ahead``, draws the next batch and submits its solve first."""
+        step = self.current_step + 1
+        current, self._next = self._next, None
+        if current is None:
+            batch = self._draw()
+            solution = self._solution(batch.solve, step)
+        else:
+            batch = current.batch
+            solution = self._solution(current.future.result, step)
+        if ahead:
+            before = (self.data_gen.get_state(), self.loss_gen.get_state())
+            following = self._draw()
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=PAIRING_THREAD)
+            self._next = _Ahead(following, self._worker.submit(following.solve), before)
+        with self.backend.autocast():
+            return self.loss_fn.loss_on(
+                self.role, self.pipeline.path, batch, solution, generator=self.paired_gen
+            )
+
+    def _draw(self) -> PreparedBatch:
+        """The next batch, drawn on this thread: the data (data generator), then the loss's draws
+        (loss generator), in the order of a step that is not split."""
+        path = self.pipeline.path
+        if self.num_classes:
+            z, y = self.labelled_batch()
+            with self.backend.autocast():
+                return self.loss_fn.prepare(path, z, generator=self.loss_gen, y=y)
+        z = self.pipeline.dataset.sample(self.batch_size, generator=self.data_gen, device=self.device)
+        with self.backend.autocast():
+            return self.loss_fn.prepare(path, z, generator=self.loss_gen)
+
+    def _solution(self, solve: Callable[[], Any], step: int) -> Any:
+        """``solve()``'s result (computed by the worker, or here); an exception as :class:`PairingError`."""
+        try:
+            return solve()
+        except Exception as exc:
+            name = self.loss_fn.registered_name or type(self.loss_fn).__name__
+            raise PairingError(step, name, exc) from exc
+
+    def close(self) -> None:
+        """Stop the pairing worker, if any (waiting for a solve under way). A batch drawn ahead is
+        dropped and the data and loss generators go back to before its draws, so the loop is as if
+        it had run one step at a time: the next :meth:`step` draws that batch again. Idempotent."""
+        current, self._next = self._next, None
+        if current is not None:
+            current.future.cancel()
+            self.data_gen.set_state(current.generators[0])
+            self.loss_gen.set_state(current.generators[1])
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> TrainLoop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def labelled_batch(self) -> tuple[Tensor, Tensor]:
         """``(z (B, *D), y (B,))``: a batch with its labels, each replaced by the null class
         ``num_classes`` with probability ``[train] label_dropout`` (drawn from the data generator)."""
@@ -232,19 +350,23 @@ class TrainLoop:
         """The steps after :attr:`current_step` up to ``total``, yielding ``(step, loss, mean)`` after
         each: the detached loss, and the mean loss since the last log every ``[train] log_every`` steps
         and at the last step (``None`` otherwise). Raises :class:`Diverged` at a log step whose window
-        holds a non-finite loss, naming the step of the first."""
-        for step in range(self.current_step + 1, total + 1):
-            loss = self.step()
-            self.current_step = step
-            self._window.append(loss)
-            mean = None
-            if step % self.cfg.log_every == 0 or step == total:
-                self.check_losses()
-                mean = float(torch.stack(self._window).mean())
-                self._window.clear()
-                self._checked = 0
-                self.last_logged = mean
-            yield step, loss, mean
+        holds a non-finite loss, naming the step of the first. The pairing worker, if any, is closed
+        when the steps end, on an exception and when the iteration is abandoned."""
+        try:
+            for step in range(self.current_step + 1, total + 1):
+                loss = self.step(ahead=step < total)
+                self.current_step = step
+                self._window.append(loss)
+                mean = None
+                if step % self.cfg.log_every == 0 or step == total:
+                    self.check_losses()
+                    mean = float(torch.stack(self._window).mean())
+                    self._window.clear()
+                    self._checked = 0
+                    self.last_logged = mean
+                yield step, loss, mean
+        finally:
+            self.close()
 
     def check_losses(self) -> None:
         """Raise :class:`Diverged` if a loss since the last check is not finite (one device read).
@@ -289,7 +411,14 @@ class TrainLoop:
         self.check_losses()
         self.check_weights()
         state = self.weights(self.current_step)
-        mine = {"data": self.data_gen.get_state(), "loss": self.loss_gen.get_state()}
+        # As of the steps taken: a batch drawn ahead is drawn again by the resumed run.
+        if self._next is not None:
+            data, loss = self._next.generators
+        else:
+            data, loss = self.data_gen.get_state(), self.loss_gen.get_state()
+        mine = {"data": data, "loss": loss}
+        if self.paired_gen is not None:
+            mine["paired"] = self.paired_gen.get_state()
         # Every rank's generators, in rank order, on rank 0 (the one that writes the checkpoint).
         every = gather_to_main(mine, self.world) or [mine]
         state.update(
@@ -316,6 +445,7 @@ class TrainLoop:
         rate at step ``k`` is ``lr * factor(k)`` over this pipeline's ``[train] steps``.
         """
         step = int(state["step"])
+        self.close()  # a batch drawn ahead belongs to the state being replaced
         self.network.load_state_dict(state["raw"])
         if self.ema is not None:
             self.ema.load_averages(state["model"], int(state.get("ema_updates", step)))
@@ -345,13 +475,19 @@ class TrainLoop:
         So a run resumed with as many processes continues bitwise; with another number, statistically."""
         saved = state.get("rank_generators") or [state["generators"]]  # one-process checkpoints
         rank = self.world.rank
+        seed = self.pipeline.run.seed
         if rank < len(saved):
             self.data_gen.set_state(saved[rank]["data"])
             self.loss_gen.set_state(saved[rank]["loss"])
+            if self.paired_gen is not None and "paired" in saved[rank]:
+                self.paired_gen.set_state(saved[rank]["paired"])
+            elif self.paired_gen is not None:  # saved by a loop that did not pair ahead
+                self.paired_gen.manual_seed(rank_seed(seed, "paired", rank, resumed_at=step))
             return
-        seed = self.pipeline.run.seed
         self.data_gen.manual_seed(rank_seed(seed, "data", rank, resumed_at=step))
         self.loss_gen.manual_seed(rank_seed(seed, "loss", rank, resumed_at=step))
+        if self.paired_gen is not None:
+            self.paired_gen.manual_seed(rank_seed(seed, "paired", rank, resumed_at=step))
 
     def finish(self) -> None:
         """Put the weights sampling should use (the EMA, where enabled) into the network."""
@@ -399,6 +535,7 @@ def train(run: PipelineRun, loop: TrainLoop | None = None) -> None:
     except Diverged as exc:
         raise _diverged(run, loop, exc) from None
     finally:
+        loop.close()  # the pairing worker, if any: on every way out
         if guard is not None:
             guard.deferring = False
     if guard is not None and guard.requested is not None:  # came during the final save: training is done

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import CapabilityError
-from flowkit.interfaces import Coupling, ProbabilityPath
+from flowkit.interfaces import Coupling, PreparedBatch, ProbabilityPath
 from flowkit.params import component
 from flowkit_losses.common import (
     NetworkVelocity,
@@ -76,13 +76,53 @@ class CFMLoss(TimeSampledLoss):
         coupling = active_coupling(self.params.coupling)
         if coupling is None:
             return super().__call__(model, path, z, generator, y=y)
+        batch = self.prepare(path, z, generator, y=y, labels=labels)
+        return self.loss_on(model, path, batch, batch.solve(), generator)
+
+    def pairs_ahead(self) -> bool:
+        """Whether the coupling's solve is worth running a step ahead on a worker (``exact-ot``)."""
+        coupling = active_coupling(self.params.coupling)
+        return coupling is not None and coupling.background
+
+    def prepare(
+        self,
+        path: ProbabilityPath,
+        z: Tensor,
+        generator: torch.Generator | None = None,
+        y: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> PreparedBatch:
+        """Draws ``t (B,)`` then the noise ``(B, *D)`` from ``generator`` (as :meth:`__call__` does);
+        ``solve()`` is the coupling's :meth:`~flowkit.interfaces.Coupling.solve` of noise and data (by
+        the conditional model's ``y``, else by ``labels``)."""
+        coupling = active_coupling(self.params.coupling)
         t = self.sample_times(z.shape[0], path, generator, z.device, z.dtype)
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        by = y if y is not None else labels
+        draws = {"z": z, "t": t, "noise": noise, "y": y, "by": by}
+        if coupling is None:
+            return PreparedBatch(draws, lambda: None)
+        return PreparedBatch(draws, lambda: coupling.solve(noise, z, by))
+
+    def loss_on(
+        self,
+        model: nn.Module,
+        path: ProbabilityPath,
+        batch: PreparedBatch,
+        solution: object,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The loss on the pairs of a batch from :meth:`prepare`: the coupling's ``pair`` (any random
+        choice of it from ``generator``), then :meth:`loss_at` (a path's own draws from ``generator``)."""
+        d = batch.draws
+        z, t, noise, y = d["z"], d["t"], d["noise"], d["y"]
+        coupling = active_coupling(self.params.coupling)
+        paired = y
+        if coupling is not None:
+            noise, z, paired = coupling.pair(solution, noise, z, d["by"], generator)
         if y is None:
-            noise, z, _ = coupling(noise, z, labels, generator)
             return self.loss_at(model, path, z, t, noise, generator)
         # a conditional model: the condition travels with its data point (class-aware pairing by it)
-        noise, z, paired = coupling(noise, z, y, generator)
         return self.loss_at(model, path, z, t, noise, generator, y=paired if paired is not None else y)
 
     def model_role(self, network: nn.Module, path: ProbabilityPath) -> nn.Module:
