@@ -66,6 +66,7 @@ from common import (
     raw_moons,
     sandwich,
     stamp,
+    steady_malloc,
     summarize,
     summarize_clocks,
     synchronize,
@@ -97,7 +98,7 @@ class SpeedConfig:
     threads: int = 1
     batches: list[int] = field(default_factory=lambda: [256, 4096])
     block_steps: list[int] = field(default_factory=lambda: [100, 15])
-    train_reps: int = 15
+    train_reps: int = 25
     warm_steps: int = 3
     sample_n: int = 10_000
     sample_reps: int = 7
@@ -110,6 +111,7 @@ class SpeedConfig:
     peers: bool = True
     ema_row: bool = True
     breakdown: bool = False
+    steady_malloc: bool = True
     seed: int = 0
 
 
@@ -459,6 +461,8 @@ def _run_speed(cfg: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="flowkit-bench-") as tmp:
         workdir = Path(tmp)
         memory_jobs: list[Callable[[], None]] = []
+        if cfg.steady_malloc and device.type == "cpu":
+            result["machine"]["steady_malloc"] = steady_malloc()
         # -- training ------------------------------------------------------------------------------
         for batch, k in zip(cfg.batches, cfg.block_steps, strict=True):
             log(f"train, batch {batch}: {cfg.train_reps} blocks of {k} steps per contender")
@@ -878,13 +882,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
     )
     p.add_argument("--batches", type=int, nargs="+", default=[256, 4096])
     p.add_argument("--block-steps", type=int, nargs="+", default=[100, 15], help="steps per block, per batch")
-    p.add_argument("--train-reps", type=int, default=15)
+    p.add_argument("--train-reps", type=int, default=25)
     p.add_argument("--sample-n", type=int, default=10_000)
     p.add_argument("--sample-reps", type=int, default=7)
     p.add_argument("--memory-steps", type=int, default=10)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--breakdown", action="store_true")
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc thresholds as they are during the timings (page faults come and go)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     p.add_argument("--out", type=Path, default=RESULTS / "speed.json")
     p.add_argument(
@@ -907,6 +916,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
         memory_steps=a.memory_steps,
         peers=not a.no_peers,
         breakdown=a.breakdown,
+        steady_malloc=not a.default_malloc,
     )
     if a.quick:
         cfg = quick_config(cfg)
