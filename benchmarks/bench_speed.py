@@ -437,17 +437,23 @@ def _sample_contenders(
     return contenders, missing, networks
 
 
-def run_speed(cfg: SpeedConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_speed(
+    cfg: SpeedConfig,
+    log: Callable[[str], None] = print,
+    partial: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run the benchmark; returns the results (what the JSON holds)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _run_speed(cfg, log)
+        return _run_speed(cfg, log, partial or (lambda result: None))
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_speed(cfg: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
+def _run_speed(
+    cfg: SpeedConfig, log: Callable[[str], None], partial: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
     device = torch.device(cfg.device)
     result: dict[str, Any] = {
         "machine": machine_description(cfg.threads, device),
@@ -483,6 +489,7 @@ def _run_speed(cfg: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
             for name, why in missing.items():
                 entry["contenders"][name] = {"status": why}
             result["train"][str(batch)] = entry
+            partial(result)  # what is measured so far survives a run stopped later
             if cfg.memory:
                 for name, contender in contenders.items():
                     memory_jobs.append(
@@ -517,6 +524,7 @@ def _run_speed(cfg: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
             for name, why in missing.items():
                 entry["contenders"][name] = {"status": why}
             result["sample"][simulator] = entry
+            partial(result)
             if cfg.memory:
                 for name, contender in contenders.items():
                     memory_jobs.append(
@@ -934,12 +942,17 @@ def quick_config(cfg: SpeedConfig | None = None) -> SpeedConfig:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg, out = parse_args(argv)
-    result = run_speed(cfg, log=lambda m: print(m, flush=True))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    text = tables(result)
-    out.with_suffix(".md").write_text(text, encoding="utf-8")
-    print("\n" + text)
+
+    def write(result: dict[str, Any]) -> None:
+        result["machine"]["load_average_now"] = list(os.getloadavg())
+        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        out.with_suffix(".md").write_text(tables(result), encoding="utf-8")
+
+    # written after every workload too: under heavy load a run may be stopped before the end
+    result = run_speed(cfg, log=lambda m: print(m, flush=True), partial=write)
+    write(result)
+    print("\n" + tables(result))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return result
 

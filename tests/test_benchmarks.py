@@ -54,7 +54,24 @@ def speed():
     cfg = bench_speed.quick_config()
     cfg.threads, cfg.batches, cfg.block_steps, cfg.train_reps = 1, [16], [2], 2
     cfg.sample_n, cfg.sample_reps, cfg.sample_steps = 32, 2, {"euler": 3, "heun": 2, "euler-maruyama": 3}
-    return cfg, bench_speed.run_speed(cfg, log=lambda message: None)
+
+    def partial(result):
+        PARTIAL.append((list(result["train"]), list(result["sample"])))
+
+    return cfg, bench_speed.run_speed(cfg, log=lambda message: None, partial=partial)
+
+
+PARTIAL: list[tuple[list[str], list[str]]] = []
+
+
+def test_speed_results_are_handed_over_after_every_workload(speed):
+    # main() writes them each time, so a run stopped under heavy load keeps what it measured
+    assert PARTIAL == [
+        (["16"], []),
+        (["16"], ["euler"]),
+        (["16"], ["euler", "heun"]),
+        (["16"], ["euler", "heun", "euler-maruyama"]),
+    ]
 
 
 def test_speed_json_structure_and_ratios(speed):
