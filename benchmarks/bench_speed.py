@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -850,6 +851,47 @@ def ratios(result: dict[str, Any], clock: str = "cpu") -> dict[str, float]:
     return out
 
 
+_LOG_BLOCK = re.compile(r"(\S+) ([\d.e+-]+)/([\d.e+-]+) \(([\d.e+-]+)/([\d.e+-]+)\)")
+
+
+def result_from_log(text: str) -> dict[str, Any]:
+    """The ratios of a run from its log (what it prints per repetition: each block's CPU and wall
+    seconds, and the mean of the raw blocks around it), for a run stopped before it wrote its JSON.
+    Per block only, so the rates are blocks per second; the ratios are the JSON's to the 4 digits
+    logged."""
+    times: dict[str, dict[str, dict[str, list[tuple[float, ...]]]]] = {"train": {}, "sample": {}}
+    rows: dict[str, dict[str, list[tuple[float, ...]]]] | None = None
+    for line in text.splitlines():
+        if line.startswith("train, batch "):
+            rows = times["train"].setdefault(line.split()[2].rstrip(":"), {})
+        elif line.startswith("sample, "):
+            rows = times["sample"].setdefault(line.split()[1], {})
+        elif not line.startswith("  rep "):
+            rows = None  # another part (the breakdown's ablation has names with spaces)
+        elif rows is not None:
+            for match in _LOG_BLOCK.finditer(line.split("): ", 1)[1]):
+                rows.setdefault(match.group(1), []).append(tuple(map(float, match.group(2, 3, 4, 5))))
+    result: dict[str, Any] = {"train": {}, "sample": {}}
+    for section, entries in times.items():
+        for row, blocks in entries.items():
+            contenders: dict[str, Any] = {}
+            for name, values in blocks.items():
+                contenders[name] = {"status": "ok"}
+                for clock, i in (("cpu", 0), ("wall", 1)):
+                    rates = [1 / v[i] for v in values]
+                    contenders[name][RATE_KEYS[section][clock]] = summarize(
+                        rates, [1 / v[i + 2] for v in values]
+                    )
+            result[section][row] = {"contenders": contenders}
+    return result
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    """A run's results from its JSON, or from its log (``.log``, see :func:`result_from_log`)."""
+    text = path.read_text(encoding="utf-8")
+    return result_from_log(text) if path.suffix == ".log" else json.loads(text)
+
+
 def compare(first: dict[str, Any], second: dict[str, Any], tolerance: float = 0.03) -> str:
     """Markdown: each ratio of two runs side by side and their relative difference, on the thread's
     CPU time and on the wall-clock (the stability check), then the largest difference per clock and
@@ -905,11 +947,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     p.add_argument("--out", type=Path, default=RESULTS / "speed.json")
     p.add_argument(
-        "--compare", type=Path, nargs=2, metavar="JSON", help="print two runs' ratios side by side and exit"
+        "--compare",
+        type=Path,
+        nargs=2,
+        metavar="JSON",
+        help="print two runs' ratios side by side and exit (a .log: the ratios its repetitions logged)",
     )
     a = p.parse_args(argv)
     if a.compare:
-        first, second = (json.loads(f.read_text(encoding="utf-8")) for f in a.compare)
+        first, second = (load_result(f) for f in a.compare)
         print(compare(first, second))
         raise SystemExit(0)
     cfg = SpeedConfig(

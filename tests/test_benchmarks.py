@@ -291,3 +291,25 @@ def test_the_fast_samplers_get_more_small_step_counts_and_a_plateau_row():
     assert "| trained | dpm-solver++ | 0.1 | 8 | 0.109 | 1.09 |" in text
     assert "| trained | heun | 0.1 | 128 | 0.1 | 1 |" in text
     assert "| trained | euler | 0.1 | not reached | – | – |" in text
+
+
+def test_a_stopped_run_compares_from_its_log():
+    rep = "  rep {}/2 (cpu s / wall s; raw: mean of the blocks around each): "
+    log = "\n".join(
+        [
+            "train, batch 256: 2 blocks of 100 steps per contender",
+            rep.format(1) + "flowkit 1/2 (1.1/2.2), torchcfm 2/4 (2/4)",
+            rep.format(2) + "flowkit 1/1 (1.3/2), torchcfm 1/2 (1/2)",
+            "sample, euler 100 steps, n = 10000: 1 runs each",
+            rep.format(1) + "flowkit 4/8 (5/10)",
+            "breakdown of flowkit's training step",
+            rep.format(1) + "raw + flowkit network 1/1 (1/1)",
+        ]
+    )
+    result = bench_speed.result_from_log(log)
+    assert bench_speed.ratios(result, "cpu") == pytest.approx(
+        {"train 256 flowkit": 1.2, "train 256 torchcfm": 1.0, "sample euler flowkit": 1.25}
+    )
+    assert bench_speed.ratios(result, "wall") == pytest.approx(
+        {"train 256 flowkit": 1.55, "train 256 torchcfm": 1.0, "sample euler flowkit": 1.25}
+    )
