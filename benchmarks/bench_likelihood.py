@@ -47,12 +47,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     RESULTS,
     format_table,
+    interleave,
     machine_description,
+    measure,
     moons_tables,
     optional_import,
-    rotate,
     summarize,
-    timed,
 )
 
 
@@ -201,18 +201,6 @@ def reference_log_prob(pipeline: Any, points: Tensor) -> Tensor:
     return log_likelihood(Flow(), simulator, pipeline.path.prior_log_prob, points.double(), ts).log_prob.cpu()
 
 
-def _interleave(
-    contenders: dict[str, Any], reps: int, work: Callable[[Any], float], log: Callable[[str], None]
-) -> dict[str, list[float]]:
-    names = list(contenders)
-    out: dict[str, list[float]] = {name: [] for name in names}
-    for rep in range(reps):
-        for name in rotate(names, rep):
-            out[name].append(work(contenders[name]))
-        log(f"  rep {rep + 1}/{reps}: " + ", ".join(f"{n} {out[n][-1]:.4g}" for n in names))
-    return out
-
-
 def run_likelihood(cfg: LikelihoodConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the benchmark; returns the results (what the JSON holds)."""
     threads = torch.get_num_threads()
@@ -245,13 +233,16 @@ def _run(cfg: LikelihoodConfig, log: Callable[[str], None]) -> dict[str, Any]:
     reference = reference_log_prob(pipeline, points)
     values = {name: c() for name, c in contenders.items()}  # doubles as the warm-up
     log(f"euler, {cfg.steps} steps, n = {cfg.n}: {cfg.reps} repetitions")
-    seconds = _interleave(contenders, cfg.reps, lambda c: timed(c, device), log)
+    timings = interleave(contenders, cfg.reps, lambda c: measure(c, device), log)
     rows: dict[str, Any] = {}
     for name, c in contenders.items():
+        wall, cpu = ([getattr(t, clock) for t in timings[name]] for clock in ("wall", "cpu"))
+        raw_wall, raw_cpu = ([getattr(t, clock) for t in timings["raw"]] for clock in ("wall", "cpu"))
         rows[name] = {
             "status": "ok",
             "nfe": c.nfe,
-            "seconds": summarize(seconds[name], None if name == "raw" else seconds["raw"]),
+            "seconds": summarize(wall, None if name == "raw" else raw_wall),
+            "cpu_seconds": summarize(cpu, None if name == "raw" else raw_cpu),
             "max_abs_diff_vs_raw": float((values[name] - values["raw"]).abs().max()),
             "error_of_mean_vs_reference": float((values[name] - reference).mean()),
         }
@@ -264,14 +255,15 @@ def _run(cfg: LikelihoodConfig, log: Callable[[str], None]) -> dict[str, Any]:
             adaptive["flow_matching"] = FlowMatchingLikelihood(network, points, "dopri5", None)
         values = {name: c() for name, c in adaptive.items()}
         log(f"dopri5 (rtol = atol = 1e-5), n = {cfg.n}: {cfg.reps} repetitions")
-        seconds = _interleave(adaptive, cfg.reps, lambda c: timed(c, device), log)
+        timings = interleave(adaptive, cfg.reps, lambda c: measure(c, device), log)
         result["dopri5"] = {
             "n": cfg.n,
             "contenders": {
                 name: {
                     "status": "ok",
                     "nfe": c.nfe,
-                    "seconds": summarize(seconds[name], None),
+                    "seconds": summarize([t.wall for t in timings[name]], None),
+                    "cpu_seconds": summarize([t.cpu for t in timings[name]], None),
                     "error_of_mean_vs_reference": float((values[name] - reference).mean()),
                     "max_abs_error_vs_reference": float((values[name] - reference).abs().max()),
                 }
@@ -298,6 +290,7 @@ def tables(result: dict[str, Any]) -> str:
                 s["median"],
                 f"{s['min']:.3g}–{s['max']:.3g}",
                 1.0 if name == "raw" else s["ratio"],
+                1.0 if name == "raw" else c.get("cpu_seconds", {}).get("ratio"),
                 c["nfe"],
                 f"{c['error_of_mean_vs_reference']:.1e}",
                 f"{c['max_abs_diff_vs_raw']:.1e}",
@@ -308,6 +301,7 @@ def tables(result: dict[str, Any]) -> str:
         "seconds (median)",
         "range",
         "time × raw (paired median)",
+        "CPU time × raw (paired median)",
         "nfe",
         "error of mean log p",
         "max |log p - raw|",

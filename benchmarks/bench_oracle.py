@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, format_table, machine_description, rotate, summarize, timed
+from common import RESULTS, format_table, interleave, machine_description, measure, primary_clock, summarize
 
 
 @dataclass
@@ -93,7 +93,6 @@ def _run(cfg: OracleConfig, log: Callable[[str], None]) -> dict[str, Any]:
     device = torch.device("cpu")
     result: dict[str, Any] = {"config": asdict(cfg), "machine": machine_description(cfg.threads, device)}
     calls = contenders(cfg)
-    seconds: dict[str, list[float]] = {name: [] for name in calls}
 
     def block(fn: Callable[[], Any]) -> None:
         for _ in range(cfg.calls):
@@ -102,10 +101,9 @@ def _run(cfg: OracleConfig, log: Callable[[str], None]) -> dict[str, Any]:
     with torch.no_grad():
         for fn in calls.values():  # warm-up: first-call allocations and dispatch
             block(fn)
-        for rep in range(cfg.reps):
-            for name in rotate(list(calls), rep):
-                seconds[name].append(timed(lambda fn=calls[name]: block(fn), device) / cfg.calls)
-            log(f"repetition {rep + 1}/{cfg.reps}")
+        timings = interleave(calls, cfg.reps, lambda fn: measure(lambda: block(fn), device), log)
+    clock = result["clock"] = primary_clock(device)  # the thread's CPU time: robust to other load
+    seconds = {name: [getattr(t, clock) / cfg.calls for t in values] for name, values in timings.items()}
     mlp = seconds["mlp"]
     result["contenders"] = {
         name: {"seconds_per_call": summarize(values, None if name == "mlp" else mlp)}

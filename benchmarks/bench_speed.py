@@ -35,9 +35,9 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -53,18 +53,24 @@ from common import (
     RESULTS,
     PeakMemory,
     RawMLP,
+    Timing,
     fix_malloc_for_memory_probe,
     format_table,
     machine_description,
     make_manager,
     make_run,
+    measure,
     moons_tables,
+    off_thread,
     optional_import,
+    primary_clock,
     raw_moons,
-    rotate,
+    sandwich,
+    stamp,
+    steady_malloc,
     summarize,
+    summarize_clocks,
     synchronize,
-    timed,
     write_pipeline,
 )
 
@@ -93,10 +99,10 @@ class SpeedConfig:
     threads: int = 1
     batches: list[int] = field(default_factory=lambda: [256, 4096])
     block_steps: list[int] = field(default_factory=lambda: [100, 15])
-    train_reps: int = 15
+    train_reps: int = 25
     warm_steps: int = 3
     sample_n: int = 10_000
-    sample_reps: int = 9
+    sample_reps: int = 7
     simulators: list[str] = field(default_factory=lambda: list(SIMULATORS))
     sample_steps: dict[str, int] = field(
         default_factory=lambda: {k: v["steps"] for k, v in SIMULATORS.items()}
@@ -106,6 +112,7 @@ class SpeedConfig:
     peers: bool = True
     ema_row: bool = True
     breakdown: bool = False
+    steady_malloc: bool = True
     seed: int = 0
 
 
@@ -124,11 +131,13 @@ def device_table(cfg: SpeedConfig) -> dict[str, Any]:
 
 
 class _StepClock:
-    """A flowkit plugin: reads the clock when ``flowkit_train_step`` reports chosen steps."""
+    """A flowkit plugin: reads the clocks (:func:`common.stamp`: wall-clock, this thread's and the
+    process's CPU time) when ``flowkit_train_step`` reports chosen steps. The hook runs on the thread
+    that runs ``train()``, so the thread clock is that of the training loop."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.marks: dict[int, float | None] = {}
+        self.marks: dict[int, Timing | None] = {}
 
     def arm(self, *steps: int) -> None:
         self.marks = dict.fromkeys(steps)
@@ -137,9 +146,9 @@ class _StepClock:
     def flowkit_train_step(self, run: Any, step: int, loss: Tensor) -> None:
         if step in self.marks:
             synchronize(self.device)
-            self.marks[step] = time.perf_counter()
+            self.marks[step] = stamp()
 
-    def elapsed(self, first: int, last: int) -> float:
+    def elapsed(self, first: int, last: int) -> Timing:
         start, end = self.marks.get(first), self.marks.get(last)
         if start is None or end is None:
             raise RuntimeError(f"flowkit.engine.train.train did not report steps {first} and {last}")
@@ -163,7 +172,7 @@ class FlowkitTrainer:
         self.section = self.pipeline.train
         self.warm = cfg.warm_steps
 
-    def block(self, k: int) -> float:
+    def block(self, k: int) -> Timing:
         import attrs
 
         from flowkit.engine.train import train
@@ -197,12 +206,12 @@ class _HandWrittenTrainer:
         loss.backward()
         self.opt.step()
 
-    def block(self, k: int) -> float:
+    def block(self, k: int) -> Timing:
         def steps() -> None:
             for _ in range(k):
                 self.step()
 
-        return timed(steps, self.device)
+        return measure(steps, self.device)
 
 
 class RawTrainer(_HandWrittenTrainer):
@@ -429,34 +438,28 @@ def _sample_contenders(
     return contenders, missing, networks
 
 
-def _interleave(
-    contenders: dict[str, Any], reps: int, work: Callable[[Any], float], log: Callable[[str], None]
-) -> dict[str, list[float]]:
-    """Per-contender lists of ``work(contender)`` results, one per repetition, rotating the order."""
-    names = list(contenders)
-    results: dict[str, list[float]] = {name: [] for name in names}
-    for rep in range(reps):
-        for name in rotate(names, rep):
-            results[name].append(work(contenders[name]))
-        log(f"  rep {rep + 1}/{reps}: " + ", ".join(f"{n} {results[n][-1]:.4g}" for n in names))
-    return results
-
-
-def run_speed(cfg: SpeedConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_speed(
+    cfg: SpeedConfig,
+    log: Callable[[str], None] = print,
+    partial: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run the benchmark; returns the results (what the JSON holds)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _run_speed(cfg, log)
+        return _run_speed(cfg, log, partial or (lambda result: None))
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_speed(cfg: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
+def _run_speed(
+    cfg: SpeedConfig, log: Callable[[str], None], partial: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
     device = torch.device(cfg.device)
     result: dict[str, Any] = {
         "machine": machine_description(cfg.threads, device),
         "config": asdict(cfg),
+        "clock": primary_clock(device),
         "train": {},
         "sample": {},
     }
@@ -465,6 +468,8 @@ def _run_speed(cfg: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="flowkit-bench-") as tmp:
         workdir = Path(tmp)
         memory_jobs: list[Callable[[], None]] = []
+        if cfg.steady_malloc and device.type == "cpu":
+            result["machine"]["steady_malloc"] = steady_malloc()
         # -- training ------------------------------------------------------------------------------
         for batch, k in zip(cfg.batches, cfg.block_steps, strict=True):
             log(f"train, batch {batch}: {cfg.train_reps} blocks of {k} steps per contender")
@@ -472,17 +477,20 @@ def _run_speed(cfg: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
             result["machine"]["device_backend"] = contenders["flowkit"].device_backend
             for contender in contenders.values():  # warm-up
                 contender.block(max(2, k // 5))
-            seconds = _interleave(contenders, cfg.train_reps, lambda c, k=k: c.block(k), log)
-            rates = {name: [k / s for s in times] for name, times in seconds.items()}
+            timings, paired = sandwich(contenders, "raw", cfg.train_reps, lambda c, k=k: c.block(k), log)
             entry: dict[str, Any] = {"block_steps": k, "contenders": {}}
             for name in contenders:
+                rates = summarize_clocks(timings[name], paired.get(name), k)
                 entry["contenders"][name] = {
                     "status": "ok",
-                    "steps_per_s": summarize(rates[name], None if name == "raw" else rates["raw"]),
+                    "steps_per_s": rates["wall"],
+                    "steps_per_cpu_s": rates["cpu"],
+                    "off_thread": off_thread(timings[name]),
                 }
             for name, why in missing.items():
                 entry["contenders"][name] = {"status": why}
             result["train"][str(batch)] = entry
+            partial(result)  # what is measured so far survives a run stopped later
             if cfg.memory:
                 for name, contender in contenders.items():
                     memory_jobs.append(
@@ -499,21 +507,25 @@ def _run_speed(cfg: SpeedConfig, log: Callable[[str], None]) -> dict[str, Any]:
                 calls[name] = count_network_calls(
                     networks[name], lambda c=c, name=name, out=outputs, s=steps: out.__setitem__(name, c(s))
                 )
-            seconds = _interleave(
-                contenders, cfg.sample_reps, lambda c, s=steps: timed(lambda: c(s), device), log
+            timings, paired = sandwich(
+                contenders, "raw", cfg.sample_reps, lambda c, s=steps: measure(lambda: c(s), device), log
             )
-            rates = {name: [cfg.sample_n / s for s in times] for name, times in seconds.items()}
             for name in contenders:
+                rates = summarize_clocks(timings[name], paired.get(name), cfg.sample_n)
                 entry["contenders"][name] = {
                     "status": "ok",
                     "network_evals": calls[name],
                     "max_abs_diff_vs_raw": float((outputs[name].cpu() - outputs["raw"].cpu()).abs().max()),
-                    "seconds": summarize(seconds[name], None),
-                    "samples_per_s": summarize(rates[name], None if name == "raw" else rates["raw"]),
+                    "seconds": summarize([t.wall for t in timings[name]], None),
+                    "cpu_seconds": summarize([t.cpu for t in timings[name]], None),
+                    "samples_per_s": rates["wall"],
+                    "samples_per_cpu_s": rates["cpu"],
+                    "off_thread": off_thread(timings[name]),
                 }
             for name, why in missing.items():
                 entry["contenders"][name] = {"status": why}
             result["sample"][simulator] = entry
+            partial(result)
             if cfg.memory:
                 for name, contender in contenders.items():
                     memory_jobs.append(
@@ -551,16 +563,15 @@ def _peak(work: Callable[[int], Any], k: int, entry: dict[str, Any], device: tor
 
 
 def _per_call_us(fn: Callable[[], Any], device: torch.device, calls: int, reps: int = 5) -> float:
-    """Median over ``reps`` of the mean microseconds per call of ``fn``."""
+    """Median over ``reps`` of the mean microseconds per call of ``fn`` (on the primary clock)."""
     fn()
-    times = []
-    for _ in range(reps):
-        synchronize(device)
-        start = time.perf_counter()
+    clock = primary_clock(device)
+
+    def block() -> None:
         for _ in range(calls):
             fn()
-        synchronize(device)
-        times.append((time.perf_counter() - start) / calls * 1e6)
+
+    times = [getattr(measure(block, device), clock) / calls * 1e6 for _ in range(reps)]
     return sorted(times)[len(times) // 2]
 
 
@@ -617,8 +628,9 @@ def step_breakdown(batch: int, cfg: SpeedConfig, workdir: Path, calls: int = 200
     )
     pieces["running += loss.detach()"] = _per_call_us(lambda: running.add_(detached), device, calls)
     pieces["EMA update (WeightAverage; off in the benchmark)"] = _per_call_us(ema.update, device, calls)
-    pieces["whole step: flowkit (train())"] = trainer.block(calls) / calls * 1e6
-    pieces["whole step: raw"] = raw.block(calls) / calls * 1e6
+    clock = primary_clock(device)
+    pieces["whole step: flowkit (train())"] = getattr(trainer.block(calls), clock) / calls * 1e6
+    pieces["whole step: raw"] = getattr(raw.block(calls), clock) / calls * 1e6
     return pieces
 
 
@@ -684,9 +696,9 @@ def ablation(
     contenders["flowkit train()"] = FlowkitTrainer(batch, cfg, workdir)
     for contender in contenders.values():
         contender.block(max(2, k // 5))
-    seconds = _interleave(contenders, cfg.train_reps, lambda c: c.block(k), log)
-    rates = {name: [k / s for s in times] for name, times in seconds.items()}
-    return {name: summarize(rates[name], None if name == "raw" else rates["raw"]) for name in contenders}
+    timings, paired = sandwich(contenders, "raw", cfg.train_reps, lambda c: c.block(k), log)
+    clock = primary_clock(torch.device(cfg.device))
+    return {name: summarize_clocks(timings[name], paired.get(name), k)[clock] for name in contenders}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -694,37 +706,65 @@ def ablation(
 # ---------------------------------------------------------------------------------------------------
 
 
+#: The rate keys of each section, by clock.
+RATE_KEYS = {
+    "train": {"wall": "steps_per_s", "cpu": "steps_per_cpu_s"},
+    "sample": {"wall": "samples_per_s", "cpu": "samples_per_cpu_s"},
+}
+
+
+def _rate(c: dict[str, Any], section: str, clock: str) -> dict[str, Any] | None:
+    return c.get(RATE_KEYS[section][clock])
+
+
 def tables(result: dict[str, Any]) -> str:
-    """The markdown tables of medians and ratios."""
+    """The markdown tables: per contender the rate and the paired ratio to raw with its IQR, on the
+    thread's CPU time (the headline on the CPU) and on the wall-clock beside it."""
+
+    def ratio_cells(c: dict[str, Any], section: str) -> list[Any]:
+        cells: list[Any] = []
+        for clock in ("cpu", "wall"):
+            s = _rate(c, section, clock)
+            if s is None:  # a result written before the CPU clock was read
+                cells += [None, None]
+            else:
+                cells += [s.get("ratio", 1.0), _iqr(s)]
+        return cells
+
+    def off(c: dict[str, Any]) -> str | None:
+        share = c.get("off_thread")
+        return None if share is None else f"{100 * share:.1f}%"
+
     rows = []
     for batch, entry in result["train"].items():
         for name, c in entry["contenders"].items():
             if c["status"] != "ok":
-                rows.append([batch, name, c["status"], None, None, None, None, None])
+                rows.append([batch, name, c["status"], *[None] * 7])
                 continue
-            s = c["steps_per_s"]
+            cpu = _rate(c, "train", "cpu")
             rows.append(
                 [
                     batch,
                     name,
-                    s["median"],
-                    f"{s['min']:.4g}–{s['max']:.4g}",
-                    s.get("ratio", 1.0),
-                    _iqr(s),
-                    s.get("ratio_of_medians", 1.0),
+                    cpu["median"] if cpu else None,
+                    c["steps_per_s"]["median"],
+                    *ratio_cells(c, "train"),
                     c.get("peak_mib"),
+                    off(c),
                 ]
             )
     train = format_table(
         [
             "batch",
             "contender",
-            "steps/s (median)",
-            "range",
-            "× raw (paired median)",
-            "IQR of paired ratios",
-            "× raw (of medians)",
+            "steps per CPU s (median)",
+            "steps per wall s (median)",
+            "× raw, CPU (paired median)",
+            "IQR, CPU",
+            "× raw, wall (paired median)",
+            "IQR, wall",
             "peak MiB",
+            "CPU off thread (max)",
         ],
         rows,
     )
@@ -733,20 +773,20 @@ def tables(result: dict[str, Any]) -> str:
         for name, c in entry["contenders"].items():
             label = f"{simulator} ({entry['steps']} steps)"
             if c["status"] != "ok":
-                rows.append([label, name, c["status"], None, None, None, None, None, None])
+                rows.append([label, name, c["status"], *[None] * 9])
                 continue
-            s = c["samples_per_s"]
+            cpu = c.get("cpu_seconds")
             rows.append(
                 [
                     label,
                     name,
+                    cpu["median"] if cpu else None,
                     c["seconds"]["median"],
                     c["network_evals"],
-                    s.get("ratio", 1.0),
-                    _iqr(s),
-                    s.get("ratio_of_medians", 1.0),
+                    *ratio_cells(c, "sample"),
                     c.get("peak_mib"),
                     f"{c['max_abs_diff_vs_raw']:.1e}",
+                    off(c),
                 ]
             )
     n = next(iter(result["sample"].values()))["n"] if result["sample"] else 0
@@ -754,23 +794,35 @@ def tables(result: dict[str, Any]) -> str:
         [
             "simulator",
             "contender",
-            f"seconds for {n} samples (median)",
+            f"CPU s for {n} samples (median)",
+            "wall s (median)",
             "network evals",
-            "speed × raw (paired median)",
-            "IQR of paired ratios",
-            "speed × raw (of medians)",
+            "speed × raw, CPU (paired median)",
+            "IQR, CPU",
+            "speed × raw, wall (paired median)",
+            "IQR, wall",
             "peak MiB",
             "max |x - x_raw|",
+            "CPU off thread (max)",
         ],
         rows,
     )
-    text = f"### Training (CFM, OT path, MLP 3×256)\n\n{train}\n\n### Sampling\n\n{sample}\n"
+    machine = result.get("machine", {})
+    load = machine.get("load_average_1_5_15"), machine.get("load_average_after")
+    text = ""
+    if all(load):
+        text += (
+            f"Load average (1, 5, 15 min) at the start {', '.join(f'{v:.2f}' for v in load[0])}; "
+            f"at the end {', '.join(f'{v:.2f}' for v in load[1])}. Headline clock: "
+            f"{result.get('clock', 'wall')}.\n\n"
+        )
+    text += f"### Training (CFM, OT path, MLP 3×256)\n\n{train}\n\n### Sampling\n\n{sample}\n"
     for batch, levels in result.get("ablation", {}).items():
         text += f"\n### Where flowkit's training overhead comes from, batch {batch}\n\n"
         text += (
             format_table(
-                ["variant", "steps/s (median)", "× raw (paired median)"],
-                [[name, v["median"], v.get("ratio", 1.0)] for name, v in levels.items()],
+                ["variant", "steps/s (median)", "× raw (paired median)", "IQR"],
+                [[name, v["median"], v.get("ratio", 1.0), _iqr(v)] for name, v in levels.items()],
             )
             + "\n"
         )
@@ -786,22 +838,90 @@ def _iqr(summary: dict[str, Any]) -> str | None:
     return f"{iqr[0]:.3f}–{iqr[1]:.3f}" if iqr else None
 
 
-def ratios(result: dict[str, Any]) -> dict[str, float]:
-    """Every paired-median ratio of a result, by row: ``"train 256 flowkit"``, ``"sample euler flowkit"``."""
+def ratios(result: dict[str, Any], clock: str = "cpu") -> dict[str, float]:
+    """Every paired-median ratio of a result on ``clock`` ("cpu" or "wall"), by row:
+    ``"train 256 flowkit"``, ``"sample euler flowkit"``. A result without CPU figures has none."""
     out = {}
-    for section, key in (("train", "steps_per_s"), ("sample", "samples_per_s")):
+    for section in ("train", "sample"):
         for row, entry in result.get(section, {}).items():
             for name, c in entry["contenders"].items():
-                if c["status"] == "ok" and "ratio" in c[key]:
-                    out[f"{section} {row} {name}"] = c[key]["ratio"]
+                s = _rate(c, section, clock) if c["status"] == "ok" else None
+                if s is not None and "ratio" in s:
+                    out[f"{section} {row} {name}"] = s["ratio"]
     return out
 
 
-def compare(first: dict[str, Any], second: dict[str, Any]) -> str:
-    """Markdown: each ratio of two runs side by side and their relative difference (the stability check)."""
-    a, b = ratios(first), ratios(second)
-    rows = [[row, a[row], b[row], f"{100 * (b[row] / a[row] - 1):+.1f}%"] for row in a if row in b]
-    return format_table(["row", "run 1 (× raw)", "run 2 (× raw)", "difference"], rows)
+_LOG_BLOCK = re.compile(r"(\S+) ([\d.e+-]+)/([\d.e+-]+) \(([\d.e+-]+)/([\d.e+-]+)\)")
+
+
+def result_from_log(text: str) -> dict[str, Any]:
+    """The ratios of a run from its log (what it prints per repetition: each block's CPU and wall
+    seconds, and the mean of the raw blocks around it), for a run stopped before it wrote its JSON.
+    Per block only, so the rates are blocks per second; the ratios are the JSON's to the 4 digits
+    logged."""
+    times: dict[str, dict[str, dict[str, list[tuple[float, ...]]]]] = {"train": {}, "sample": {}}
+    rows: dict[str, dict[str, list[tuple[float, ...]]]] | None = None
+    for line in text.splitlines():
+        if line.startswith("train, batch "):
+            rows = times["train"].setdefault(line.split()[2].rstrip(":"), {})
+        elif line.startswith("sample, "):
+            rows = times["sample"].setdefault(line.split()[1], {})
+        elif not line.startswith("  rep "):
+            rows = None  # another part (the breakdown's ablation has names with spaces)
+        elif rows is not None:
+            for match in _LOG_BLOCK.finditer(line.split("): ", 1)[1]):
+                rows.setdefault(match.group(1), []).append(tuple(map(float, match.group(2, 3, 4, 5))))
+    result: dict[str, Any] = {"train": {}, "sample": {}}
+    for section, entries in times.items():
+        for row, blocks in entries.items():
+            contenders: dict[str, Any] = {}
+            for name, values in blocks.items():
+                contenders[name] = {"status": "ok"}
+                for clock, i in (("cpu", 0), ("wall", 1)):
+                    rates = [1 / v[i] for v in values]
+                    contenders[name][RATE_KEYS[section][clock]] = summarize(
+                        rates, [1 / v[i + 2] for v in values]
+                    )
+            result[section][row] = {"contenders": contenders}
+    return result
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    """A run's results from its JSON, or from its log (``.log``, see :func:`result_from_log`)."""
+    text = path.read_text(encoding="utf-8")
+    return result_from_log(text) if path.suffix == ".log" else json.loads(text)
+
+
+def compare(first: dict[str, Any], second: dict[str, Any], tolerance: float = 0.03) -> str:
+    """Markdown: each ratio of two runs side by side and their relative difference, on the thread's
+    CPU time and on the wall-clock (the stability check), then the largest difference per clock and
+    how many rows differ by more than ``tolerance``."""
+    rows, worst = [], {}
+    cpu = ratios(first, "cpu"), ratios(second, "cpu")
+    wall = ratios(first, "wall"), ratios(second, "wall")
+    for row in wall[0]:
+        if row not in wall[1]:
+            continue
+        cells: list[Any] = [row]
+        for clock, (a, b) in (("cpu", cpu), ("wall", wall)):
+            if row in a and row in b:
+                diff = b[row] / a[row] - 1
+                worst.setdefault(clock, []).append((abs(diff), row))
+                cells += [a[row], b[row], f"{100 * diff:+.1f}%"]
+            else:
+                cells += [None, None, None]
+        rows.append(cells)
+    headers = ["row", "run 1 × raw, CPU", "run 2 × raw, CPU", "difference, CPU"]
+    headers += ["run 1 × raw, wall", "run 2 × raw, wall", "difference, wall"]
+    text = format_table(headers, rows) + "\n"
+    for clock, diffs in worst.items():
+        largest, row = max(diffs)
+        over = sum(d > tolerance for d, _ in diffs)
+        text += (
+            f"\n{clock}: largest difference {100 * largest:.1f}% ({row}); "
+            f"{over} of {len(diffs)} rows differ by more than {100 * tolerance:g}%"
+        )
+    return text + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
@@ -812,21 +932,30 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
     )
     p.add_argument("--batches", type=int, nargs="+", default=[256, 4096])
     p.add_argument("--block-steps", type=int, nargs="+", default=[100, 15], help="steps per block, per batch")
-    p.add_argument("--train-reps", type=int, default=15)
+    p.add_argument("--train-reps", type=int, default=25)
     p.add_argument("--sample-n", type=int, default=10_000)
-    p.add_argument("--sample-reps", type=int, default=9)
+    p.add_argument("--sample-reps", type=int, default=7)
     p.add_argument("--memory-steps", type=int, default=10)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--breakdown", action="store_true")
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc thresholds as they are during the timings (page faults come and go)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     p.add_argument("--out", type=Path, default=RESULTS / "speed.json")
     p.add_argument(
-        "--compare", type=Path, nargs=2, metavar="JSON", help="print two runs' ratios side by side and exit"
+        "--compare",
+        type=Path,
+        nargs=2,
+        metavar="JSON",
+        help="print two runs' ratios side by side and exit (a .log: the ratios its repetitions logged)",
     )
     a = p.parse_args(argv)
     if a.compare:
-        first, second = (json.loads(f.read_text(encoding="utf-8")) for f in a.compare)
+        first, second = (load_result(f) for f in a.compare)
         print(compare(first, second))
         raise SystemExit(0)
     cfg = SpeedConfig(
@@ -841,6 +970,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
         memory_steps=a.memory_steps,
         peers=not a.no_peers,
         breakdown=a.breakdown,
+        steady_malloc=not a.default_malloc,
     )
     if a.quick:
         cfg = quick_config(cfg)
@@ -858,12 +988,17 @@ def quick_config(cfg: SpeedConfig | None = None) -> SpeedConfig:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg, out = parse_args(argv)
-    result = run_speed(cfg, log=lambda m: print(m, flush=True))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    text = tables(result)
-    out.with_suffix(".md").write_text(text, encoding="utf-8")
-    print("\n" + text)
+
+    def write(result: dict[str, Any]) -> None:
+        result["machine"]["load_average_now"] = list(os.getloadavg())
+        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        out.with_suffix(".md").write_text(tables(result), encoding="utf-8")
+
+    # written after every workload too: under heavy load a run may be stopped before the end
+    result = run_speed(cfg, log=lambda m: print(m, flush=True), partial=write)
+    write(result)
+    print("\n" + tables(result))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return result
 

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -202,6 +202,31 @@ def _status_kib(field: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+#: glibc's ``mallopt`` parameters.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def steady_malloc() -> bool:
+    """Keep freed memory in glibc's heap during the timings, so no block pays page faults for memory
+    that an earlier block (its own or another contender's) returned to the OS.
+
+    By default glibc serves large blocks from ``mmap`` below a threshold it adjusts as blocks are
+    freed, and trims the top of the heap when enough of it is free: whether a training step's
+    tensors come back as fresh (faulting, zero-filled) pages depends on the heap's layout, which the
+    interleaving changes. At batch 4096 one block of 15 steps took 0 to 35,000 minor page faults,
+    by luck, for any contender (raw and flowkit alike); fixing the mmap threshold at 32 MiB (glibc's
+    maximum) and never trimming leaves a steady state with none. Returns whether it took effect
+    (glibc only); :func:`fix_malloc_for_memory_probe` replaces the settings for the memory probe.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mmap = bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20))
+        trim = bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
+        return mmap and trim
+    except (OSError, AttributeError):
+        return False
+
+
 def fix_malloc_for_memory_probe() -> bool:
     """Make glibc return every block of 128 KiB or more to the OS when it is freed.
 
@@ -213,8 +238,8 @@ def fix_malloc_for_memory_probe() -> bool:
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
-        m_mmap_threshold = -3
-        ok = bool(libc.mallopt(m_mmap_threshold, 128 * 1024))
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024))
+        ok = bool(libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)) and ok  # glibc's default (steady_malloc)
         libc.malloc_trim(0)
         return ok
     except (OSError, AttributeError):
@@ -363,10 +388,144 @@ def rotate(items: Sequence[Any], by: int) -> list[Any]:
     return [*items[by:], *items[:by]]
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds ``fn()`` takes, with the device synchronized before and after."""
+# ---------------------------------------------------------------------------------------------------
+# Clocks: wall-clock and the timing thread's CPU time
+# ---------------------------------------------------------------------------------------------------
+#
+# Every contender runs on one torch thread, and on the CPU with one intra-op thread all of torch's work
+# runs on the calling thread. That thread's CPU time (``time.thread_time``) then counts the work done
+# and not the time the thread waited for a core another process held, which is what load adds to the
+# wall-clock. The process's CPU time is read too: where it grows faster than the thread's, some work
+# ran on another thread and the thread clock would miss it (``off_thread`` in the results). On a GPU
+# the work is not the calling thread's: there the wall-clock, synchronized, is the figure.
+
+
+class Timing(NamedTuple):
+    """Seconds on each clock: ``wall`` (``perf_counter``), ``cpu`` (this thread's, ``thread_time``),
+    ``process_cpu`` (every thread's, ``process_time``). :func:`stamp` gives the readings at one
+    instant; ``stamp() - start`` the seconds since ``start``."""
+
+    wall: float
+    cpu: float
+    process_cpu: float
+
+    def __sub__(self, earlier: tuple[float, ...]) -> Timing:  # type: ignore[override]
+        return Timing(self.wall - earlier[0], self.cpu - earlier[1], self.process_cpu - earlier[2])
+
+    def scaled(self, factor: float) -> Timing:
+        """Every clock times ``factor`` (e.g. per call)."""
+        return Timing(self.wall * factor, self.cpu * factor, self.process_cpu * factor)
+
+
+def stamp() -> Timing:
+    """Every clock's reading now (subtract two stamps for the seconds between them)."""
+    return Timing(time.perf_counter(), time.thread_time(), time.process_time())
+
+
+def primary_clock(device: torch.device) -> str:
+    """The clock whose ratios are the headline: the thread's CPU time on the CPU (robust to other
+    processes' load), the synchronized wall-clock on an accelerator (whose work no CPU clock sees)."""
+    return "cpu" if device.type == "cpu" else "wall"
+
+
+def measure(fn: Callable[[], Any], device: torch.device) -> Timing:
+    """Every clock's seconds for ``fn()``, with the device synchronized before and after."""
     synchronize(device)
-    start = time.perf_counter()
+    start = stamp()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return stamp() - start
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall-clock seconds ``fn()`` takes, with the device synchronized before and after."""
+    return measure(fn, device).wall
+
+
+def interleave(
+    contenders: dict[str, Any],
+    reps: int,
+    work: Callable[[Any], Timing],
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, list[Timing]]:
+    """Per-contender lists of ``work(contender)``, one per repetition, each repetition starting with
+    another contender (:func:`rotate`): the paired-repetition loop every benchmark shares."""
+    names = list(contenders)
+    out: dict[str, list[Timing]] = {name: [] for name in names}
+    for rep in range(reps):
+        for name in rotate(names, rep):
+            out[name].append(work(contenders[name]))
+        log(
+            f"  rep {rep + 1}/{reps} (cpu s / wall s): "
+            + ", ".join(f"{n} {out[n][-1].cpu:.4g}/{out[n][-1].wall:.4g}" for n in names)
+        )
+    return out
+
+
+def sandwich(
+    contenders: dict[str, Any],
+    reference: str,
+    reps: int,
+    work: Callable[[Any], Timing],
+    log: Callable[[str], None] = lambda message: None,
+) -> tuple[dict[str, list[Timing]], dict[str, list[Timing]]]:
+    """Like :func:`interleave`, but every other contender's block runs between two blocks of
+    ``reference``: one repetition is ``ref, A, ref, B, ref, C, ref`` (``A, B, C`` rotated from one
+    repetition to the next), and each block is paired with the mean of the reference blocks just
+    before and after it. Load that drifts over a repetition (other processes start and stop within
+    seconds) then cancels to first order in the paired ratio, where with one reference block per
+    repetition it was compared with a block run several blocks earlier or later. The last reference
+    block of a repetition is the first of the next.
+
+    Returns ``(timings, paired)``: ``timings[name]`` one :class:`Timing` per repetition
+    (``reps * (len(contenders) - 1) + 1`` for ``reference``), ``paired[name]`` the reference's
+    timing paired with each (none for ``reference`` itself).
+    """
+    others = [name for name in contenders if name != reference]
+    timings: dict[str, list[Timing]] = {name: [] for name in contenders}
+    paired: dict[str, list[Timing]] = {name: [] for name in others}
+    before = None
+    for rep in range(reps):
+        if before is None:  # the first; then the block after one repetition starts the next
+            before = work(contenders[reference])
+            timings[reference].append(before)
+        for name in rotate(others, rep):
+            timings[name].append(work(contenders[name]))
+            after = work(contenders[reference])
+            timings[reference].append(after)
+            paired[name].append(Timing(*((b + a) / 2 for b, a in zip(before, after, strict=True))))
+            before = after
+        log(
+            f"  rep {rep + 1}/{reps} (cpu s / wall s; {reference}: mean of the blocks around each): "
+            + ", ".join(
+                f"{n} {timings[n][-1].cpu:.4g}/{timings[n][-1].wall:.4g}"
+                f" ({paired[n][-1].cpu:.4g}/{paired[n][-1].wall:.4g})"
+                for n in others
+            )
+        )
+    return timings, paired
+
+
+def off_thread(timings: Iterable[Timing]) -> float | None:
+    """The largest share of a block's process CPU time that ran off the timing thread,
+    ``max((process_cpu - cpu) / process_cpu)`` (``None`` without timings): near 0 where the thread
+    clock sees all the work."""
+    shares = [(t.process_cpu - t.cpu) / t.process_cpu for t in timings if t.process_cpu > 0]
+    return max(shares) if shares else None
+
+
+def summarize_clocks(
+    timings: Sequence[Timing],
+    reference: Sequence[Timing] | None,
+    amount: float,
+) -> dict[str, dict[str, Any]]:
+    """:func:`summarize` of the rate ``amount / seconds`` on the wall-clock (``"wall"``) and on the
+    thread's CPU time (``"cpu"``), paired with ``reference``'s rates repetition by repetition."""
+    out = {}
+    for clock in ("wall", "cpu"):
+        rates = [amount / getattr(t, clock) for t in timings]
+        ref = None if reference is None else [amount / getattr(t, clock) for t in reference]
+        out[clock] = summarize(rates, ref)
+        if ref is not None:
+            out[clock]["reference_values"] = ref
+    return out

@@ -4,6 +4,7 @@ and that every contender computes the same samples. No timing is asserted."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -55,7 +56,24 @@ def speed():
     cfg = bench_speed.quick_config()
     cfg.threads, cfg.batches, cfg.block_steps, cfg.train_reps = 1, [16], [2], 2
     cfg.sample_n, cfg.sample_reps, cfg.sample_steps = 32, 2, {"euler": 3, "heun": 2, "euler-maruyama": 3}
-    return cfg, bench_speed.run_speed(cfg, log=lambda message: None)
+
+    def partial(result):
+        PARTIAL.append((list(result["train"]), list(result["sample"])))
+
+    return cfg, bench_speed.run_speed(cfg, log=lambda message: None, partial=partial)
+
+
+PARTIAL: list[tuple[list[str], list[str]]] = []
+
+
+def test_speed_results_are_handed_over_after_every_workload(speed):
+    # main() writes them each time, so a run stopped under heavy load keeps what it measured
+    assert PARTIAL == [
+        (["16"], []),
+        (["16"], ["euler"]),
+        (["16"], ["euler", "heun"]),
+        (["16"], ["euler", "heun", "euler-maruyama"]),
+    ]
 
 
 def test_speed_json_structure_and_ratios(speed):
@@ -63,18 +81,25 @@ def test_speed_json_structure_and_ratios(speed):
     json.dumps(result)  # serializable as written
     assert result["machine"]["torch_threads"] == 1
     contenders = result["train"]["16"]["contenders"]
-    raw = contenders["raw"]["steps_per_s"]
-    assert len(raw["values"]) == cfg.train_reps and "ratio" not in raw
-    for name in ("flowkit", "flowkit+ema", "torchcfm", "flow_matching"):
-        entry = contenders[name]
-        if entry["status"] != "ok":
-            assert entry["status"] == "not installed"
-            continue
-        rates = entry["steps_per_s"]
-        expected = [a / b for a, b in zip(rates["values"], raw["values"], strict=True)]
-        assert rates["ratios"] == pytest.approx(expected)
-        assert rates["ratio"] == pytest.approx(statistics.median(expected))
-        assert entry["peak_mib"] is None or entry["peak_mib"] >= 0
+    others = [name for name, c in contenders.items() if name != "raw" and c["status"] == "ok"]
+    for key in ("steps_per_s", "steps_per_cpu_s"):
+        raw = contenders["raw"][key]
+        # raw runs before and after every other contender's block (one block between two of them)
+        assert len(raw["values"]) == cfg.train_reps * len(others) + 1 and "ratio" not in raw
+        for name in ("flowkit", "flowkit+ema", "torchcfm", "flow_matching"):
+            entry = contenders[name]
+            if entry["status"] != "ok":
+                assert entry["status"] == "not installed"
+                continue
+            rates = entry[key]
+            assert len(rates["values"]) == len(rates["reference_values"]) == cfg.train_reps
+            # each paired with the mean time of the raw blocks around it: a harmonic mean of the rates
+            around = [2 / (1 / a + 1 / b) for a, b in itertools.pairwise(raw["values"])]
+            assert all(any(r == pytest.approx(m) for m in around) for r in rates["reference_values"])
+            expected = [a / b for a, b in zip(rates["values"], rates["reference_values"], strict=True)]
+            assert rates["ratios"] == pytest.approx(expected)
+            assert rates["ratio"] == pytest.approx(statistics.median(expected))
+            assert entry["peak_mib"] is None or entry["peak_mib"] >= 0
 
 
 def test_every_sampler_computes_the_same_samples(speed):
@@ -90,7 +115,9 @@ def test_every_sampler_computes_the_same_samples(speed):
                 continue
             # Same x_0, same grid (up to flowkit's t_end = 1 - 1e-5), same noise for EM.
             assert c["max_abs_diff_vs_raw"] < 1e-4, (simulator, name)
-            assert len(c["seconds"]["values"]) == cfg.sample_reps
+            ok = sum(other["status"] == "ok" for other in entry["contenders"].values())
+            blocks = cfg.sample_reps * (ok - 1) + 1 if name == "raw" else cfg.sample_reps
+            assert len(c["seconds"]["values"]) == len(c["cpu_seconds"]["values"]) == blocks
             if name != "raw":
                 assert c["samples_per_s"]["ratio"] > 0
         if simulator != "euler-maruyama":
@@ -167,13 +194,79 @@ def test_paired_ratios_report_their_interquartile_range_and_two_runs_compare():
     assert summary["ratio_iqr"] == [2.0, 4.0]  # inclusive quartiles of 1, 2, 3, 4, 5
     assert common.summarize([1.0], [1.0])["ratio_iqr"] is None
 
-    def result(ratio):
-        return {
-            "train": {"256": {"contenders": {"flowkit": {"status": "ok", "steps_per_s": {"ratio": ratio}}}}}
-        }
+    def result(cpu, wall):
+        rates = {"steps_per_s": {"ratio": wall}, "steps_per_cpu_s": {"ratio": cpu}}
+        return {"train": {"256": {"contenders": {"flowkit": {"status": "ok", **rates}}}}}
 
-    text = bench_speed.compare(result(1.0), result(1.02))
-    assert "| train 256 flowkit | 1 | 1.02 | +2.0% |" in text
+    text = bench_speed.compare(result(1.0, 1.0), result(1.02, 0.9))
+    assert "| train 256 flowkit | 1 | 1.02 | +2.0% | 1 | 0.9 | -10.0% |" in text
+    assert "cpu: largest difference 2.0% (train 256 flowkit); 0 of 1 rows differ by more than 3%" in text
+    assert "wall: largest difference 10.0% (train 256 flowkit); 1 of 1 rows differ by more than 3%" in text
+    assert bench_speed.ratios(result(1.02, 0.9), "cpu") == {"train 256 flowkit": 1.02}
+    assert bench_speed.ratios(result(1.02, 0.9), "wall") == {"train 256 flowkit": 0.9}
+
+
+def test_timings_carry_every_clock_and_pair_ratios_on_each():
+    start, end = common.Timing(10.0, 1.0, 1.5), common.Timing(12.0, 2.0, 2.5)
+    assert end - start == common.Timing(2.0, 1.0, 1.0)
+    assert (end - start).scaled(0.5) == common.Timing(1.0, 0.5, 0.5)
+    # Two blocks of 10 steps: the contender waited for a core in the second (wall 4 s, CPU 1 s).
+    mine = [common.Timing(1.0, 1.0, 1.0), common.Timing(4.0, 1.0, 1.0)]
+    raw = [common.Timing(2.0, 2.0, 2.0), common.Timing(2.0, 2.0, 2.0)]
+    rates = common.summarize_clocks(mine, raw, 10)
+    assert rates["cpu"]["values"] == [10.0, 10.0] and rates["cpu"]["ratios"] == [2.0, 2.0]
+    assert rates["wall"]["ratios"] == [2.0, 0.5] and rates["wall"]["ratio"] == 1.25
+    assert "ratio" not in common.summarize_clocks(raw, None, 10)["cpu"]
+    # The share of the process's CPU time that ran on other threads than the timing one.
+    timings = [common.Timing(1.0, 1.0, 1.0), common.Timing(1.0, 0.9, 1.2)]
+    assert common.off_thread(timings) == pytest.approx(0.25)
+    assert common.off_thread([]) is None
+    assert common.primary_clock(torch.device("cpu")) == "cpu"
+    assert common.primary_clock(torch.device("cuda")) == "wall"
+
+
+def test_sandwich_runs_the_reference_around_every_block_and_pairs_with_its_neighbours():
+    order = []
+
+    def work(name):
+        order.append(name)
+        return common.Timing(len(order), 2.0 * len(order), 0.0)
+
+    timings, paired = common.sandwich({"r": "r", "a": "a", "b": "b"}, "r", 2, work)
+    assert order == ["r", "a", "r", "b", "r", "b", "r", "a", "r"]
+    assert [t.wall for t in timings["r"]] == [1, 3, 5, 7, 9]
+    assert [t.wall for t in timings["a"]] == [2, 8] and [t.wall for t in timings["b"]] == [4, 6]
+    # each block's reference: the mean of the reference blocks just before and after it, every clock
+    assert paired["a"] == [common.Timing(2.0, 4.0, 0.0), common.Timing(8.0, 16.0, 0.0)]
+    assert paired["b"] == [common.Timing(4.0, 8.0, 0.0), common.Timing(6.0, 12.0, 0.0)]
+    assert "r" not in paired
+
+
+def test_interleave_rotates_the_contenders_and_pairs_by_repetition():
+    order = []
+
+    def work(name):
+        order.append(name)
+        return common.Timing(len(order), 0.0, 0.0)
+
+    out = common.interleave({"a": "a", "b": "b", "c": "c"}, 2, work)
+    assert order == ["a", "b", "c", "b", "c", "a"]
+    assert [t.wall for t in out["a"]] == [1, 6] and [t.wall for t in out["b"]] == [2, 4]
+
+
+def test_speed_results_give_both_clocks_and_the_off_thread_share(speed):
+    _, result = speed
+    assert result["clock"] == "cpu"
+    for section, keys in bench_speed.RATE_KEYS.items():
+        for entry in result[section].values():
+            for c in entry["contenders"].values():
+                if c["status"] != "ok":
+                    continue
+                assert set(keys.values()) <= set(c)
+                assert len(c[keys["cpu"]]["values"]) == len(c[keys["wall"]]["values"])
+                assert c["off_thread"] is not None
+    text = bench_speed.tables(result)
+    assert "× raw, CPU (paired median)" in text and "IQR, wall" in text
 
 
 def test_the_fast_samplers_get_more_small_step_counts_and_a_plateau_row():
@@ -235,3 +328,25 @@ def test_ddp_bench_measures_two_gloo_ranks_under_torchrun():
     # The one torchrun launch: the worker as two ranks (flowkit's process group, the timing barriers,
     # leaving the group), rank 0's JSON line parsed into steps/s.
     assert bench_ddp.measure(2, 1, _ddp_args()) > 0
+
+
+def test_a_stopped_run_compares_from_its_log():
+    rep = "  rep {}/2 (cpu s / wall s; raw: mean of the blocks around each): "
+    log = "\n".join(
+        [
+            "train, batch 256: 2 blocks of 100 steps per contender",
+            rep.format(1) + "flowkit 1/2 (1.1/2.2), torchcfm 2/4 (2/4)",
+            rep.format(2) + "flowkit 1/1 (1.3/2), torchcfm 1/2 (1/2)",
+            "sample, euler 100 steps, n = 10000: 1 runs each",
+            rep.format(1) + "flowkit 4/8 (5/10)",
+            "breakdown of flowkit's training step",
+            rep.format(1) + "raw + flowkit network 1/1 (1/1)",
+        ]
+    )
+    result = bench_speed.result_from_log(log)
+    assert bench_speed.ratios(result, "cpu") == pytest.approx(
+        {"train 256 flowkit": 1.2, "train 256 torchcfm": 1.0, "sample euler flowkit": 1.25}
+    )
+    assert bench_speed.ratios(result, "wall") == pytest.approx(
+        {"train 256 flowkit": 1.55, "train 256 torchcfm": 1.0, "sample euler flowkit": 1.25}
+    )
