@@ -23,13 +23,13 @@ if _fail:
     _hang = "FLOWKIT_TEST_HANG" in os.environ
     _original = TrainLoop.step
 
-    def _failing_step(self: TrainLoop):  # type: ignore[no-untyped-def]
+    def _failing_step(self: TrainLoop, *args, **kwargs):  # type: ignore[no-untyped-def]
         if current_world().rank == _rank and self.current_step + 1 == _step:
             if _hang:
                 signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(128 + signum))
                 threading.Event().wait(3600)
             raise RuntimeError(f"injected failure at step {_step}")
-        return _original(self)
+        return _original(self, *args, **kwargs)
 
     TrainLoop.step = _failing_step  # type: ignore[method-assign]
 
