@@ -76,6 +76,7 @@ def worker(args: argparse.Namespace) -> None:
         print(json.dumps({"steps_per_s": args.steps / elapsed, "threads": torch.get_num_threads()}))
     dist.leave_together()  # as flowkit run does: no rank tears the group down under another
     dist.stop()
+    dist.end_process(0)  # as `python -m flowkit` does: no interpreter teardown (gloo can abort there)
 
 
 def measure(nproc: int, threads: int, args: argparse.Namespace) -> float:

@@ -1,6 +1,6 @@
 """``python -m flowkit``: the command line (for interpreters without the ``flowkit`` script, torchrun)."""
 
-from flowkit.cli import main
+from flowkit.cli import launched_main
 
 if __name__ == "__main__":
-    main()
+    launched_main()

@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -42,6 +42,25 @@ class _State:
             for problem in self._manager.problems:
                 click.echo(f"flowkit: warning: {problem.message}", err=True)
         return self._manager
+
+
+def launched_main() -> NoReturn:
+    """``python -m flowkit`` (what torchrun starts): :func:`main`, after which a rank that joined a
+    process group ends through :func:`flowkit.engine.distributed.end_process` (no interpreter
+    teardown, which can abort in gloo's C++ threads) with the exit status ``main`` gave."""
+    try:
+        main()
+        code: Any = 0
+    except SystemExit as exc:
+        code = exc.code
+    distributed = sys.modules.get("flowkit.engine.distributed")
+    if distributed is not None and distributed.joined():
+        if not isinstance(code, int):  # click exits with None (success) or a message
+            if code is not None:
+                click.echo(code, err=True)
+            code = 0 if code is None else 1
+        distributed.end_process(code)
+    sys.exit(code)
 
 
 def _user_errors(func: F) -> F:

@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 
-from flowkit.cli import main
+from flowkit.cli import launched_main
 from flowkit.engine.distributed import current_world
 from flowkit.engine.train import TrainLoop
 
@@ -34,4 +34,4 @@ if _fail:
     TrainLoop.step = _failing_step  # type: ignore[method-assign]
 
 if __name__ == "__main__":
-    main()
+    launched_main()

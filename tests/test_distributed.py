@@ -184,6 +184,27 @@ def test_one_process_commands_refuse_torchrun(tmp_path, monkeypatch, args):
     assert "RUN" in one.output  # it went on, to the missing run directory
 
 
+@pytest.mark.parametrize(("argv", "code"), [(["--version"], 0), (["describe", "no-such-kind"], 1), (["no-such-command"], 2)])
+def test_python_m_flowkit_ends_a_rank_of_a_group_with_os_exit_and_mains_status(monkeypatch, argv, code):
+    import flowkit.cli as cli
+
+    ended: list[int] = []
+
+    def end(status: int) -> None:
+        ended.append(status)
+        raise SystemExit(-1)  # stands in for os._exit, which would end pytest
+
+    monkeypatch.setattr(sys, "argv", ["flowkit", *argv])
+    monkeypatch.setattr(dist, "end_process", end)
+    with pytest.raises(SystemExit) as plain:  # not in a process group: main's own exit
+        cli.launched_main()
+    assert plain.value.code == code and ended == []
+    monkeypatch.setattr(dist, "_joined", True)  # a rank that joined a group of several
+    with pytest.raises(SystemExit):
+        cli.launched_main()
+    assert ended == [code]
+
+
 def test_a_rank_names_itself_and_a_broken_collective():
     two = World(1, 2, 0, "gloo")
     assert failure_message(ValueError("bad batch"), two) == "rank 1 of 2: ValueError: bad batch"
