@@ -131,7 +131,8 @@ class ExactOT(Coupling):
     ``emd`` (POT's network simplex), ``scipy`` (``linear_sum_assignment``) or ``auto`` (``emd`` where POT
     is installed: measured 1.8x faster at ``B = 256`` and 9.5x at ``B = 4096``, see the module
     docstring). Cost ``O(B^2)`` memory and roughly ``O(B^2)``-``O(B^3)`` time: at ``B = 256`` about
-    7 ms per step on one CPU core. With labels, one assignment per class. Draws no random numbers.
+    4.5-7 ms per solve on one CPU core, which the training loop runs on a worker thread beside the
+    previous step. With labels, one assignment per class. Draws no random numbers.
     """
 
     @attrs.define(frozen=True)
