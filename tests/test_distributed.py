@@ -184,7 +184,9 @@ def test_one_process_commands_refuse_torchrun(tmp_path, monkeypatch, args):
     assert "RUN" in one.output  # it went on, to the missing run directory
 
 
-@pytest.mark.parametrize(("argv", "code"), [(["--version"], 0), (["describe", "no-such-kind"], 1), (["no-such-command"], 2)])
+@pytest.mark.parametrize(
+    ("argv", "code"), [(["--version"], 0), (["describe", "no-such-kind"], 1), (["no-such-command"], 2)]
+)
 def test_python_m_flowkit_ends_a_rank_of_a_group_with_os_exit_and_mains_status(monkeypatch, argv, code):
     import flowkit.cli as cli
 
