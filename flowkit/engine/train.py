@@ -255,14 +255,10 @@ class TrainLoop:
     def _step(self, ahead: bool) -> Tensor:
         if self._split:
             loss = self._paired_loss(ahead and self.ahead)
-        elif self.num_classes:
-            z, y = self.labelled_batch()
-            with self.backend.autocast():
-                loss = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen, y=y)  # type: ignore[call-arg]
         else:
-            z = self.pipeline.dataset.sample(self.batch_size, generator=self.data_gen, device=self.device)
+            z, labels = self._batch()
             with self.backend.autocast():
-                loss = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen)
+                loss = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen, **labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
@@ -299,14 +295,19 @@ class TrainLoop:
     def _draw(self) -> PreparedBatch:
         """The next batch, drawn on this thread: the data (data generator), then the loss's draws
         (loss generator), in the order of a step that is not split."""
-        path = self.pipeline.path
+        z, labels = self._batch()
+        with self.backend.autocast():
+            return self.loss_fn.prepare(self.pipeline.path, z, generator=self.loss_gen, **labels)
+
+    def _batch(self) -> tuple[Tensor, dict[str, Tensor]]:
+        """This rank's next batch from the data generator: ``z (B, *D)`` and the keyword arguments
+        that give a conditional model's loss its labels (``{"y": y (B,)}``; ``{}`` without labels, so
+        an unconditional loss is called as it always was)."""
         if self.num_classes:
             z, y = self.labelled_batch()
-            with self.backend.autocast():
-                return self.loss_fn.prepare(path, z, generator=self.loss_gen, y=y)
+            return z, {"y": y}
         z = self.pipeline.dataset.sample(self.batch_size, generator=self.data_gen, device=self.device)
-        with self.backend.autocast():
-            return self.loss_fn.prepare(path, z, generator=self.loss_gen)
+        return z, {}
 
     def _solution(self, solve: Callable[[], Any], step: int) -> Any:
         """``solve()``'s result (computed by the worker, or here); an exception as :class:`PairingError`."""
