@@ -146,7 +146,11 @@ def refuse_existing(path: Path) -> None:
     """Raise :class:`FlowkitError` if ``path`` exists: checked before the work that fills it (sampling,
     evaluation), so a taken ``--out`` costs nothing. :func:`claim_file` still claims it atomically."""
     if path.exists() or path.is_symlink():
-        raise FlowkitError(f"{path} exists; flowkit never overwrites a file: choose another")
+        raise _taken(path)
+
+
+def _taken(path: Path) -> FlowkitError:
+    return FlowkitError(f"{path} exists; flowkit never overwrites a file: choose another")
 
 
 def claim_file(path: Path) -> Path:
@@ -157,7 +161,7 @@ def claim_file(path: Path) -> Path:
     except OSError as exc:
         raise FlowkitError(f"cannot write {path}: {_reason(exc)}") from None
     if not created:
-        raise FlowkitError(f"{path} exists; flowkit never overwrites a file: choose another")
+        raise _taken(path)
     return path
 
 
