@@ -6,10 +6,13 @@ Run from the repository root::
     python benchmarks/bench_speed.py --quick         # tiny sizes, to check that it runs
     python benchmarks/bench_speed.py --breakdown     # also time the pieces of flowkit's training step
 
-Contenders do the same work in one process, interleaved: every repetition runs one block of each
-contender in turn, starting with a different one each time, and the table reports medians over
-repetitions and the median of the per-repetition ratios to the raw loop (a paired ratio: load that
-changes between repetitions affects both sides of it).
+Contenders do the same work in one process. On the CPU every repetition runs all of a workload's
+contenders at once, in lockstep: each in its own thread, taking turns at every call of its network
+(:class:`common.Lockstep`), so each contender's step k runs beside every other's step k and the
+machine's changes of speed from one second to the next affect all of them alike. The table reports
+medians over repetitions and the median of the per-repetition ratios to the raw loop of the same
+repetition. ``--schedule sandwich`` (always on a GPU) runs one block after another instead, each
+paired with the raw blocks just before and after it.
 
 * **flowkit** is the real code path: the components come from a pipeline file through the registry
   (``flowkit.engine.build_pipeline``) and the timed code is ``flowkit.engine.train.train`` and
@@ -51,11 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     RESULTS,
+    Lockstep,
     PeakMemory,
     RawMLP,
     Timing,
     fix_malloc_for_memory_probe,
     format_table,
+    lockstep,
     machine_description,
     make_manager,
     make_run,
@@ -98,11 +103,11 @@ class SpeedConfig:
     device: str = "cpu"
     threads: int = 1
     batches: list[int] = field(default_factory=lambda: [256, 4096])
-    block_steps: list[int] = field(default_factory=lambda: [100, 15])
+    block_steps: list[int] = field(default_factory=lambda: [100, 30])
     train_reps: int = 25
     warm_steps: int = 3
     sample_n: int = 10_000
-    sample_reps: int = 7
+    sample_reps: int = 15
     simulators: list[str] = field(default_factory=lambda: list(SIMULATORS))
     sample_steps: dict[str, int] = field(
         default_factory=lambda: {k: v["steps"] for k, v in SIMULATORS.items()}
@@ -113,6 +118,9 @@ class SpeedConfig:
     ema_row: bool = True
     breakdown: bool = False
     steady_malloc: bool = True
+    #: "lockstep" (every contender at once, in turns at each network call; the CPU default) or
+    #: "sandwich" (one block after another, each between two raw blocks; always on a GPU).
+    schedule: str = "lockstep"
     seed: int = 0
 
 
@@ -171,6 +179,7 @@ class FlowkitTrainer:
         self.run = make_run(self.pipeline, manager, workdir / name)
         self.section = self.pipeline.train
         self.warm = cfg.warm_steps
+        self.network = self.pipeline.model
 
     def block(self, k: int) -> Timing:
         import attrs
@@ -191,10 +200,11 @@ class _HandWrittenTrainer:
         self.device = torch.device(cfg.device)
         self.batch = batch
         torch.manual_seed(cfg.seed)
-        self.net = RawMLP().to(self.device)
+        self.net = self.network = RawMLP().to(self.device)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=1e-3, weight_decay=0.0)
         self.data_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
         self.noise_gen = torch.Generator(self.device).manual_seed(cfg.seed + 2)
+        self.warm = cfg.warm_steps
 
     def loss(self, z: Tensor) -> Tensor:
         raise NotImplementedError
@@ -211,6 +221,9 @@ class _HandWrittenTrainer:
             for _ in range(k):
                 self.step()
 
+        # untimed steps first, as flowkit's block has: in lockstep the timed steps then line up
+        for _ in range(self.warm):
+            self.step()
         return measure(steps, self.device)
 
 
@@ -438,6 +451,37 @@ def _sample_contenders(
     return contenders, missing, networks
 
 
+def repetitions(
+    contenders: dict[str, Any],
+    networks: list[torch.nn.Module],
+    cfg: SpeedConfig,
+    reps: int,
+    work: Callable[[Any], Timing],
+    log: Callable[[str], None],
+) -> tuple[dict[str, list[Timing]], dict[str, list[Timing]]]:
+    """``reps`` repetitions of ``work`` for every contender, each paired with the raw loop's, on the
+    configured schedule: :func:`common.lockstep` on the CPU (turns at every call of ``networks``),
+    :func:`common.sandwich` on a GPU or when ``cfg.schedule`` says so. Returns ``(timings, paired)``."""
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule {cfg.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if cfg.schedule == "sandwich" or torch.device(cfg.device).type != "cpu":
+        return sandwich(contenders, "raw", reps, work, log)
+    steps = Lockstep()
+    handles = [steps.attach(network) for network in {id(n): n for n in networks}.values()]
+    try:
+        timings, paired = lockstep(contenders, "raw", reps, work, steps, log)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(set(steps.turns.values())) > 1:  # the segments did not line up: say so, never hide it
+        log(f"  note: the contenders took unequal turns (network calls): {steps.turns}")
+    return timings, paired
+
+
+#: How the repetitions of a workload are scheduled (see :func:`repetitions`).
+SCHEDULES = ("lockstep", "sandwich")
+
+
 def run_speed(
     cfg: SpeedConfig,
     log: Callable[[str], None] = print,
@@ -477,7 +521,14 @@ def _run_speed(
             result["machine"]["device_backend"] = contenders["flowkit"].device_backend
             for contender in contenders.values():  # warm-up
                 contender.block(max(2, k // 5))
-            timings, paired = sandwich(contenders, "raw", cfg.train_reps, lambda c, k=k: c.block(k), log)
+            timings, paired = repetitions(
+                contenders,
+                [c.network for c in contenders.values()],
+                cfg,
+                cfg.train_reps,
+                lambda c, k=k: c.block(k),
+                log,
+            )
             entry: dict[str, Any] = {"block_steps": k, "contenders": {}}
             for name in contenders:
                 rates = summarize_clocks(timings[name], paired.get(name), k)
@@ -507,8 +558,13 @@ def _run_speed(
                 calls[name] = count_network_calls(
                     networks[name], lambda c=c, name=name, out=outputs, s=steps: out.__setitem__(name, c(s))
                 )
-            timings, paired = sandwich(
-                contenders, "raw", cfg.sample_reps, lambda c, s=steps: measure(lambda: c(s), device), log
+            timings, paired = repetitions(
+                contenders,
+                list(networks.values()),
+                cfg,
+                cfg.sample_reps,
+                lambda c, s=steps: measure(lambda: c(s), device),
+                log,
             )
             for name in contenders:
                 rates = summarize_clocks(timings[name], paired.get(name), cfg.sample_n)
@@ -931,10 +987,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
         "--threads", type=int, default=1, help="1 (flowkit's CPU default on 2 cores): robust to load"
     )
     p.add_argument("--batches", type=int, nargs="+", default=[256, 4096])
-    p.add_argument("--block-steps", type=int, nargs="+", default=[100, 15], help="steps per block, per batch")
+    p.add_argument("--block-steps", type=int, nargs="+", default=[100, 30], help="steps per block, per batch")
     p.add_argument("--train-reps", type=int, default=25)
     p.add_argument("--sample-n", type=int, default=10_000)
-    p.add_argument("--sample-reps", type=int, default=7)
+    p.add_argument("--sample-reps", type=int, default=15)
     p.add_argument("--memory-steps", type=int, default=10)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--no-peers", action="store_true")
@@ -943,6 +999,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
         "--default-malloc",
         action="store_true",
         help="leave glibc's malloc thresholds as they are during the timings (page faults come and go)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="lockstep",
+        help="lockstep: contenders at once, in turns at every network call (CPU); sandwich: one block "
+        "after another, each between two raw blocks (always on a GPU)",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     p.add_argument("--out", type=Path, default=RESULTS / "speed.json")
@@ -971,6 +1034,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
         peers=not a.no_peers,
         breakdown=a.breakdown,
         steady_malloc=not a.default_malloc,
+        schedule=a.schedule,
     )
     if a.quick:
         cfg = quick_config(cfg)

@@ -17,6 +17,7 @@ import platform
 import re
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -203,7 +204,7 @@ def _status_kib(field: str) -> int | None:
 
 
 #: glibc's ``mallopt`` parameters.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
 
 def steady_malloc() -> bool:
@@ -215,14 +216,21 @@ def steady_malloc() -> bool:
     tensors come back as fresh (faulting, zero-filled) pages depends on the heap's layout, which the
     interleaving changes. At batch 4096 one block of 15 steps took 0 to 35,000 minor page faults,
     by luck, for any contender (raw and flowkit alike); fixing the mmap threshold at 32 MiB (glibc's
-    maximum) and never trimming leaves a steady state with none. Returns whether it took effect
+    maximum) and never trimming leaves a steady state with none.
+
+    It also keeps every thread on glibc's one main heap (``M_ARENA_MAX`` 1): the threads of a
+    :class:`Lockstep` then reuse the buffers each other freed a moment before, as one thread running
+    the contenders one after another does. With an arena per thread each contender kept its own
+    pages, and a run's luck with them persisted: two copies of the raw loop differed by 0.94–0.99
+    (2026-12-03, six runs), against 0.96–1.04 either way on one heap. Returns whether it took effect
     (glibc only); :func:`fix_malloc_for_memory_probe` replaces the settings for the memory probe.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
         mmap = bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20))
         trim = bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
-        return mmap and trim
+        arenas = bool(libc.mallopt(_M_ARENA_MAX, 1))
+        return mmap and trim and arenas
     except (OSError, AttributeError):
         return False
 
@@ -412,14 +420,25 @@ class Timing(NamedTuple):
     def __sub__(self, earlier: tuple[float, ...]) -> Timing:  # type: ignore[override]
         return Timing(self.wall - earlier[0], self.cpu - earlier[1], self.process_cpu - earlier[2])
 
+    def __add__(self, other: tuple[float, ...]) -> Timing:  # type: ignore[override]
+        return Timing(self.wall + other[0], self.cpu + other[1], self.process_cpu + other[2])
+
     def scaled(self, factor: float) -> Timing:
         """Every clock times ``factor`` (e.g. per call)."""
         return Timing(self.wall * factor, self.cpu * factor, self.process_cpu * factor)
 
 
-def stamp() -> Timing:
-    """Every clock's reading now (subtract two stamps for the seconds between them)."""
+def _clocks() -> Timing:
     return Timing(time.perf_counter(), time.thread_time(), time.process_time())
+
+
+def stamp() -> Timing:
+    """Every clock's reading now (subtract two stamps for the seconds between them).
+
+    In a thread of a :class:`Lockstep` the readings count only the time the thread held its turn,
+    so a block's seconds leave out the turns of the other contenders."""
+    lockstep = getattr(_LOCKSTEP_THREAD, "lockstep", None)
+    return _clocks() if lockstep is None else lockstep.held()
 
 
 def primary_clock(device: torch.device) -> str:
@@ -497,6 +516,140 @@ def sandwich(
             before = after
         log(
             f"  rep {rep + 1}/{reps} (cpu s / wall s; {reference}: mean of the blocks around each): "
+            + ", ".join(
+                f"{n} {timings[n][-1].cpu:.4g}/{timings[n][-1].wall:.4g}"
+                f" ({paired[n][-1].cpu:.4g}/{paired[n][-1].wall:.4g})"
+                for n in others
+            )
+        )
+    return timings, paired
+
+
+_LOCKSTEP_THREAD = threading.local()
+
+
+class Lockstep:
+    """Runs contenders at once, each in its own thread, taking turns at every call of a network: the
+    thread that calls one of the networks passed to :meth:`attach` hands the turn to the next
+    contender and waits for its own. Only one thread runs at a time, so a contender's segment
+    (its work from one network call to the next: a sampling step's evaluation and arithmetic, or a
+    training step) runs within one turn of every other contender's matching segment.
+
+    Why: this VM's speed changes by ±20% from one second to the next (the mean time of one forward
+    pass of the benchmark's network, per second: 38–60 ms on a quiet machine, 2026-12-03), on a
+    pinned core as on either. Blocks of several seconds, one contender after another, then compare
+    a contender with a raw loop that ran at another speed: per-repetition ratios had a spread
+    (standard deviation) of 5–7% (:func:`sandwich`). In lockstep both see the same moments.
+
+    :func:`stamp` called in a lockstep thread reads the clocks as this thread's held time only
+    (:meth:`held`), so the contenders' own timing code (``measure``, a step hook) is unchanged. The
+    wall-clock then counts a thread's turns, not its waits. On a GPU the turns would not order the
+    device's work: lockstep is for the CPU.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._turns: dict[str, threading.Semaphore] = {}
+        self._order: list[str] = []
+        self._local = threading.local()
+        #: How many turns each contender of the last :meth:`run` handed over (network calls).
+        self.turns: dict[str, int] = {}
+
+    def attach(self, network: nn.Module) -> Any:
+        """Pass the turn at every call of ``network`` from a lockstep thread (calls from any other
+        thread are unaffected); returns the hook's handle. The hook is a plain function, so a deep
+        copy of ``network`` (an EMA copy) shares it instead of copying this object."""
+
+        def pass_turn(module: nn.Module, inputs: Any) -> None:
+            name = getattr(self._local, "name", None)
+            if name is not None:
+                self._hand_over(name)
+
+        return network.register_forward_pre_hook(pass_turn)
+
+    def held(self) -> Timing:
+        """The calling lockstep thread's clocks: the seconds it has held its turn so far."""
+        local = self._local
+        return local.held + (_clocks() - local.since)
+
+    def run(self, works: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+        """Run every ``works[name]()`` in its own thread, in turns in the order of ``works``; returns
+        each one's result. An exception in one is raised here after all have finished (the failed
+        one leaves the rotation, so the others go on)."""
+        self._order = list(works)
+        self._turns = {name: threading.Semaphore(0) for name in works}
+        self.turns = dict.fromkeys(works, 0)
+        results: dict[str, Any] = {}
+        errors: list[BaseException] = []
+
+        def body(name: str) -> None:
+            local = self._local
+            local.name = name
+            _LOCKSTEP_THREAD.lockstep = self
+            self._turns[name].acquire()
+            local.held, local.since = Timing(0.0, 0.0, 0.0), _clocks()
+            try:
+                results[name] = works[name]()
+            except BaseException as error:  # re-raised on the calling thread
+                errors.append(error)
+            finally:
+                with self._lock:
+                    following = self._following(name)
+                    self._order.remove(name)
+                if following != name:
+                    self._turns[following].release()
+
+        threads = [threading.Thread(target=body, args=(name,), name=f"lockstep-{name}") for name in works]
+        for thread in threads:
+            thread.start()
+        if works:
+            self._turns[self._order[0]].release()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return results
+
+    def _following(self, name: str) -> str:
+        return self._order[(self._order.index(name) + 1) % len(self._order)]
+
+    def _hand_over(self, name: str) -> None:
+        local = self._local
+        local.held = local.held + (_clocks() - local.since)
+        self.turns[name] += 1
+        with self._lock:
+            following = self._following(name)
+        if following != name:
+            self._turns[following].release()
+            self._turns[name].acquire()
+        local.since = _clocks()
+
+
+def lockstep(
+    contenders: dict[str, Any],
+    reference: str,
+    reps: int,
+    work: Callable[[Any], Timing],
+    steps: Lockstep,
+    log: Callable[[str], None] = lambda message: None,
+) -> tuple[dict[str, list[Timing]], dict[str, list[Timing]]]:
+    """:func:`sandwich`'s results from repetitions in which every contender runs at once, in turns
+    (``steps``, a :class:`Lockstep` attached to every contender's network): each contender's timing
+    is paired with ``reference``'s in the same repetition. The order of turns is rotated from one
+    repetition to the next (:func:`rotate`), so no contender always follows the same one."""
+    names = list(contenders)
+    others = [name for name in names if name != reference]
+    timings: dict[str, list[Timing]] = {name: [] for name in names}
+    paired: dict[str, list[Timing]] = {name: [] for name in others}
+    for rep in range(reps):
+        order = rotate(names, rep)
+        out = steps.run({name: (lambda c=contenders[name]: work(c)) for name in order})
+        for name in names:
+            timings[name].append(out[name])
+        for name in others:
+            paired[name].append(out[reference])
+        log(
+            f"  rep {rep + 1}/{reps} (cpu s / wall s; {reference}: the same repetition, in turns): "
             + ", ".join(
                 f"{n} {timings[n][-1].cpu:.4g}/{timings[n][-1].wall:.4g}"
                 f" ({paired[n][-1].cpu:.4g}/{paired[n][-1].wall:.4g})"

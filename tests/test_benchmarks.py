@@ -4,6 +4,7 @@ and that every contender computes the same samples. No timing is asserted."""
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import statistics
@@ -350,3 +351,120 @@ def test_a_stopped_run_compares_from_its_log():
     assert bench_speed.ratios(result, "wall") == pytest.approx(
         {"train 256 flowkit": 1.55, "train 256 torchcfm": 1.0, "sample euler flowkit": 1.25}
     )
+
+
+class _Counted(torch.nn.Module):
+    """A network that records which lockstep contender called it, in call order; ``work`` seconds
+    of a stand-in clock pass in each call."""
+
+    def __init__(self, calls: list[str], clock: list[float] | None = None, work: float = 0.0) -> None:
+        super().__init__()
+        self.calls, self.clock, self.work = calls, clock, work
+
+    def forward(self, name: str) -> None:
+        self.calls.append(name)
+        if self.clock is not None:
+            self.clock[0] += self.work
+
+
+def test_lockstep_hands_the_turn_over_at_every_network_call_in_rotation():
+    calls: list[str] = []
+    shared, own = _Counted(calls), _Counted(calls)
+    steps = common.Lockstep()
+    handles = [steps.attach(shared), steps.attach(own)]
+
+    def contender(name, network, n):
+        def work():
+            for _ in range(n):
+                network(name)
+            return name.upper()
+
+        return work
+
+    # "c" calls its network twice only: it leaves the rotation and the others go on in turns
+    works = {"a": contender("a", shared, 4), "b": contender("b", own, 4), "c": contender("c", shared, 2)}
+    out = steps.run(works)
+    assert out == {"a": "A", "b": "B", "c": "C"}
+    assert calls == ["a", "b", "c", "a", "b", "c", "a", "b", "a", "b"]
+    assert steps.turns == {"a": 4, "b": 4, "c": 2}
+    for handle in handles:
+        handle.remove()
+    shared("main")  # outside a lockstep thread the hook does nothing, and once removed nothing at all
+    assert calls[-1] == "main"
+
+
+def test_lockstep_clocks_count_only_the_turns_a_thread_held(monkeypatch):
+    # a stand-in for every clock: it advances only inside the networks' calls (one thread at a time)
+    now = [0.0]
+    monkeypatch.setattr(common, "_clocks", lambda: common.Timing(now[0], now[0], now[0]))
+    calls: list[str] = []
+    slow, fast = _Counted(calls, now, work=1.0), _Counted(calls, now, work=0.0)
+    steps = common.Lockstep()
+    steps.attach(slow), steps.attach(fast)
+
+    def work(network, name):
+        def block():
+            start = common.stamp()
+            for _ in range(10):
+                network(name)
+            return common.stamp() - start
+
+        return block
+
+    out = steps.run({"slow": work(slow, "slow"), "fast": work(fast, "fast")})
+    # "fast" waited through ten turns of "slow" (10 s on the stand-in clock): its seconds leave them
+    # out, on every clock; read from outside a lockstep thread, the plain clock has all 10
+    assert out == {"slow": common.Timing(10.0, 10.0, 10.0), "fast": common.Timing(0.0, 0.0, 0.0)}
+    assert common.stamp() == common.Timing(10.0, 10.0, 10.0)
+
+
+def test_lockstep_raises_a_contenders_error_after_the_others_finish():
+    calls: list[str] = []
+    network = _Counted(calls)
+    steps = common.Lockstep()
+    steps.attach(network)
+
+    def fails():
+        network("x")
+        raise RuntimeError("contender x broke")
+
+    def fine():
+        for _ in range(3):
+            network("y")
+
+    with pytest.raises(RuntimeError, match="contender x broke"):
+        steps.run({"x": fails, "y": fine})
+    assert calls == ["x", "y", "y", "y"]
+
+
+def test_lockstep_hook_survives_a_deep_copy_of_the_network():
+    # flowkit's EMA deep-copies the model inside the timed thread: the hook must not copy the lockstep
+    calls: list[str] = []
+    network = _Counted(calls)
+    steps = common.Lockstep()
+    steps.attach(network)
+    twin = copy.deepcopy(network)
+    twin("copy")
+    assert twin.calls == ["copy"] and twin._forward_pre_hooks
+
+
+def test_repetitions_pair_each_contender_with_the_raw_loop_of_the_same_lockstep_run():
+    calls: list[str] = []
+    networks = {name: _Counted(calls) for name in ("raw", "a", "b")}
+
+    def work(name):
+        start = common.stamp()
+        for _ in range(2):
+            networks[name](name)
+        return common.stamp() - start
+
+    cfg = bench_speed.SpeedConfig()
+    timings, paired = bench_speed.repetitions(
+        {n: n for n in networks}, list(networks.values()), cfg, 3, work, log=lambda message: None
+    )
+    # each repetition runs all three in turns, the order rotated: raw a b | a b raw | b raw a
+    assert calls == ["raw", "a", "b"] * 2 + ["a", "b", "raw"] * 2 + ["b", "raw", "a"] * 2
+    assert paired["a"] == timings["raw"] and paired["b"] == timings["raw"] and "raw" not in paired
+    assert all(not network._forward_pre_hooks for network in networks.values())  # hooks removed
+    with pytest.raises(ValueError, match="schedule 'fifo': choose one of lockstep, sandwich"):
+        bench_speed.repetitions({}, [], bench_speed.SpeedConfig(schedule="fifo"), 1, work, print)
