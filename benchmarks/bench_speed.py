@@ -712,6 +712,7 @@ class AblationTrainer(_HandWrittenTrainer):
         pipe = self.flowkit.pipeline
         self.pipe, self.run = pipe, self.flowkit.run
         self.role = pipe.context.roles[pipe.loss.trains]
+        self.network = pipe.model  # what the role calls: the lockstep's turns are at its calls
         self.opt = torch.optim.AdamW(pipe.model.parameters(), lr=1e-3, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(pipe.train))
         self.running = torch.zeros((), device=self.device)
@@ -752,7 +753,8 @@ def ablation(
     contenders["flowkit train()"] = FlowkitTrainer(batch, cfg, workdir)
     for contender in contenders.values():
         contender.block(max(2, k // 5))
-    timings, paired = sandwich(contenders, "raw", cfg.train_reps, lambda c: c.block(k), log)
+    networks = [c.network for c in contenders.values()]
+    timings, paired = repetitions(contenders, networks, cfg, cfg.train_reps, lambda c: c.block(k), log)
     clock = primary_clock(torch.device(cfg.device))
     return {name: summarize_clocks(timings[name], paired.get(name), k)[clock] for name in contenders}
 
