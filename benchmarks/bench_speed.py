@@ -35,6 +35,7 @@ runs (``--memory-steps``): the peak of a fixed-step sampler does not grow with t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -68,6 +69,7 @@ from common import (
     moons_tables,
     off_thread,
     optional_import,
+    pinned,
     primary_clock,
     raw_moons,
     sandwich,
@@ -121,6 +123,8 @@ class SpeedConfig:
     #: "lockstep" (every contender at once, in turns at each network call; the CPU default) or
     #: "sandwich" (one block after another, each between two raw blocks; always on a GPU).
     schedule: str = "lockstep"
+    #: On the CPU, run on the last ``threads`` CPUs only (:func:`common.pinned`).
+    pin: bool = True
     seed: int = 0
 
 
@@ -509,7 +513,12 @@ def _run_speed(
     }
     if len(cfg.block_steps) != len(cfg.batches):
         raise ValueError(f"block_steps {cfg.block_steps} must give one block length per batch {cfg.batches}")
-    with tempfile.TemporaryDirectory(prefix="flowkit-bench-") as tmp:
+    pin = device.type == "cpu" and cfg.pin
+    with (
+        tempfile.TemporaryDirectory(prefix="flowkit-bench-") as tmp,
+        pinned(cfg.threads) if pin else contextlib.nullcontext() as cpus,
+    ):
+        result["machine"]["pinned_cpus"] = cpus
         workdir = Path(tmp)
         memory_jobs: list[Callable[[], None]] = []
         if cfg.steady_malloc and device.type == "cpu":
@@ -1009,6 +1018,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
         help="lockstep: contenders at once, in turns at every network call (CPU); sandwich: one block "
         "after another, each between two raw blocks (always on a GPU)",
     )
+    p.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the threads run on any CPU (by default the run is pinned to the last --threads CPUs)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     p.add_argument("--out", type=Path, default=RESULTS / "speed.json")
     p.add_argument(
@@ -1037,6 +1051,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
         breakdown=a.breakdown,
         steady_malloc=not a.default_malloc,
         schedule=a.schedule,
+        pin=not a.no_pin,
     )
     if a.quick:
         cfg = quick_config(cfg)

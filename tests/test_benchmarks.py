@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -469,3 +470,15 @@ def test_repetitions_pair_each_contender_with_the_raw_loop_of_the_same_lockstep_
     assert calls == ["raw"] * 2 + ["a"] * 2 + ["raw"] * 2 + ["b"] * 2 + ["raw"] * 2
     with pytest.raises(ValueError, match="schedule 'fifo': choose one of lockstep, sandwich"):
         bench_speed.repetitions({}, [], bench_speed.SpeedConfig(schedule="fifo"), 1, work, print)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
+def test_the_speed_run_is_pinned_to_its_threads_cpus_and_restored(speed):
+    _, result = speed
+    allowed = sorted(os.sched_getaffinity(0))
+    assert result["machine"]["pinned_cpus"] == allowed[-1:]  # one thread: the last CPU
+    with common.pinned(1) as cpus:
+        assert cpus == allowed[-1:] and sorted(os.sched_getaffinity(0)) == cpus
+    with common.pinned(1, cpus=allowed[:1]) as cpus:
+        assert sorted(os.sched_getaffinity(0)) == allowed[:1]
+    assert sorted(os.sched_getaffinity(0)) == allowed  # restored, after the run too
