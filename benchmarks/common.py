@@ -599,7 +599,11 @@ class Lockstep:
                 if following != name:
                     self._turns[following].release()
 
-        threads = [threading.Thread(target=body, args=(name,), name=f"lockstep-{name}") for name in works]
+        # daemon: an interrupted run (Ctrl-C in join) exits without finishing the repetition
+        threads = [
+            threading.Thread(target=body, args=(name,), name=f"lockstep-{name}", daemon=True)
+            for name in works
+        ]
         for thread in threads:
             thread.start()
         if works:
