@@ -455,6 +455,10 @@ def _sample_contenders(
     return contenders, missing, networks
 
 
+#: How the repetitions of a workload are scheduled (see :func:`repetitions`).
+SCHEDULES = ("lockstep", "sandwich")
+
+
 def repetitions(
     contenders: dict[str, Any],
     networks: list[torch.nn.Module],
@@ -480,10 +484,6 @@ def repetitions(
     if len(set(steps.turns.values())) > 1:  # the segments did not line up: say so, never hide it
         log(f"  note: the contenders took unequal turns (network calls): {steps.turns}")
     return timings, paired
-
-
-#: How the repetitions of a workload are scheduled (see :func:`repetitions`).
-SCHEDULES = ("lockstep", "sandwich")
 
 
 def run_speed(

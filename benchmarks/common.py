@@ -512,17 +512,21 @@ def sandwich(
             timings[name].append(work(contenders[name]))
             after = work(contenders[reference])
             timings[reference].append(after)
-            paired[name].append(Timing(*((b + a) / 2 for b, a in zip(before, after, strict=True))))
+            paired[name].append((before + after).scaled(0.5))
             before = after
-        log(
-            f"  rep {rep + 1}/{reps} (cpu s / wall s; {reference}: mean of the blocks around each): "
-            + ", ".join(
-                f"{n} {timings[n][-1].cpu:.4g}/{timings[n][-1].wall:.4g}"
-                f" ({paired[n][-1].cpu:.4g}/{paired[n][-1].wall:.4g})"
-                for n in others
-            )
-        )
+        log(_paired_line(rep, reps, f"{reference}: mean of the blocks around each", timings, paired))
     return timings, paired
+
+
+def _paired_line(
+    rep: int, reps: int, pairing: str, timings: dict[str, list[Timing]], paired: dict[str, list[Timing]]
+) -> str:
+    """The log line of one paired repetition: each contender's last CPU and wall seconds, and its
+    reference's in brackets (what :func:`bench_speed.result_from_log` reads back)."""
+    blocks = [(n, timings[n][-1], paired[n][-1]) for n in paired]
+    return f"  rep {rep + 1}/{reps} (cpu s / wall s; {pairing}): " + ", ".join(
+        f"{n} {t.cpu:.4g}/{t.wall:.4g} ({r.cpu:.4g}/{r.wall:.4g})" for n, t, r in blocks
+    )
 
 
 _LOCKSTEP_THREAD = threading.local()
@@ -551,7 +555,6 @@ class Lockstep:
         self._lock = threading.Lock()
         self._turns: dict[str, threading.Semaphore] = {}
         self._order: list[str] = []
-        self._local = threading.local()
         #: How many turns each contender of the last :meth:`run` handed over (network calls).
         self.turns: dict[str, int] = {}
 
@@ -561,15 +564,14 @@ class Lockstep:
         copy of ``network`` (an EMA copy) shares it instead of copying this object."""
 
         def pass_turn(module: nn.Module, inputs: Any) -> None:
-            name = getattr(self._local, "name", None)
-            if name is not None:
-                self._hand_over(name)
+            if getattr(_LOCKSTEP_THREAD, "lockstep", None) is self:
+                self._hand_over(_LOCKSTEP_THREAD.name)
 
         return network.register_forward_pre_hook(pass_turn)
 
     def held(self) -> Timing:
         """The calling lockstep thread's clocks: the seconds it has held its turn so far."""
-        local = self._local
+        local = _LOCKSTEP_THREAD
         return local.held + (_clocks() - local.since)
 
     def run(self, works: dict[str, Callable[[], Any]]) -> dict[str, Any]:
@@ -583,9 +585,8 @@ class Lockstep:
         errors: list[BaseException] = []
 
         def body(name: str) -> None:
-            local = self._local
-            local.name = name
-            _LOCKSTEP_THREAD.lockstep = self
+            local = _LOCKSTEP_THREAD  # this thread's: its lockstep, name and held clocks
+            local.lockstep, local.name = self, name
             self._turns[name].acquire()
             local.held, local.since = Timing(0.0, 0.0, 0.0), _clocks()
             try:
@@ -618,7 +619,7 @@ class Lockstep:
         return self._order[(self._order.index(name) + 1) % len(self._order)]
 
     def _hand_over(self, name: str) -> None:
-        local = self._local
+        local = _LOCKSTEP_THREAD
         local.held = local.held + (_clocks() - local.since)
         self.turns[name] += 1
         with self._lock:
@@ -673,14 +674,7 @@ def lockstep(
             timings[name].append(out[name])
         for name in others:
             paired[name].append(out[reference])
-        log(
-            f"  rep {rep + 1}/{reps} (cpu s / wall s; {reference}: the same repetition, in turns): "
-            + ", ".join(
-                f"{n} {timings[n][-1].cpu:.4g}/{timings[n][-1].wall:.4g}"
-                f" ({paired[n][-1].cpu:.4g}/{paired[n][-1].wall:.4g})"
-                for n in others
-            )
-        )
+        log(_paired_line(rep, reps, f"{reference}: the same repetition, in turns", timings, paired))
     return timings, paired
 
 
