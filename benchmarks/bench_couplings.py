@@ -7,7 +7,7 @@ Run from the repository root::
 
 The contenders train the benchmark pipeline of ``bench_speed.py`` (moons, OT path, CFM, MLP 3×256,
 AdamW, no EMA), interleaved in one process, rotating their order per repetition; each rate is a block of
-steps, and each ratio is to the raw loop's rate *in the same repetition* (``common.summarize``):
+steps, and each ratio is to the raw loop's rate *in the same repetition* (``harness.stats.summarize``):
 
 * ``raw``: the hand-written independent CFM loop of ``bench_speed.py`` (the reference);
 * ``flowkit``: flowkit's training loop, ``coupling = "independent"``;
@@ -26,7 +26,6 @@ Also the time of one coupling call on its own (median of ``--coupling-reps``), p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -41,21 +40,13 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_speed import RawTrainer, SpeedConfig, _HandWrittenTrainer, _StepClock
-from common import (
-    RESULTS,
-    Timing,
-    format_table,
-    machine_description,
-    make_manager,
-    make_run,
-    median,
-    moons_tables,
-    optional_import,
-    rotate,
-    summarize,
-    write_pipeline,
-)
+from harness.clocks import Timing
+from harness.machine import machine_description, optional_import
+from harness.report import RESULTS, format_table, write_json
+from harness.schedules import rotate
+from harness.stats import median, summarize
+from speed_contenders import RawTrainer, SpeedConfig, _HandWrittenTrainer, _StepClock
+from workloads import make_manager, make_run, moons_tables, train_stage, write_pipeline
 
 #: The couplings flowkit is timed with (``[loss] coupling`` values) and whether the loop pairs ahead.
 COUPLINGS: dict[str, tuple[Any, bool]] = {
@@ -103,14 +94,14 @@ class CoupledFlowkitTrainer:
         self.ahead = ahead
 
     def block(self, k: int) -> Timing:
-        from flowkit.engine.train import TrainLoop, train
+        from flowkit.engine import TrainLoop
 
         first, last = 2, 2 + k
         self.pipeline.train = self.evolve(self.section, steps=last)
         loop = TrainLoop(self.pipeline)
         loop.ahead = loop.ahead and self.ahead
         self.clock.arm(first, last)
-        train(self.run, loop)
+        train_stage(self.run, loop)
         return self.clock.elapsed(first, last)
 
 
@@ -239,8 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         cfg.batches, cfg.block_steps, cfg.reps, cfg.coupling_reps = [32], [2], 2, 2
     result = run(cfg)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    write_json(args.out, result)
     print(table(result))
     print(f"wrote {args.out}")
     return result

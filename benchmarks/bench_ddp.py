@@ -38,7 +38,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import HERE, RESULTS, format_table, median, paired_ratios, rotate
+from harness.report import HERE, RESULTS, format_table, write_atomically, write_json
+from harness.schedules import rotate
+from harness.stats import median, paired_ratios
 
 ROOT = HERE.parent
 CONFIGS = {"1 proc x 1 thread": (1, 1), "1 proc x 2 threads": (1, 2), "2 procs x 1 thread": (2, 1)}
@@ -170,9 +172,8 @@ def main() -> None:
         args.steps, args.warmup, args.reps = 10, 2, 1
     record = run_ddp(args)
     text = report(record)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ddp.json").write_text(json.dumps(record, indent=2) + "\n")
-    (RESULTS / "ddp.md").write_text(text)
+    write_json(RESULTS / "ddp.json", record)
+    write_atomically(RESULTS / "ddp.md", text)
     print(text, end="")
 
 

@@ -30,7 +30,6 @@ function evaluations; the Euler rows carry the same error for comparison.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -44,16 +43,12 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (
-    RESULTS,
-    format_table,
-    interleave,
-    machine_description,
-    measure,
-    moons_tables,
-    optional_import,
-    summarize,
-)
+from harness.clocks import measure
+from harness.machine import machine_description, optional_import
+from harness.report import RESULTS, format_table, write_atomically, write_json
+from harness.schedules import interleave
+from harness.stats import summarize
+from workloads import moons_tables
 
 
 @dataclass
@@ -363,10 +358,9 @@ def quick_config(cfg: LikelihoodConfig | None = None) -> LikelihoodConfig:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg, out = parse_args(argv)
     result = run_likelihood(cfg, log=lambda m: print(m, flush=True))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(out, result)
     text = tables(result)
-    out.with_suffix(".md").write_text(text, encoding="utf-8")
+    write_atomically(out.with_suffix(".md"), text)
     print("\n" + text)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return result

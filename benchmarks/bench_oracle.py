@@ -19,7 +19,6 @@ all equal); ``tests/test_oracle.py`` checks that both paths agree and asserts no
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -31,7 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, format_table, interleave, machine_description, measure, primary_clock, summarize
+from harness.clocks import measure, primary_clock
+from harness.machine import machine_description
+from harness.report import RESULTS, format_table, write_atomically, write_json
+from harness.schedules import interleave
+from harness.stats import summarize
 
 
 @dataclass
@@ -135,10 +138,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = p.parse_args(argv)
     cfg = quick_config() if a.quick else OracleConfig(threads=a.threads, n=a.n, calls=a.calls, reps=a.reps)
     result = run_oracle(cfg, log=lambda m: print(m, flush=True))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(a.out, result)
     text = table(result)
-    a.out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+    write_atomically(a.out.with_suffix(".md"), text + "\n")
     print("\n" + text)
     print(f"wrote {a.out} and {a.out.with_suffix('.md')}")
     return result

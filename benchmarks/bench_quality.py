@@ -26,7 +26,6 @@ the velocity and once inside the score converted from it).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -39,7 +38,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, format_table, machine_description, make_manager, make_run, write_pipeline
+from harness.machine import machine_description
+from harness.report import RESULTS, format_table, write_atomically, write_json
+from quality_plot import plot
+from workloads import evaluate_stage, make_manager, make_run, sample_stage, write_pipeline
 
 #: The simulators compared: flowkit ``[sample]`` tables without ``steps``.
 SIMULATORS: dict[str, dict[str, Any]] = {
@@ -195,8 +197,6 @@ def run_quality(cfg: QualityConfig, log: Callable[[str], None] = print) -> dict[
     import attrs
 
     from flowkit.engine import build_pipeline, load_weights, run_pipeline
-    from flowkit.engine.evaluate import evaluate
-    from flowkit.engine.sample import sample
 
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -235,11 +235,11 @@ def run_quality(cfg: QualityConfig, log: Callable[[str], None] = print) -> dict[
                         run = make_run(pipeline, manager, workdir / f"{model}-{simulator}-{steps}")
                         calls, handles = _network_calls(pipeline)
                         started = time.perf_counter()
-                        samples = sample(run)
+                        samples = sample_stage(run)
                         seconds = time.perf_counter() - started
                         for handle in handles:
                             handle.remove()
-                        evaluate(run, samples)
+                        evaluate_stage(run, samples)
                         m = run.metrics
                         points.append(
                             {
@@ -275,41 +275,6 @@ def table(result: dict[str, Any]) -> str:
                 rows.append([model, simulator, p["steps"], p["network_evals"], p["distance"], floor, ratio])
     headers = ["model", "simulator", "steps", "network evals", "W2", "noise floor (mean)", "W2 / floor"]
     return format_table(headers, rows)
-
-
-def plot(result: dict[str, Any], path: Path) -> Path:
-    """PNG: W2 against network evaluations (log–log), one panel per model, the noise floor dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    models = list(result["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
-        entry = result["models"][model]
-        for simulator, points in entry["simulators"].items():
-            ax.plot(
-                [p["network_evals"] for p in points],
-                [p["distance"] for p in points],
-                marker="o",
-                label=simulator,
-            )
-        floor = entry["noise_floor"]
-        ax.axhline(floor["mean"], color="gray", linestyle="--", label="noise floor (data vs data)")
-        ax.axhspan(floor["mean"] - floor["std"], floor["mean"] + floor["std"], color="gray", alpha=0.15)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("network evaluations")
-        ax.set_ylabel(f"W2 to held-out data (n = {result['config']['n']})")
-        ax.set_title(f"{model}: {entry['data']}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -481,10 +446,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else QualityConfig(threads=a.threads, train_steps=a.train_steps, n=a.n, steps=a.steps)
     )
     result = run_quality(cfg, log=lambda m: print(m, flush=True))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(a.out, result)
     text = table(result) + "\n\n### Fewest evaluations to the plateau\n\n" + plateau_summary(result)
-    a.out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+    write_atomically(a.out.with_suffix(".md"), text + "\n")
     png = plot(result, a.out.with_suffix(".png"))
     print("\n" + text)
     print(f"wrote {a.out}, {a.out.with_suffix('.md')} and {png}")
@@ -499,10 +463,9 @@ def main_couplings(a: argparse.Namespace) -> dict[str, Any]:
         cfg = QualityConfig(train_steps=20, batch_size=64, steps=[1, 2], n=64)
     out = a.out if a.out != RESULTS / "quality.json" else RESULTS / "couplings-quality.json"
     result = run_couplings(cfg, log=lambda m: print(m, flush=True))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(out, result)
     text = couplings_table(result)
-    out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+    write_atomically(out.with_suffix(".md"), text + "\n")
     print("\n" + text)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return result

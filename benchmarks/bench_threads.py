@@ -32,7 +32,6 @@ the timed steps (from ``/proc/stat``): where it is well above 0, "idle" was not 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -46,7 +45,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import HERE, RESULTS, format_table, machine_description, median, rotate, summarize
+from harness.machine import machine_description
+from harness.report import HERE, RESULTS, format_table, write_atomically, write_json
+from harness.schedules import rotate
+from harness.stats import median, summarize
 
 ROOT = HERE.parent
 EXAMPLES = ["moons", "cosine", "vp-dsm", "ve-dsm", "cfm-sde"]
@@ -314,9 +316,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text = header(result) + "\n\n" + table(result)
     outs = [a.out] + ([HERE / "reference" / "threads.json"] if a.reference else [])
     for out in outs:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+        write_json(out, result)
+        write_atomically(out.with_suffix(".md"), text + "\n")
     print("\n" + text)
     print("wrote " + ", ".join(f"{out} and {out.with_suffix('.md')}" for out in outs))
     return result

@@ -7,6 +7,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -21,22 +22,26 @@ import bench_ddp  # noqa: E402
 import bench_oracle  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_speed  # noqa: E402
-import common  # noqa: E402
+import speed_contenders  # noqa: E402
+import speed_tables  # noqa: E402
+import workloads  # noqa: E402
+from harness import clocks, lockstep, machine, schedules, stats  # noqa: E402
+from harness import report as harness_report  # noqa: E402
 
 
 def test_summarize_pairs_ratios_by_repetition():
-    out = common.summarize([2.0, 6.0, 3.0], [1.0, 2.0, 3.0])
+    out = stats.summarize([2.0, 6.0, 3.0], [1.0, 2.0, 3.0])
     assert out["median"] == 3.0
     assert out["ratios"] == [2.0, 3.0, 1.0]
     assert out["ratio"] == 2.0  # median of the paired ratios
     assert out["ratio_of_medians"] == pytest.approx(3.0 / 2.0)
-    assert "ratio" not in common.summarize([1.0], None)
+    assert "ratio" not in stats.summarize([1.0], None)
     with pytest.raises(ValueError, match="as many values: 2 vs 1"):
-        common.paired_ratios([1.0, 2.0], [1.0])
+        stats.paired_ratios([1.0, 2.0], [1.0])
 
 
 def test_rotate_starts_each_repetition_with_another_contender():
-    assert [common.rotate("abc", k) for k in range(4)] == [
+    assert [schedules.rotate("abc", k) for k in range(4)] == [
         ["a", "b", "c"],
         ["b", "c", "a"],
         ["c", "a", "b"],
@@ -47,7 +52,7 @@ def test_rotate_starts_each_repetition_with_another_contender():
 def test_raw_moons_match_flowkit_moons():
     from flowkit_data.toy import Moons
 
-    raw = common.raw_moons(500, torch.Generator().manual_seed(3), torch.device("cpu"))
+    raw = workloads.raw_moons(500, torch.Generator().manual_seed(3), torch.device("cpu"))
     flowkit = Moons().sample(500, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(raw, flowkit)
 
@@ -59,22 +64,32 @@ def speed():
     cfg.sample_n, cfg.sample_reps, cfg.sample_steps = 32, 2, {"euler": 3, "heun": 2, "euler-maruyama": 3}
 
     def partial(result):
-        PARTIAL.append((list(result["train"]), list(result["sample"])))
+        latest = result["sample"] or result["train"]
+        raw = latest[list(latest)[-1]]["contenders"]["raw"]
+        blocks = len(raw["seconds" if result["sample"] else "steps_per_s"]["values"])
+        PARTIAL.append((list(result["train"]), list(result["sample"]), blocks, result["complete"]))
 
     return cfg, bench_speed.run_speed(cfg, log=lambda message: None, partial=partial)
 
 
-PARTIAL: list[tuple[list[str], list[str]]] = []
+PARTIAL: list[tuple[list[str], list[str], int, bool]] = []
 
 
-def test_speed_results_are_handed_over_after_every_workload(speed):
-    # main() writes them each time, so a run stopped under heavy load keeps what it measured
+def test_speed_results_are_handed_over_after_every_repetition(speed):
+    # main() writes them each time, so a run stopped under heavy load keeps what it measured: after
+    # each repetition, the workload so far (two repetitions a workload here)
+    _, result = speed
     assert PARTIAL == [
-        (["16"], []),
-        (["16"], ["euler"]),
-        (["16"], ["euler", "heun"]),
-        (["16"], ["euler", "heun", "euler-maruyama"]),
+        (["16"], [], 1, False),
+        (["16"], [], 2, False),
+        (["16"], ["euler"], 1, False),
+        (["16"], ["euler"], 2, False),
+        (["16"], ["euler", "heun"], 1, False),
+        (["16"], ["euler", "heun"], 2, False),
+        (["16"], ["euler", "heun", "euler-maruyama"], 1, False),
+        (["16"], ["euler", "heun", "euler-maruyama"], 2, False),
     ]
+    assert result["complete"] is True
 
 
 def test_speed_json_structure_and_ratios(speed):
@@ -124,7 +139,7 @@ def test_every_sampler_computes_the_same_samples(speed):
 
 def test_speed_tables_list_every_contender(speed):
     _, result = speed
-    text = bench_speed.tables(result)
+    text = speed_tables.tables(result)
     assert "| 16 | flowkit |" in text
     assert "| euler-maruyama (3 steps) | raw |" in text
     assert "no such solver" in text or "not installed" in text
@@ -178,49 +193,49 @@ def test_flowkit_contenders_run_on_the_configured_threads(tmp_path):
         cfg = bench_speed.quick_config()
         cfg.threads = 3
         torch.set_num_threads(3)
-        bench_speed.FlowkitTrainer(16, cfg, tmp_path)
+        speed_contenders.FlowkitTrainer(16, cfg, tmp_path)
         assert torch.get_num_threads() == 3
-        bench_speed.FlowkitSampler("euler", cfg, tmp_path)
+        speed_contenders.FlowkitSampler("euler", cfg, tmp_path)
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
 
 
 def test_paired_ratios_report_their_interquartile_range_and_two_runs_compare():
-    summary = common.summarize([2.0, 4.0, 6.0, 8.0, 10.0], [2.0, 2.0, 2.0, 2.0, 2.0])
+    summary = stats.summarize([2.0, 4.0, 6.0, 8.0, 10.0], [2.0, 2.0, 2.0, 2.0, 2.0])
     assert summary["ratio"] == 3.0
     assert summary["ratio_iqr"] == [2.0, 4.0]  # inclusive quartiles of 1, 2, 3, 4, 5
-    assert common.summarize([1.0], [1.0])["ratio_iqr"] is None
+    assert stats.summarize([1.0], [1.0])["ratio_iqr"] is None
 
     def result(cpu, wall):
         rates = {"steps_per_s": {"ratio": wall}, "steps_per_cpu_s": {"ratio": cpu}}
         return {"train": {"256": {"contenders": {"flowkit": {"status": "ok", **rates}}}}}
 
-    text = bench_speed.compare(result(1.0, 1.0), result(1.02, 0.9))
+    text = speed_tables.compare(result(1.0, 1.0), result(1.02, 0.9))
     assert "| train 256 flowkit | 1 | 1.02 | +2.0% | 1 | 0.9 | -10.0% |" in text
     assert "cpu: largest difference 2.0% (train 256 flowkit); 0 of 1 rows differ by more than 3%" in text
     assert "wall: largest difference 10.0% (train 256 flowkit); 1 of 1 rows differ by more than 3%" in text
-    assert bench_speed.ratios(result(1.02, 0.9), "cpu") == {"train 256 flowkit": 1.02}
-    assert bench_speed.ratios(result(1.02, 0.9), "wall") == {"train 256 flowkit": 0.9}
+    assert speed_tables.ratios(result(1.02, 0.9), "cpu") == {"train 256 flowkit": 1.02}
+    assert speed_tables.ratios(result(1.02, 0.9), "wall") == {"train 256 flowkit": 0.9}
 
 
 def test_timings_carry_every_clock_and_pair_ratios_on_each():
-    start, end = common.Timing(10.0, 1.0, 1.5), common.Timing(12.0, 2.0, 2.5)
-    assert end - start == common.Timing(2.0, 1.0, 1.0)
-    assert (end - start).scaled(0.5) == common.Timing(1.0, 0.5, 0.5)
+    start, end = clocks.Timing(10.0, 1.0, 1.5), clocks.Timing(12.0, 2.0, 2.5)
+    assert end - start == clocks.Timing(2.0, 1.0, 1.0)
+    assert (end - start).scaled(0.5) == clocks.Timing(1.0, 0.5, 0.5)
     # Two blocks of 10 steps: the contender waited for a core in the second (wall 4 s, CPU 1 s).
-    mine = [common.Timing(1.0, 1.0, 1.0), common.Timing(4.0, 1.0, 1.0)]
-    raw = [common.Timing(2.0, 2.0, 2.0), common.Timing(2.0, 2.0, 2.0)]
-    rates = common.summarize_clocks(mine, raw, 10)
+    mine = [clocks.Timing(1.0, 1.0, 1.0), clocks.Timing(4.0, 1.0, 1.0)]
+    raw = [clocks.Timing(2.0, 2.0, 2.0), clocks.Timing(2.0, 2.0, 2.0)]
+    rates = stats.summarize_clocks(mine, raw, 10)
     assert rates["cpu"]["values"] == [10.0, 10.0] and rates["cpu"]["ratios"] == [2.0, 2.0]
     assert rates["wall"]["ratios"] == [2.0, 0.5] and rates["wall"]["ratio"] == 1.25
-    assert "ratio" not in common.summarize_clocks(raw, None, 10)["cpu"]
+    assert "ratio" not in stats.summarize_clocks(raw, None, 10)["cpu"]
     # The share of the process's CPU time that ran on other threads than the timing one.
-    timings = [common.Timing(1.0, 1.0, 1.0), common.Timing(1.0, 0.9, 1.2)]
-    assert common.off_thread(timings) == pytest.approx(0.25)
-    assert common.off_thread([]) is None
-    assert common.primary_clock(torch.device("cpu")) == "cpu"
-    assert common.primary_clock(torch.device("cuda")) == "wall"
+    timings = [clocks.Timing(1.0, 1.0, 1.0), clocks.Timing(1.0, 0.9, 1.2)]
+    assert stats.off_thread(timings) == pytest.approx(0.25)
+    assert stats.off_thread([]) is None
+    assert clocks.primary_clock(torch.device("cpu")) == "cpu"
+    assert clocks.primary_clock(torch.device("cuda")) == "wall"
 
 
 def test_sandwich_runs_the_reference_around_every_block_and_pairs_with_its_neighbours():
@@ -228,15 +243,15 @@ def test_sandwich_runs_the_reference_around_every_block_and_pairs_with_its_neigh
 
     def work(name):
         order.append(name)
-        return common.Timing(len(order), 2.0 * len(order), 0.0)
+        return clocks.Timing(len(order), 2.0 * len(order), 0.0)
 
-    timings, paired = common.sandwich({"r": "r", "a": "a", "b": "b"}, "r", 2, work)
+    timings, paired = schedules.sandwich({"r": "r", "a": "a", "b": "b"}, "r", 2, work)
     assert order == ["r", "a", "r", "b", "r", "b", "r", "a", "r"]
     assert [t.wall for t in timings["r"]] == [1, 3, 5, 7, 9]
     assert [t.wall for t in timings["a"]] == [2, 8] and [t.wall for t in timings["b"]] == [4, 6]
     # each block's reference: the mean of the reference blocks just before and after it, every clock
-    assert paired["a"] == [common.Timing(2.0, 4.0, 0.0), common.Timing(8.0, 16.0, 0.0)]
-    assert paired["b"] == [common.Timing(4.0, 8.0, 0.0), common.Timing(6.0, 12.0, 0.0)]
+    assert paired["a"] == [clocks.Timing(2.0, 4.0, 0.0), clocks.Timing(8.0, 16.0, 0.0)]
+    assert paired["b"] == [clocks.Timing(4.0, 8.0, 0.0), clocks.Timing(6.0, 12.0, 0.0)]
     assert "r" not in paired
 
 
@@ -245,9 +260,9 @@ def test_interleave_rotates_the_contenders_and_pairs_by_repetition():
 
     def work(name):
         order.append(name)
-        return common.Timing(len(order), 0.0, 0.0)
+        return clocks.Timing(len(order), 0.0, 0.0)
 
-    out = common.interleave({"a": "a", "b": "b", "c": "c"}, 2, work)
+    out = schedules.interleave({"a": "a", "b": "b", "c": "c"}, 2, work)
     assert order == ["a", "b", "c", "b", "c", "a"]
     assert [t.wall for t in out["a"]] == [1, 6] and [t.wall for t in out["b"]] == [2, 4]
 
@@ -255,7 +270,7 @@ def test_interleave_rotates_the_contenders_and_pairs_by_repetition():
 def test_speed_results_give_both_clocks_and_the_off_thread_share(speed):
     _, result = speed
     assert result["clock"] == "cpu"
-    for section, keys in bench_speed.RATE_KEYS.items():
+    for section, keys in speed_tables.RATE_KEYS.items():
         for entry in result[section].values():
             for c in entry["contenders"].values():
                 if c["status"] != "ok":
@@ -263,7 +278,7 @@ def test_speed_results_give_both_clocks_and_the_off_thread_share(speed):
                 assert set(keys.values()) <= set(c)
                 assert len(c[keys["cpu"]]["values"]) == len(c[keys["wall"]]["values"])
                 assert c["off_thread"] is not None
-    text = bench_speed.tables(result)
+    text = speed_tables.tables(result)
     assert "× raw, CPU (paired median)" in text and "IQR, wall" in text
 
 
@@ -328,28 +343,6 @@ def test_ddp_bench_measures_two_gloo_ranks_under_torchrun():
     assert bench_ddp.measure(2, 1, _ddp_args()) > 0
 
 
-def test_a_stopped_run_compares_from_its_log():
-    rep = "  rep {}/2 (cpu s / wall s; raw: mean of the blocks around each): "
-    log = "\n".join(
-        [
-            "train, batch 256: 2 blocks of 100 steps per contender",
-            rep.format(1) + "flowkit 1/2 (1.1/2.2), torchcfm 2/4 (2/4)",
-            rep.format(2) + "flowkit 1/1 (1.3/2), torchcfm 1/2 (1/2)",
-            "sample, euler 100 steps, n = 10000: 1 runs each",
-            rep.format(1) + "flowkit 4/8 (5/10)",
-            "breakdown of flowkit's training step",
-            rep.format(1) + "raw + flowkit network 1/1 (1/1)",
-        ]
-    )
-    result = bench_speed.result_from_log(log)
-    assert bench_speed.ratios(result, "cpu") == pytest.approx(
-        {"train 256 flowkit": 1.2, "train 256 torchcfm": 1.0, "sample euler flowkit": 1.25}
-    )
-    assert bench_speed.ratios(result, "wall") == pytest.approx(
-        {"train 256 flowkit": 1.55, "train 256 torchcfm": 1.0, "sample euler flowkit": 1.25}
-    )
-
-
 class _Counted(torch.nn.Module):
     """A network that records which lockstep contender called it, in call order; ``work`` seconds
     of a stand-in clock pass in each call."""
@@ -367,7 +360,7 @@ class _Counted(torch.nn.Module):
 def test_lockstep_hands_the_turn_over_at_every_network_call_in_rotation():
     calls: list[str] = []
     shared, own = _Counted(calls), _Counted(calls)
-    steps = common.Lockstep()
+    steps = lockstep.Lockstep()
     handles = [steps.attach(shared), steps.attach(own)]
 
     def contender(name, network, n):
@@ -393,32 +386,32 @@ def test_lockstep_hands_the_turn_over_at_every_network_call_in_rotation():
 def test_lockstep_clocks_count_only_the_turns_a_thread_held(monkeypatch):
     # a stand-in for every clock: it advances only inside the networks' calls (one thread at a time)
     now = [0.0]
-    monkeypatch.setattr(common, "_clocks", lambda: common.Timing(now[0], now[0], now[0]))
+    monkeypatch.setattr(clocks, "read_clocks", lambda: clocks.Timing(now[0], now[0], now[0]))
     calls: list[str] = []
     slow, fast = _Counted(calls, now, work=1.0), _Counted(calls, now, work=0.0)
-    steps = common.Lockstep()
+    steps = lockstep.Lockstep()
     steps.attach(slow), steps.attach(fast)
 
     def work(network, name):
         def block():
-            start = common.stamp()
+            start = clocks.stamp()
             for _ in range(10):
                 network(name)
-            return common.stamp() - start
+            return clocks.stamp() - start
 
         return block
 
     out = steps.run({"slow": work(slow, "slow"), "fast": work(fast, "fast")})
     # "fast" waited through ten turns of "slow" (10 s on the stand-in clock): its seconds leave them
     # out, on every clock; read from outside a lockstep thread, the plain clock has all 10
-    assert out == {"slow": common.Timing(10.0, 10.0, 10.0), "fast": common.Timing(0.0, 0.0, 0.0)}
-    assert common.stamp() == common.Timing(10.0, 10.0, 10.0)
+    assert out == {"slow": clocks.Timing(10.0, 10.0, 10.0), "fast": clocks.Timing(0.0, 0.0, 0.0)}
+    assert clocks.stamp() == clocks.Timing(10.0, 10.0, 10.0)
 
 
 def test_lockstep_raises_a_contenders_error_after_the_others_finish():
     calls: list[str] = []
     network = _Counted(calls)
-    steps = common.Lockstep()
+    steps = lockstep.Lockstep()
     steps.attach(network)
 
     def fails():
@@ -438,7 +431,7 @@ def test_lockstep_hook_survives_a_deep_copy_of_the_network():
     # flowkit's EMA deep-copies the model inside the timed thread: the hook must not copy the lockstep
     calls: list[str] = []
     network = _Counted(calls)
-    steps = common.Lockstep()
+    steps = lockstep.Lockstep()
     steps.attach(network)
     twin = copy.deepcopy(network)
     twin("copy")
@@ -450,14 +443,14 @@ def test_repetitions_pair_each_contender_with_the_raw_loop_of_the_same_lockstep_
     networks = {name: _Counted(calls) for name in ("raw", "a", "b")}
 
     def work(name):
-        start = common.stamp()
+        start = clocks.stamp()
         for _ in range(2):
             networks[name](name)
-        return common.stamp() - start
+        return clocks.stamp() - start
 
-    cfg = bench_speed.SpeedConfig()
-    timings, paired = bench_speed.repetitions(
-        {n: n for n in networks}, list(networks.values()), cfg, 3, work, log=lambda message: None
+    cpu = torch.device("cpu")
+    timings, paired = schedules.repetitions(
+        {n: n for n in networks}, list(networks.values()), "lockstep", cpu, 3, work, log=lambda message: None
     )
     # each repetition runs all three in turns, the order rotated: raw a b | a b raw | b raw a
     assert calls == ["raw", "a", "b"] * 2 + ["a", "b", "raw"] * 2 + ["b", "raw", "a"] * 2
@@ -465,11 +458,10 @@ def test_repetitions_pair_each_contender_with_the_raw_loop_of_the_same_lockstep_
     assert all(not network._forward_pre_hooks for network in networks.values())  # hooks removed
     # the sandwich schedule: one block after another, each between two raw blocks, no turns taken
     calls.clear()
-    sandwiched = bench_speed.SpeedConfig(schedule="sandwich")
-    _, paired = bench_speed.repetitions({n: n for n in networks}, [], sandwiched, 1, work, print)
+    _, paired = schedules.repetitions({n: n for n in networks}, [], "sandwich", cpu, 1, work, print)
     assert calls == ["raw"] * 2 + ["a"] * 2 + ["raw"] * 2 + ["b"] * 2 + ["raw"] * 2
     with pytest.raises(ValueError, match="schedule 'fifo': choose one of lockstep, sandwich"):
-        bench_speed.repetitions({}, [], bench_speed.SpeedConfig(schedule="fifo"), 1, work, print)
+        schedules.repetitions({}, [], "fifo", cpu, 1, work, print)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
@@ -477,8 +469,56 @@ def test_the_speed_run_is_pinned_to_its_threads_cpus_and_restored(speed):
     _, result = speed
     allowed = sorted(os.sched_getaffinity(0))
     assert result["machine"]["pinned_cpus"] == allowed[-1:]  # one thread: the last CPU
-    with common.pinned(1) as cpus:
+    with machine.pinned(1) as cpus:
         assert cpus == allowed[-1:] and sorted(os.sched_getaffinity(0)) == cpus
-    with common.pinned(1, cpus=allowed[:1]) as cpus:
+    with machine.pinned(1, cpus=allowed[:1]) as cpus:
         assert sorted(os.sched_getaffinity(0)) == allowed[:1]
     assert sorted(os.sched_getaffinity(0)) == allowed  # restored, after the run too
+
+
+def test_a_run_stopped_after_its_first_repetition_leaves_a_json_that_compares(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "speed.json"
+    written = []
+
+    def write_then_stop(path, result):  # the first write comes after the first repetition: Ctrl-C there
+        harness_report.write_json(path, result)
+        written.append(path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_speed, "write_json", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        bench_speed.main(["--quick", "--no-peers", "--no-memory", "--out", str(out)])
+    assert written == [out] and sorted(p.name for p in tmp_path.iterdir()) == ["speed.json"]  # no temp left
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["complete"] is False and list(result["train"]) == ["32"] and result["sample"] == {}
+    flowkit = result["train"]["32"]["contenders"]["flowkit"]["steps_per_cpu_s"]
+    assert len(flowkit["values"]) == len(flowkit["ratios"]) == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        bench_speed.main(["--compare", str(out), str(out)])
+    assert stop.value.code == 0
+    printed = capsys.readouterr().out
+    assert "| train 32 flowkit | " in printed and "| train 32 flowkit+ema | " in printed
+    assert "cpu: largest difference 0.0%" in printed and "0 of 2 rows differ by more than 3%" in printed
+
+
+def test_compare_reads_the_reference_jsons_as_their_recorded_comparison(capsys):
+    reference = BENCHMARKS / "reference"
+    runs = [reference / f"speed-2026-12-03-lockstep-cpu{cpu}.json" for cpu in (0, 1)]
+    with pytest.raises(SystemExit):
+        bench_speed.main(["--compare", *map(str, runs)])
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("| row |") and printed.endswith("0 of 15 rows differ by more than 3%")
+    # the same table and summary as the comparison recorded with them
+    assert printed in (reference / "speed-2026-12-03-lockstep-compare.md").read_text(encoding="utf-8")
+
+
+def test_benchmark_files_stay_small_and_no_module_reads_a_log():
+    sources = [p for p in BENCHMARKS.rglob("*") if p.suffix in {".py", ".md"}]
+    sources = [p for p in sources if not {"reference", "results"} & set(p.relative_to(BENCHMARKS).parts)]
+    assert len([p for p in sources if p.suffix == ".py"]) >= 12
+    long = {p.name: n for p in sources if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500}
+    assert long == {}
+    # JSON is the one machine-read output: the logs are for people
+    reads_log = [p.name for p in sources if p.suffix == ".py" and re.search(r"\.log\b[\"']", p.read_text())]
+    assert reads_log == []
