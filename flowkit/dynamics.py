@@ -12,7 +12,7 @@ from torch import Tensor
 
 from flowkit.building import Component
 from flowkit.errors import CapabilityError
-from flowkit.paths import GaussianProbabilityPath
+from flowkit.paths import GaussianProbabilityPath, ProbabilityPath
 from flowkit.records import Progress
 
 # ---------------------------------------------------------------------------------------------------
@@ -21,9 +21,33 @@ from flowkit.records import Progress
 
 
 class ODE(Component):
-    """``dX_t = drift(X_t, t) dt``. ``needs`` lists the roles it is built from (see BuildContext)."""
+    """``dX_t = drift(X_t, t) dt``. ``needs`` lists the roles it is built from (see BuildContext).
+
+    Dynamics may offer more than a drift (an average velocity, jump rates): a simulator that knows
+    them calls them, and the counting wrapper of :mod:`flowkit.solvers` forwards them. Dynamics and
+    simulator check each other when the pipeline is built: :meth:`Simulator.check` and
+    :meth:`check_simulator` (both through :func:`check_pair`).
+
+    ``constraint`` is the path whose :meth:`~flowkit.interfaces.ProbabilityPath.project` every
+    simulator applies after each step (``None``: unconstrained); dynamics built from a pipeline take
+    it from ``context.path``.
+    """
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    constraint: ProbabilityPath | None = None
+
+    def check_simulator(self, simulator: Simulator) -> None:
+        """Raise :class:`CapabilityError` when ``simulator`` cannot integrate these dynamics (e.g. a
+        jump process refuses an ODE solver, which only calls :meth:`drift`). Default: accept."""
+
+    @property
+    def projects(self) -> bool:
+        """Whether :meth:`project` changes states (a simulator skips the call otherwise)."""
+        return self.constraint is not None and self.constraint.projects
+
+    def project(self, x: Tensor) -> Tensor:
+        """``x (B, *D)`` projected onto the support of the path's samples (the identity by default)."""
+        return x if self.constraint is None else self.constraint.project(x)
 
     @abc.abstractmethod
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
@@ -132,3 +156,10 @@ class Simulator(Component):
         self, dynamics: ODE, x: Tensor, ts: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """Like :meth:`simulate`, returning the state at every time of ``ts``: ``(T + 1, B, *D)``."""
+
+
+def check_pair(simulator: Simulator, dynamics: ODE) -> None:
+    """Raise :class:`CapabilityError` unless ``simulator`` and ``dynamics`` accept each other: the
+    simulator's :meth:`Simulator.check`, then the dynamics' :meth:`ODE.check_simulator`."""
+    simulator.check(dynamics)
+    dynamics.check_simulator(simulator)

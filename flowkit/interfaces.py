@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.building import Component, convert_role
-from flowkit.dynamics import ODE, SDE, ProbabilityFlowODE, Simulator, TimeGrid
+from flowkit.dynamics import ODE, SDE, ProbabilityFlowODE, Simulator, TimeGrid, check_pair
 from flowkit.errors import CapabilityError
 from flowkit.paths import (
     Dataset,
@@ -94,6 +94,7 @@ __all__ = [
     "Simulator",
     "TimeGrid",
     "VectorField",
+    "check_pair",
     "kind_of",
     "per_sample",
 ]

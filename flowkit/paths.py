@@ -124,6 +124,14 @@ class ProbabilityPath(Component):
 
     provides_score: ClassVar[bool] = False
     converts_roles: ClassVar[bool] = False
+    #: Whether :meth:`project` constrains samples (a sphere, a simplex); simulators skip it otherwise.
+    projects: ClassVar[bool] = False
+
+    def project(self, x: Tensor) -> Tensor:
+        """``x (B, *D)`` projected onto the set the path's samples live on; every simulator applies it
+        after each step (fixed-step, adaptive and the diffusion samplers alike). Default: the identity,
+        with :attr:`projects` ``False``. A path that projects sets ``projects = True``."""
+        return x
 
     @property
     def t_range(self) -> tuple[float, float]:
