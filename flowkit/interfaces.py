@@ -22,7 +22,7 @@ backends; the rest of the contract lives in modules below it, each re-exported h
 from ``flowkit.interfaces``):
 
 * :mod:`flowkit.paths`: datasets, schedules, probability paths, the velocity and score fields, and the
-  distribution of training times;
+  distribution of training times (:class:`TimeDistribution`, the kind ``time``);
 * :mod:`flowkit.dynamics`: dynamics (ODE, SDE), time grids and simulators;
 * :mod:`flowkit.building`: the :class:`Component` base and role conversion;
 * :mod:`flowkit.records`: plain records (:class:`Coefficients`, :class:`Samples`, ...).
@@ -50,6 +50,7 @@ from flowkit.paths import (
     ProbabilityPath,
     Schedule,
     ScoreModel,
+    TimeDistribution,
     VectorField,
 )
 from flowkit.records import (
@@ -92,6 +93,7 @@ __all__ = [
     "Schedule",
     "ScoreModel",
     "Simulator",
+    "TimeDistribution",
     "TimeGrid",
     "VectorField",
     "check_pair",
@@ -406,6 +408,7 @@ KINDS: dict[str, type] = {
     "dynamics": ODE,
     "simulator": Simulator,
     "timegrid": TimeGrid,
+    "time": TimeDistribution,
     "metric": Metric,
     "device": DeviceBackend,
 }
@@ -424,6 +427,6 @@ def kind_of(interface: type) -> str | None:
 for _public in (
     Component, NoParams, Coefficients, PreparedBatch, Samples, Registrar, Dataset, Schedule,
     ProbabilityPath, GaussianProbabilityPath, VectorField, ScoreModel, NoisePredictor, ODE,
-    ProbabilityFlowODE, SDE, TimeGrid, Simulator,
+    ProbabilityFlowODE, SDE, TimeGrid, Simulator, TimeDistribution,
 ):  # fmt: skip
     _public.__module__ = __name__

@@ -282,3 +282,18 @@ class NoisePredictor(ScoreModel):
     @abc.abstractmethod
     def predict_noise(self, x: Tensor, t: Tensor) -> Tensor:
         """The predicted noise ``eps_theta(x, t)``, ``(B, *D)``."""
+
+
+class TimeDistribution(Component):
+    """The distribution of training times: ``sample`` draws ``n`` times in ``[0, 1]``, which a loss maps
+    affinely onto its path's ``t_range`` (``t = lo + (hi - lo) u``). Draws come from ``generator``."""
+
+    @abc.abstractmethod
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """``n`` times ``u`` in ``[0, 1]``, shape ``(n,)``, of ``dtype`` on ``device``."""
