@@ -1,4 +1,4 @@
-"""Conditional flow matching (``MATH.md``, "Losses")."""
+"""Conditional flow matching (``docs/math.md``, "Losses")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Denoising score matching (``MATH.md``, "Losses")."""
+"""Denoising score matching (``docs/math.md``, "Losses")."""
 
 from __future__ import annotations
 

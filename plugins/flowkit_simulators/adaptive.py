@@ -1,4 +1,4 @@
-"""Adaptive simulators: ``dopri5``, the Dormand–Prince 5(4) pair with error control (MATH.md,
+"""Adaptive simulators: ``dopri5``, the Dormand–Prince 5(4) pair with error control (``docs/math.md``,
 "Adaptive solving").
 
 The simulator chooses its own steps. It integrates from ``ts[0]`` to ``ts[-1]`` and lands exactly on

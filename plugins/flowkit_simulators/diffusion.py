@@ -1,4 +1,5 @@
-"""Samplers built on a Gaussian path's schedule: ``dpm-solver++`` and ``edm`` (MATH.md, "Faster samplers").
+"""Samplers built on a Gaussian path's schedule: ``dpm-solver++`` and ``edm`` (``docs/math.md``,
+"Faster samplers").
 
 Both integrate the probability-flow ODE ``dX = u_t(X) dt`` of a Gaussian path ``x_t = alpha_t z + beta_t eps``
 through the model's data prediction ``x_hat(x, t) = E[z | x_t = x]``, which

@@ -1,4 +1,4 @@
-"""What a simulator integrates, built from the roles a model provides (MATH.md, "Sampling").
+"""What a simulator integrates, built from the roles a model provides (``docs/math.md``, "Sampling").
 
 * :class:`FlowODE` (``flow``): ``dX = u_t(X) dt`` from a velocity.
 * :class:`ExtensionSDE` (``extension-sde``): ``dX = [u_t(X) + sigma_t^2 / 2 score_t(X)] dt + sigma_t dW``,
