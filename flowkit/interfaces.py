@@ -16,6 +16,16 @@ Every registered component derives from :class:`Component`. Its parameters are a
 ``Params``, whose fields (type, default, validator, ``metadata={"doc": ...}``) are what a pipeline table
 may set; the config loader validates a table against it, and the docs are generated from it. A kind's
 interface is the base class a registered class must derive from (:data:`KINDS`).
+
+This module is where to start reading, and it holds the models, losses, couplings, metrics and device
+backends; the rest of the contract lives in modules below it, each re-exported here (import every name
+from ``flowkit.interfaces``):
+
+* :mod:`flowkit.paths`: datasets, schedules, probability paths, the velocity and score fields, and the
+  distribution of training times (:class:`TimeDistribution`, the kind ``time``);
+* :mod:`flowkit.dynamics`: dynamics (ODE, SDE), time grids and simulators;
+* :mod:`flowkit.building`: the :class:`Component` base and role conversion;
+* :mod:`flowkit.records`: plain records (:class:`Coefficients`, :class:`Samples`, ...).
 """
 
 from __future__ import annotations
@@ -24,337 +34,77 @@ import abc
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol, overload
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import torch
 from torch import Tensor, nn
 
+from flowkit.building import Component, convert_role
+from flowkit.dynamics import ODE, SDE, ProbabilityFlowODE, Simulator, TimeGrid, check_pair
 from flowkit.errors import CapabilityError
-
-Role = Literal["velocity", "score"]
-#: ``progress(done, total)``: a simulator reports how far it is (steps, or thousandths of the time span).
-Progress = Callable[[int, int], None]
-
-
-@overload
-def per_sample(values: Tensor, like: Tensor) -> Tensor: ...
-@overload
-def per_sample(values: float, like: Tensor) -> float: ...
-def per_sample(values: Tensor | float, like: Tensor) -> Tensor | float:
-    """View per-sample ``values (B,)`` as ``(B, 1, ..., 1)`` to broadcast over ``like (B, *D)``.
-
-    A Python float (a constant coefficient) is returned as it is: it broadcasts without a tensor.
-    """
-    if isinstance(values, (int, float)):
-        return float(values)
-    return values.reshape((-1,) + (1,) * (like.dim() - 1))
-
-
-@attrs.frozen
-class Coefficients:
-    """``alpha_t``, ``beta_t`` and their time derivatives for a Gaussian path, each ``(B,)`` or a float.
-
-    A schedule returns constants (OT's ``alpha' = 1``) as Python floats: they broadcast for free.
-    """
-
-    alpha: Tensor | float
-    beta: Tensor | float
-    d_alpha: Tensor | float
-    d_beta: Tensor | float
-
-    def broadcast(self, like: Tensor) -> Coefficients:
-        """The same coefficients shaped ``(B, 1, ..., 1)`` to broadcast over ``like (B, *D)``."""
-        return Coefficients(*(per_sample(c, like) for c in attrs.astuple(self, recurse=False)))
-
-
-@attrs.define(frozen=True)
-class NoParams:
-    """Parameters of a component that takes none."""
-
-
-class Component(abc.ABC):
-    """Base of every registered component.
-
-    ``Params`` is the attrs class of the component's parameters. ``from_params`` builds an instance
-    from validated parameters and the :class:`BuildContext` (what was built before it). The config
-    loader sets ``registered_kind`` and ``registered_name`` on every instance it builds, so a resolved
-    pipeline can be written back to TOML.
-    """
-
-    Params: ClassVar[type] = NoParams
-    registered_kind: str | None = None
-    registered_name: str | None = None
-
-    def __init__(self, params: Any = None) -> None:
-        super().__init__()
-        self.params = params if params is not None else type(self).Params()
-
-    @classmethod
-    def from_params(cls, params: Any, context: BuildContext) -> Component:
-        """Build the component from its validated ``params``. Override to use the ``context``."""
-        return cls(params)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------------
-
-
-class Dataset(Component):
-    """Samples of ``p_data``.
-
-    ``shape`` is the event shape ``D`` of one sample. ``sample`` returns a fresh batch drawn with the
-    given generator (datasets backed by files draw rows at random; synthetic ones generate on the
-    device, so training needs no host round-trip per step).
-    """
-
-    @property
-    @abc.abstractmethod
-    def shape(self) -> tuple[int, ...]:
-        """Event shape ``D`` of one sample, e.g. ``(2,)``."""
-
-    @abc.abstractmethod
-    def sample(
-        self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None
-    ) -> Tensor:
-        """Return ``n`` samples, shape ``(n, *D)``, float32, on ``device`` (default: CPU)."""
-
-    # Labelled data (conditional generation). A dataset with labels sets ``num_classes > 0`` and
-    # implements ``sample_labelled``; the class indices are ``0 .. num_classes - 1``, and the index
-    # ``num_classes`` is the null class (no condition) that conditional networks also accept.
-
-    #: Number of classes of a labelled dataset; 0 for unlabelled data.
-    num_classes: int = 0
-    #: ``(low, high)`` bounds of the data's values (images: ``(-1.0, 1.0)``), ``None`` when unbounded;
-    #: samples are clipped to them at the end of sampling, as image pipelines do.
-    value_range: tuple[float, float] | None = None
-
-    def sample_labelled(
-        self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(x (n, *D) float32, y (n,) int64)``: ``n`` samples with their class labels, on ``device``."""
-        raise CapabilityError(
-            f"dataset '{self.registered_name}' has no labels; conditional training and guidance need "
-            'a labelled dataset (e.g. kind = "digits", or kind = "images" with a labels array)'
-        )
-
-    def held_out(self) -> tuple[Tensor, Tensor | None] | None:
-        """The held-out split ``(x (M, *D), y (M,) or None)`` on the CPU, or ``None`` when the dataset
-        has none (synthetic data: every draw is fresh). Image metrics compare samples with it."""
-        return None
-
-    @property
-    def provides_log_prob(self) -> bool:
-        """Whether :meth:`log_prob` gives the exact density of ``p_data`` (an optional capability: a
-        likelihood evaluation then also reports the exact value and the gap)."""
-        return False
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        """``log p_data(x)`` for ``x (B, *D)``, shape ``(B,)``; only where :attr:`provides_log_prob`."""
-        raise CapabilityError(f"dataset '{self.registered_name}' has no known density (log_prob)")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Probability paths and schedules
-# ---------------------------------------------------------------------------------------------------
-
-
-class Schedule(Component):
-    """``alpha_t`` and ``beta_t`` of a Gaussian path ``p_t(x|z) = N(alpha_t z, beta_t^2 I)``.
-
-    All methods take ``t`` of shape ``(B,)`` and return shape ``(B,)``. ``t_range`` is the closed
-    interval where every formula of the schedule is regular; a loss or sampler draws its times from
-    it (e.g. VP keeps ``t <= 1 - 1e-5`` because ``beta_1 = 0``). ``prior_std`` is the standard
-    deviation of ``p_init = N(0, prior_std^2 I)`` (``sigma_max`` for VE).
-    """
-
-    t_range: tuple[float, float] = (0.0, 1.0)
-    prior_std: float = 1.0
-
-    @abc.abstractmethod
-    def alpha(self, t: Tensor) -> Tensor:
-        """Signal coefficient ``alpha_t``, shape ``(B,)``."""
-
-    @abc.abstractmethod
-    def beta(self, t: Tensor) -> Tensor:
-        """Noise coefficient ``beta_t``, shape ``(B,)``."""
-
-    @abc.abstractmethod
-    def d_alpha(self, t: Tensor) -> Tensor:
-        """Time derivative ``alpha'_t``, shape ``(B,)``."""
-
-    @abc.abstractmethod
-    def d_beta(self, t: Tensor) -> Tensor:
-        """Time derivative ``beta'_t``, shape ``(B,)``."""
-
-    def coefficients(self, t: Tensor) -> Coefficients:
-        """All four at ``t (B,)``. The training hot loop calls this once per step; a schedule may
-        override it to share work or to return constants as floats. It must equal the four methods."""
-        return Coefficients(self.alpha(t), self.beta(t), self.d_alpha(t), self.d_beta(t))
-
-
-class ProbabilityPath(Component):
-    """A conditional probability path ``p_t(x|z)`` with ``p_0(.|z) = p_init`` and ``p_1(.|z) ~ delta_z``.
-
-    ``provides_score`` says whether ``target_score`` exists; ``converts_roles`` whether a score
-    model and a vector field convert into each other (true for Gaussian paths). ``t_range`` is where
-    the path's formulas are regular. A path that draws more randomness than ``noise`` (a second
-    variable, a coupling) draws it from ``generator``, never from torch's global generator.
-    """
-
-    provides_score: ClassVar[bool] = False
-    converts_roles: ClassVar[bool] = False
-
-    @property
-    def t_range(self) -> tuple[float, float]:
-        """Closed interval of times where ``sample`` and the targets are finite."""
-        return (0.0, 1.0)
-
-    @abc.abstractmethod
-    def sample_prior(
-        self,
-        shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
-        device: torch.device | None = None,
-    ) -> Tensor:
-        """Draw ``x_0 ~ p_init``; ``shape = (B, *D)``."""
-
-    @abc.abstractmethod
-    def sample(
-        self, z: Tensor, t: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Draw ``x ~ p_t(.|z)``; ``z`` is ``(B, *D)``, ``t`` is ``(B,)``.
-
-        ``noise`` (shape of ``z``) fixes the Gaussian part of the draw (``x = alpha_t z + beta_t noise``
-        for a Gaussian path); anything else is drawn from ``generator``.
-        """
-
-    @abc.abstractmethod
-    def target_velocity(self, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
-        """Conditional vector field ``u_t(x|z)``, shape ``(B, *D)``."""
-
-    def sample_with_target(
-        self, z: Tensor, t: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(x, u_t(x|z))`` with ``x ~ p_t(.|z)``; both ``(B, *D)``. What a flow-matching loss needs
-        per step; a path may override it to compute both from one evaluation of its coefficients."""
-        x = self.sample(z, t, noise, generator)
-        return x, self.target_velocity(x, z, t)
-
-    def prior_log_prob(self, x: Tensor) -> Tensor:
-        """``log p_init(x)`` for ``x (B, *D)``, shape ``(B,)``: where a likelihood computed by the
-        change of variables starts (its ``x`` is the noise end of the flow, ``t = t_range[0]``)."""
-        raise CapabilityError(
-            f"path '{self.registered_name}' has no log-density of its prior (prior_log_prob), so no "
-            f'likelihood can be computed with it; use a path that has one (e.g. kind = "gaussian")'
-        )
-
-    def noise_is_prior(self) -> bool:
-        """Whether the ``noise`` given to :meth:`sample` is ``x_0 ~ p_init`` itself, independent of ``z``.
-
-        Only then does pairing ``noise`` with ``z`` by a :class:`Coupling` couple ``p_init`` with
-        ``p_data`` (a loss refuses a coupling on any other path). Default ``False``.
-        """
-        return False
-
-    def target_score(self, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
-        """Conditional score ``grad_x log p_t(x|z)``, shape ``(B, *D)``."""
-        raise CapabilityError(
-            f"path '{self.registered_name}' has no conditional score; use a loss that trains a "
-            'velocity (e.g. kind = "cfm") or a path that provides a score (e.g. kind = "gaussian")'
-        )
-
-    def velocity_from_score(self, score: nn.Module) -> VectorField:
-        """Wrap a score model as the vector field with the same marginals (Gaussian paths)."""
-        raise CapabilityError(f"path '{self.registered_name}' cannot turn a score into a velocity")
-
-    def score_from_velocity(self, velocity: nn.Module) -> ScoreModel:
-        """Wrap a vector field as the score of the same marginal path (Gaussian paths)."""
-        raise CapabilityError(f"path '{self.registered_name}' cannot turn a velocity into a score")
-
-
-class GaussianProbabilityPath(ProbabilityPath):
-    """A path ``p_t(x|z) = N(alpha_t z, beta_t^2 I)`` given by a :class:`Schedule`: the *noise form*.
-
-    Losses and samplers that need ``beta_t`` (noise prediction, DPM-Solver) require this interface;
-    its targets are computed from the drawn noise, never by dividing ``x - alpha_t z`` by a small
-    ``beta_t``.
-    """
-
-    provides_score = True
-    converts_roles = True
-    schedule: Schedule
-
-    @abc.abstractmethod
-    def sample_with_noise(
-        self, z: Tensor, t: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(x, noise)`` with ``x = alpha_t z + beta_t noise``; both ``(B, *D)``."""
-
-    @abc.abstractmethod
-    def target_velocity_from_noise(self, z: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """``u_t(x|z) = alpha'_t z + beta'_t noise``; ``(B, *D)``."""
-
-    @abc.abstractmethod
-    def target_score_from_noise(self, noise: Tensor, t: Tensor) -> Tensor:
-        """``grad log p_t(x|z) = -noise / beta_t``; ``(B, *D)``."""
-
-    def data_from_velocity(self, x: Tensor, velocity: Tensor, t: Tensor) -> Tensor:
-        """The data prediction ``E[z | x_t = x]`` from the marginal velocity ``u_t(x)``; ``(B, *D)``.
-
-        ``x_hat = (beta_t u - beta'_t x) / (alpha'_t beta_t - alpha_t beta'_t)`` (``docs/math.md``,
-        "Faster samplers"): regular wherever the schedule is, also at ``alpha_t = 0``; the denominator
-        has no cancellation (``alpha' >= 0 >= beta'``). What DPM-Solver++ and EDM's sampler integrate.
-        """
-        c = self.schedule.coefficients(t.to(dtype=x.dtype)).broadcast(x)
-        numerator = velocity * c.beta - x * c.d_beta
-        return numerator / (c.d_alpha * c.beta - c.alpha * c.d_beta)
+from flowkit.paths import (
+    Dataset,
+    GaussianProbabilityPath,
+    NoisePredictor,
+    ProbabilityPath,
+    Schedule,
+    ScoreModel,
+    TimeDistribution,
+    VectorField,
+)
+from flowkit.records import (
+    Coefficients,
+    NoParams,
+    PreparedBatch,
+    Progress,
+    Registrar,
+    Role,
+    Samples,
+    per_sample,
+)
+
+__all__ = [
+    "KINDS",
+    "ODE",
+    "SDE",
+    "AnalyticModel",
+    "BuildContext",
+    "Coefficients",
+    "Component",
+    "Coupling",
+    "Dataset",
+    "DeviceBackend",
+    "GaussianProbabilityPath",
+    "Loss",
+    "Metric",
+    "Model",
+    "Network",
+    "NoParams",
+    "NoisePredictor",
+    "PreparedBatch",
+    "ProbabilityFlowODE",
+    "ProbabilityPath",
+    "Progress",
+    "Registrar",
+    "Role",
+    "Run",
+    "Samples",
+    "Schedule",
+    "ScoreModel",
+    "Simulator",
+    "TimeDistribution",
+    "TimeGrid",
+    "VectorField",
+    "check_pair",
+    "kind_of",
+    "per_sample",
+]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Models: networks and the roles they play
 # ---------------------------------------------------------------------------------------------------
-
-
-class VectorField(nn.Module, abc.ABC):
-    """A velocity ``u_t(x)``: ``forward(x (B, *D), t (B,)) -> (B, *D)``."""
-
-    @abc.abstractmethod
-    def forward(self, x: Tensor, t: Tensor) -> Tensor: ...
-
-
-class ScoreModel(nn.Module, abc.ABC):
-    """A score ``grad_x log p_t(x)``: ``forward(x (B, *D), t (B,)) -> (B, *D)``.
-
-    A score converted from a vector field (through a Gaussian path) names that field in
-    ``velocity_source`` and implements :meth:`from_velocity`, so dynamics that need both (the
-    extension-trick SDE) evaluate the network once per step instead of twice.
-    """
-
-    @property
-    def velocity_source(self) -> nn.Module | None:
-        """The vector field this score is computed from, or ``None`` for a score in its own right."""
-        return None
-
-    def from_velocity(self, x: Tensor, t: Tensor, velocity: Tensor) -> Tensor:
-        """The score at ``(x, t)`` given ``velocity = velocity_source(x, t)``; ``(B, *D)``."""
-        raise CapabilityError(f"{type(self).__name__} is not computed from a vector field")
-
-    @abc.abstractmethod
-    def forward(self, x: Tensor, t: Tensor) -> Tensor: ...
-
-
-class NoisePredictor(ScoreModel):
-    """A score parametrised by a noise prediction on a Gaussian path: ``s = -eps_theta(x, t) / beta_t``.
-
-    ``predict_noise(x (B, *D), t (B,)) -> (B, *D)`` is what the network learns (a target of order 1 at
-    every ``t``); ``forward`` is the score.
-    """
-
-    @abc.abstractmethod
-    def predict_noise(self, x: Tensor, t: Tensor) -> Tensor:
-        """The predicted noise ``eps_theta(x, t)``, ``(B, *D)``."""
 
 
 class Model(Component, nn.Module):
@@ -461,20 +211,6 @@ class Loss(Component):
         raise CapabilityError(f"loss '{self.registered_name}' does not split a step (pairs_ahead)")
 
 
-@attrs.frozen
-class PreparedBatch:
-    """A batch whose random draws are made and whose pairing is still to do (:meth:`Loss.prepare`).
-
-    ``draws`` is what the loss drew (its own layout, read back by :meth:`Loss.loss_on`); ``solve()``
-    is the rest of the pairing. ``solve`` may run on another thread while the training thread works
-    on other tensors: it draws no random numbers, changes none of the draws and no state the
-    training step reads, and returns the ``solution`` :meth:`Loss.loss_on` takes (a host solver
-    that releases the GIL then runs beside the training step)."""
-
-    draws: dict[str, Any]
-    solve: Callable[[], Any]
-
-
 class Coupling(Component):
     """Pairs a batch of noise with a batch of data: a coupling ``pi`` of ``p_init`` and ``p_data``.
 
@@ -521,125 +257,6 @@ class Coupling(Component):
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """The pairs ``(x0, x1, labels)``: ``(B, *D)``, ``(B, *D)`` and ``(B,)`` (or ``None``)."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Dynamics and simulators
-# ---------------------------------------------------------------------------------------------------
-
-
-class ODE(Component):
-    """``dX_t = drift(X_t, t) dt``. ``needs`` lists the roles it is built from (see BuildContext)."""
-
-    needs: ClassVar[frozenset[str]] = frozenset()
-
-    @abc.abstractmethod
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        """Drift at ``x (B, *D)`` and ``t (B,)``, shape ``(B, *D)``."""
-
-
-class ProbabilityFlowODE(ODE):
-    """An ODE whose drift is the marginal velocity ``u_t`` of a Gaussian path: the probability-flow ODE.
-
-    Samplers that work with the path's schedule rather than the drift alone (DPM-Solver++, EDM's Heun in
-    ``sigma = beta / alpha``) need ``path`` (the :class:`GaussianProbabilityPath` the model's roles were
-    converted through, ``None`` when the pipeline's path is not Gaussian) and :meth:`data_prediction`.
-    """
-
-    path: GaussianProbabilityPath | None = None
-
-    def data_prediction(self, x: Tensor, t: Tensor) -> Tensor:
-        """``E[z | x_t = x]`` at ``x (B, *D)``, ``t (B,)``: one drift evaluation; ``(B, *D)``."""
-        if self.path is None:
-            raise CapabilityError(
-                f"dynamics '{self.registered_name}' has no Gaussian path, so no data prediction; "
-                f'use [path] kind = "gaussian"'
-            )
-        return self.path.data_from_velocity(x, self.drift(x, t), t)
-
-
-class SDE(ODE):
-    """``dX_t = drift(X_t, t) dt + diffusion(t) dW_t``."""
-
-    @abc.abstractmethod
-    def diffusion(self, t: Tensor) -> Tensor:
-        """Diffusion coefficient ``sigma_t``, shape ``(B,)`` (scalar noise scale per sample)."""
-
-
-class TimeGrid(Component):
-    """The times a simulator visits (or, for an adaptive one, reports its solution at)."""
-
-    @abc.abstractmethod
-    def __call__(self, steps: int, t_start: float, t_end: float) -> Tensor:
-        """Increasing grid of ``steps + 1`` times from ``t_start`` to ``t_end``, shape ``(steps + 1,)``."""
-
-
-class Simulator(Component):
-    """An integrator of an :class:`ODE` or :class:`SDE`, fixed-step or adaptive.
-
-    What it is, declared so the engine can plan before any work starts:
-
-    * ``solves``: the dynamics class it integrates (``ODE`` or ``SDE``); see :meth:`check`.
-    * ``adaptive``: ``False`` for a fixed-step simulator, which steps exactly between consecutive
-      times of ``ts``; ``True`` for one that chooses its own steps (error control) and returns its
-      solution at the times of ``ts``. The engine gives an adaptive simulator only the end points
-      of the grid for sampling.
-    * ``capturable``: whether :meth:`simulate` may be captured as a CUDA graph: fixed shapes, no host
-      synchronisation, no data-dependent control flow. Adaptive step control is not capturable.
-
-    ``last_nfe`` is the number of drift evaluations of the last call (per batch). Fixed-step
-    simulators usually derive from :class:`flowkit.solvers.FixedStepSimulator`, which implements
-    both methods from one ``step``.
-    """
-
-    solves: ClassVar[type] = ODE
-    adaptive: ClassVar[bool] = False
-    capturable: ClassVar[bool] = True
-    last_nfe: int = 0
-
-    def check(self, dynamics: ODE) -> None:
-        """Raise :class:`CapabilityError` when this simulator cannot integrate ``dynamics``.
-
-        An ODE simulator refuses an SDE (it would silently drop the noise), although ``SDE`` derives
-        from ``ODE``; an SDE simulator accepts an ODE too (the noise-free case).
-        """
-        if not isinstance(dynamics, ODE):
-            raise CapabilityError(
-                f"simulator '{self.registered_name}' integrates flowkit dynamics (an ODE or SDE "
-                f"component), but got a {type(dynamics).__name__}; build the dynamics from the "
-                f'[sample] table (e.g. dynamics = "flow")'
-            )
-        name = dynamics.registered_name or type(dynamics).__name__
-        kind = "SDE" if isinstance(dynamics, SDE) else "ODE"
-        if self.solves is ODE and isinstance(dynamics, SDE):
-            raise CapabilityError(
-                f"simulator '{self.registered_name}' integrates an ODE, but dynamics '{name}' is an SDE; "
-                f'choose a simulator for an SDE (e.g. "euler-maruyama") or ODE dynamics ("flow")'
-            )
-        if not isinstance(dynamics, self.solves) and not issubclass(self.solves, SDE):
-            raise CapabilityError(
-                f"simulator '{self.registered_name}' integrates an {self.solves.__name__}, but dynamics "
-                f"'{name}' is an {kind}; choose a simulator for an {kind} or other dynamics"
-            )
-
-    @abc.abstractmethod
-    def simulate(
-        self,
-        dynamics: ODE,
-        x: Tensor,
-        ts: Tensor,
-        generator: torch.Generator | None = None,
-        progress: Progress | None = None,
-    ) -> Tensor:
-        """Integrate from ``x (B, *D)`` at ``ts[0]`` to ``ts[-1]`` (``ts`` is ``(T + 1,)``, increasing);
-        returns the final state ``(B, *D)``. Noise comes from ``generator``; ``progress(done, total)``
-        is called as the integration advances. Sets ``last_nfe``."""
-
-    @abc.abstractmethod
-    def simulate_trajectory(
-        self, dynamics: ODE, x: Tensor, ts: Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Like :meth:`simulate`, returning the state at every time of ``ts``: ``(T + 1, B, *D)``."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -737,33 +354,7 @@ class BuildContext:
 
         Raises :class:`CapabilityError` naming ``needed_by`` when nothing provides it.
         """
-        if name not in self.roles and self.path is not None and self.path.converts_roles:
-            if name == "score" and "velocity" in self.roles:
-                self.roles["score"] = self.path.score_from_velocity(self.roles["velocity"])
-            elif name == "velocity" and "score" in self.roles:
-                self.roles["velocity"] = self.path.velocity_from_score(self.roles["score"])
-        if name in self.roles:
-            return self.roles[name]
-        have = ", ".join(sorted(self.roles)) or "nothing"
-        path_name = self.path.registered_name if self.path is not None else "(none)"
-        raise CapabilityError(
-            f"{needed_by} needs a {name}, but the model provides {have} and path '{path_name}' "
-            f"cannot convert between a score and a velocity; train the {name} (a loss that trains "
-            f"a {name}) or use a Gaussian path"
-        )
-
-
-@attrs.frozen
-class Samples:
-    """What the sampling stage produces: ``samples (N, *D)`` on the CPU, a short ``trajectory
-    (T + 1, K, *D)`` of the first ``K`` of them (or ``None``), the function evaluations ``nfe``, and
-    for a conditional model the ``labels (N,)`` the samples were drawn for."""
-
-    samples: Tensor
-    trajectory: Tensor | None = None
-    nfe: int = 0
-    #: The class each sample was asked for ``(N,)`` int64 (the null class: unconditional), or ``None``.
-    labels: Tensor | None = None
+        return convert_role(self.roles, self.path, name, needed_by)
 
 
 class Run(Protocol):
@@ -806,19 +397,6 @@ class Run(Protocol):
         """The sampler's time grid ``(T + 1,)`` on the run's device."""
 
 
-class Registrar(Protocol):
-    """What ``flowkit_register`` receives: adds components, kinds and config tables."""
-
-    def add(self, kind: str, name: str, cls: type) -> None:
-        """Register ``cls`` (derived from ``KINDS[kind]``) as the ``kind`` component ``name``."""
-
-    def add_kind(self, kind: str, interface: type) -> None:
-        """A new kind of component whose classes derive from ``interface``."""
-
-    def add_table(self, name: str, params: type) -> None:
-        """A pipeline table ``[name]`` validated against the attrs class ``params``."""
-
-
 #: The kinds of component and the interface each registered class must derive from.
 KINDS: dict[str, type] = {
     "dataset": Dataset,
@@ -830,6 +408,7 @@ KINDS: dict[str, type] = {
     "dynamics": ODE,
     "simulator": Simulator,
     "timegrid": TimeGrid,
+    "time": TimeDistribution,
     "metric": Metric,
     "device": DeviceBackend,
 }
@@ -841,3 +420,13 @@ def kind_of(interface: type) -> str | None:
         if isinstance(interface, type) and issubclass(interface, base):
             return kind
     return None
+
+
+# The kinds and records defined in the modules below are public here: errors, the docs and reprs name
+# them by the path a plugin imports them from (``flowkit.interfaces.Schedule``).
+for _public in (
+    Component, NoParams, Coefficients, PreparedBatch, Samples, Registrar, Dataset, Schedule,
+    ProbabilityPath, GaussianProbabilityPath, VectorField, ScoreModel, NoisePredictor, ODE,
+    ProbabilityFlowODE, SDE, TimeGrid, Simulator, TimeDistribution,
+):  # fmt: skip
+    _public.__module__ = __name__

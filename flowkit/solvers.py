@@ -2,14 +2,17 @@
 
 :class:`FixedStepSimulator` runs ``step`` over consecutive times of the grid and counts drift
 evaluations through :func:`counted`, a wrapper that keeps the dynamics' type (an SDE stays an SDE, so a
-step may test ``isinstance(dynamics, SDE)``). Plugins use it as they like; the engine only sees the
+step may test ``isinstance(dynamics, SDE)``) and forwards every other method of the dynamics.
+:meth:`GridSimulator.walk` is the grid bookkeeping any grid simulator shares (counting, the path's
+projection, the trajectory, progress). Plugins use it as they like; the engine only sees the
 :class:`~flowkit.interfaces.Simulator` contract.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -18,14 +21,33 @@ from flowkit.interfaces import ODE, SDE, ProbabilityFlowODE, Progress, Simulator
 
 
 class _CountedODE(ODE):
-    """``dynamics`` with its drift evaluations counted in ``count``."""
+    """``dynamics`` with its drift evaluations counted in ``count``; any other attribute (a method the
+    dynamics offers besides the drift) is the dynamics' own, uncounted."""
 
     def __init__(self, dynamics: ODE) -> None:
         super().__init__(dynamics.params)
         self.dynamics = dynamics
         self.registered_kind = dynamics.registered_kind
         self.registered_name = dynamics.registered_name
+        self.constraint = dynamics.constraint
         self.count = 0
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for what the wrapper itself lacks; "dynamics" is guarded against recursion
+        # before __init__ has set it (copy, pickle).
+        if name == "dynamics":
+            raise AttributeError(name)
+        return getattr(self.dynamics, name)
+
+    @property
+    def projects(self) -> bool:
+        return self.dynamics.projects
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.dynamics.project(x)
+
+    def check_simulator(self, simulator: Simulator) -> None:
+        self.dynamics.check_simulator(simulator)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         self.count += 1
@@ -65,6 +87,33 @@ class GridSimulator(Simulator):
     included). ``simulate`` and ``simulate_trajectory`` are the two uses of it."""
 
     adaptive: ClassVar[bool] = False
+
+    def walk(
+        self,
+        dynamics: ODE,
+        x: Tensor,
+        steps: int,
+        advance: Callable[[ODE, int, Tensor], Tensor],
+        keep: bool,
+        progress: Progress | None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The grid bookkeeping: ``x = advance(counting, i, x)`` for each step ``i < steps`` (from grid
+        time ``i`` to ``i + 1``; ``counting`` is :func:`counted` ``dynamics``), then the path's
+        projection where the dynamics project, the visited state kept when ``keep`` (the first
+        included), ``progress(i + 1, steps)``; sets ``last_nfe``. Returns ``(x_final, states)``."""
+        counting = counted(dynamics)
+        projects = counting.projects
+        states = [x] if keep else []
+        for i in range(steps):
+            x = advance(counting, i, x)
+            if projects:
+                x = counting.project(x)
+            if keep:
+                states.append(x)
+            if progress is not None:
+                progress(i + 1, steps)
+        self.last_nfe = counting.count
+        return x, states
 
     @abc.abstractmethod
     def _run(
@@ -121,17 +170,12 @@ class FixedStepSimulator(GridSimulator):
         progress: Progress | None,
     ) -> tuple[Tensor, list[Tensor]]:
         self.check(dynamics)
-        counting = counted(dynamics)
         ts = ts.to(device=x.device, dtype=x.dtype)
-        states = [x] if keep else []
-        batch, total = x.shape[0], ts.numel() - 1
-        for i in range(total):
+        batch = x.shape[0]
+
+        def advance(counting: ODE, i: int, x: Tensor) -> Tensor:
             t = ts[i].expand(batch)
             h = (ts[i + 1] - ts[i]).expand(batch)
-            x = self.step(counting, x, t, h, generator)
-            if keep:
-                states.append(x)
-            if progress is not None:
-                progress(i + 1, total)
-        self.last_nfe = counting.count
-        return x, states
+            return self.step(counting, x, t, h, generator)
+
+        return self.walk(dynamics, x, ts.numel() - 1, advance, keep, progress)

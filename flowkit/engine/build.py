@@ -40,6 +40,7 @@ from flowkit.interfaces import (
     Loss,
     Model,
     ProbabilityPath,
+    check_pair,
 )
 from flowkit.registry import PluginManager
 
@@ -162,7 +163,7 @@ def build_pipeline(
         assert isinstance(model, AnalyticModel)  # Model has two kinds: trainable or analytic
         context.roles = dict(model.roles())
     sample = build.structure(SampleSection, raw.get("sample", {}), top.child("sample"))
-    _located(lambda: sample.simulator.check(sample.dynamics), name, "[sample]")
+    _located(lambda: check_pair(sample.simulator, sample.dynamics), name, "[sample]")
     evaluate = build.structure(EvaluateSection, raw.get("evaluate", {}), top.child("evaluate"))
     if evaluate.likelihood is not None:
         from flowkit.engine.likelihood import check_settings

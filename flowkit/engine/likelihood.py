@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from flowkit.errors import CapabilityError, FlowkitError
-from flowkit.interfaces import ODE, SDE, Simulator
+from flowkit.interfaces import ODE, SDE, Simulator, check_pair
 
 if TYPE_CHECKING:
     from flowkit.engine.build import Pipeline
@@ -216,7 +216,7 @@ def check_settings(settings: LikelihoodSection, path: Any, shape: tuple[int, ...
             f"dynamics '{name}' is an SDE, which has no change-of-variables likelihood; use the "
             f'probability-flow ODE, dynamics = "flow"'
         )
-    settings.simulator.check(dynamics)
+    check_pair(settings.simulator, dynamics)
     path.prior_log_prob(torch.zeros((1, *shape)))  # raises for a path that has none
 
 

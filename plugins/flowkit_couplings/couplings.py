@@ -9,29 +9,16 @@ With labels, ``exact-ot`` and ``sinkhorn`` pair only within a class: noise slot 
 class of the data point drawn with it (``labels[i]``), which is a uniformly random subset of the
 i.i.d. noise, so the noise each class receives is still distributed as ``p_init``. (Pairing across
 classes would hand each class the noise nearest its own data: a class-conditional model would then
-be trained from a biased prior.) Datasets yield no labels yet; the contract and the couplings accept
-them already.
+be trained from a biased prior.) Labelled datasets (``digits``, ``images`` with labels) give them with the
+data.
 
-How ``exact-ot``'s method was chosen (``benchmarks/reference/couplings.md``): each candidate solved the
-same 20 minibatches of moons data against Gaussian noise, timed with ``time.perf_counter`` on a
-2-core VM (one torch thread, torch 2.13.0, 2026-12-02). All reach the same optimal cost (to 1e-9
-relative); median per batch: at ``B = 256``, POT's network simplex (``ot.emd``) 6.9 ms, scipy's
-``linear_sum_assignment`` 12.6 ms, ``lap.lapjv`` 40 ms; at ``B = 4096``, ``ot.emd`` 5.9 s,
-``linear_sum_assignment`` 56 s. Hence ``method = "auto"``: ``ot.emd`` where POT is installed, else
-scipy. Both run on the host in float64 (the points are copied there once per batch: ``B * D``
-numbers). No GPU was available in this work to measure a device-side auction, so none is offered.
-
-A training step of the benchmark MLP at ``B = 256`` takes about 3.4 ms, less than one solve, so
-``exact-ot`` splits its call into :meth:`ExactOT.solve` (the permutation: reads its inputs, draws
-nothing) and :meth:`ExactOT.pair`, and says ``background = True``: the training loop solves batch
-``k + 1`` on a worker thread while step ``k`` trains (``docs/design.md``, "Pairing a step ahead"). That
-overlaps only because both solvers release the GIL, measured on 2026-12-03 (2-core VM, load average
-about 5): while a thread ran ``ot.emd`` or ``linear_sum_assignment`` on 256 x 256 costs, another
-thread's wake-up from a 0.2 ms sleep was delayed by 0.08 ms (median; p99 5 and 3.8 ms), the same as
-with no solver running (0.08 ms), against 7.9 ms beside a thread spinning in pure Python. One call at
-``B = 256`` on moons (the cost matrix included), 2026-12-03 12:56 UTC, load average 3.1: ``emd`` 4.8 ms,
-scipy 8.8 ms; inside training on that busy machine the solve took about 9 ms, and pairing ahead did not
-beat pairing inside the step there (``benchmarks/reference/couplings.md``).
+``exact-ot`` uses POT's network simplex (``ot.emd``) where POT is installed, else scipy's
+``linear_sum_assignment``; both reach the same optimal cost and run on the host in float64. Its call
+splits into :meth:`ExactOT.solve` (the permutation: reads its inputs, draws nothing; both solvers release
+the GIL) and :meth:`ExactOT.pair`, and it says ``background = True``: the training loop solves batch
+``k + 1`` on a worker thread while step ``k`` trains (``docs/design.md``, "Pairing a step ahead"). The
+measurements behind these choices are in ``benchmarks/reference/contract-notes.md`` and
+``benchmarks/reference/couplings.md``.
 """
 
 from __future__ import annotations
@@ -129,10 +116,9 @@ class ExactOT(Coupling):
 
     Exact (an optimal vertex of the assignment problem), solved on the host in float64 by ``method``:
     ``emd`` (POT's network simplex), ``scipy`` (``linear_sum_assignment``) or ``auto`` (``emd`` where POT
-    is installed: measured 1.8x faster at ``B = 256`` and 9.5x at ``B = 4096``, see the module
-    docstring). Cost ``O(B^2)`` memory and roughly ``O(B^2)``-``O(B^3)`` time: at ``B = 256`` about
-    4.5-7 ms per solve on one CPU core, which the training loop runs on a worker thread beside the
-    previous step. With labels, one assignment per class. Draws no random numbers.
+    is installed, the faster of the two: ``benchmarks/reference/contract-notes.md``). Cost ``O(B^2)``
+    memory and roughly ``O(B^2)``-``O(B^3)`` time; the training loop runs it on a worker thread beside
+    the previous step. With labels, one assignment per class. Draws no random numbers.
     """
 
     @attrs.define(frozen=True)
@@ -211,12 +197,12 @@ def sinkhorn_log_plan(
     ``g``), stabilised by absorption (Schmitzer 2019): every 20 iterations the potentials absorb the
     scalings ``u``, ``v`` and the kernel ``K = exp(f_j + g_i - C_ji / eps)`` is recomputed; in between,
     an iteration is two matrix-vector products, ``u = (1/B) / (K v)``, ``v = (1/B) / (K^T u)``, instead
-    of two log-sum-exps (measured 20-50x faster per iteration on the CPU). The potentials start at the
-    row minima and their c-transform, so no row or column of ``K`` underflows for any ``eps``; where
-    the scalings would still overflow, the block falls back to exact log-domain updates. ``mask``
-    (bool ``(B, B)``) forbids pairs (other classes): their cost is infinite. Stops when the row
-    marginals are within ``tolerance`` (mean relative error; the columns are exact after each
-    ``v`` update; one more matrix-vector product), checked at each absorption (one host sync), or
+    of two log-sum-exps (much faster per iteration: ``benchmarks/reference/contract-notes.md``). The
+    potentials start at the row minima and their c-transform, so no row or column of ``K`` underflows
+    for any ``eps``; where the scalings would still overflow, the block falls back to exact log-domain
+    updates. ``mask`` (bool ``(B, B)``) forbids pairs (other classes): their cost is infinite. Stops
+    when the row marginals are within ``tolerance`` (mean relative error; the columns are exact after
+    each ``v`` update; one more matrix-vector product), checked at each absorption (one host sync), or
     after ``iterations``.
     """
     n = cost.shape[0]

@@ -1,5 +1,5 @@
 """Gaussian conditional paths: schedules OT, VP, VE and cosine; score <-> velocity conversion; the
-Gaussian-mixture dataset and its exact oracle (``MATH.md``, "Gaussian paths" and "A ground truth")."""
+Gaussian-mixture dataset and its exact oracle (``docs/math.md``, "Gaussian paths" and "A ground truth")."""
 
 from flowkit import hookimpl
 

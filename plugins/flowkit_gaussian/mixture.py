@@ -5,7 +5,7 @@ The dataset (``kind = "gaussian-mixture"``) lives here, with the oracle, rather 
 keeps that contract (:meth:`GaussianMixture.mixture_parameters`) in one place.
 
 For ``p_data = sum_k w_k N(m_k, S_k)`` and a Gaussian path ``p_t(x|z) = N(alpha_t z, beta_t^2 I)``
-(``MATH.md``, "A ground truth to test against"):
+(``docs/math.md``, "A ground truth to test against"):
 
 * ``p_t(x) = sum_k w_k N(x; alpha_t m_k, A_k)`` with ``A_k = alpha_t^2 S_k + beta_t^2 I``;
 * the score is ``sum_k q_k(x) s_k(x)`` with ``s_k = -A_k^{-1} (x - alpha_t m_k)`` and posterior weights

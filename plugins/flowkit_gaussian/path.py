@@ -1,6 +1,6 @@
 """The Gaussian conditional path ``p_t(x|z) = N(alpha_t z, beta_t^2 I)`` and score <-> velocity roles.
 
-With ``x = alpha_t z + beta_t eps`` (``MATH.md``):
+With ``x = alpha_t z + beta_t eps`` (``docs/math.md``):
 
 * conditional velocity ``u_t(x|z) = alpha'_t z + beta'_t eps``
   ``= alpha'_t z + beta'_t / beta_t (x - alpha_t z)``;

@@ -1,6 +1,6 @@
 """Schedules ``(alpha_t, beta_t)`` of Gaussian paths ``p_t(x|z) = N(alpha_t z, beta_t^2 I)``.
 
-Time runs from noise (``t = 0``) to data (``t = 1``), as everywhere in flowkit (``MATH.md``). Every
+Time runs from noise (``t = 0``) to data (``t = 1``), as everywhere in flowkit (``docs/math.md``). Every
 schedule gives ``alpha_t``, ``beta_t`` and their analytic time derivatives for ``t`` of shape ``(B,)``,
 and sets ``t_range``, the closed interval where all of them (and the path's targets, which divide by
 ``beta_t``) are finite: a schedule with ``beta_1 = 0`` stops at ``1 - SINGULAR_EDGE``.

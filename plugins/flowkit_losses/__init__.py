@@ -1,13 +1,17 @@
-"""Training objectives: conditional flow matching (``cfm``) and denoising score matching (``dsm``)."""
+"""Training objectives: conditional flow matching (``cfm``) and denoising score matching (``dsm``), and
+the distributions of their training times (``uniform``, ``logit-normal``)."""
 
 from flowkit import hookimpl
 
 
 @hookimpl
 def flowkit_register(registry):
-    """Register the CFM and DSM losses."""
+    """Register the CFM and DSM losses and the time distributions."""
     from flowkit_losses.cfm import CFMLoss
     from flowkit_losses.dsm import DSMLoss
+    from flowkit_losses.times import LogitNormalTime, UniformTime
 
     registry.add("loss", "cfm", CFMLoss)
     registry.add("loss", "dsm", DSMLoss)
+    registry.add("time", "uniform", UniformTime)
+    registry.add("time", "logit-normal", LogitNormalTime)

@@ -1,4 +1,4 @@
-"""Conditional flow matching (``MATH.md``, "Losses")."""
+"""Conditional flow matching (``docs/math.md``, "Losses")."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import CapabilityError
-from flowkit.interfaces import Coupling, PreparedBatch, ProbabilityPath
+from flowkit.interfaces import Coupling, PreparedBatch, ProbabilityPath, TimeDistribution
 from flowkit.params import component
 from flowkit_losses.common import (
     NetworkVelocity,
@@ -19,6 +19,8 @@ from flowkit_losses.common import (
     logit_std_field,
     mean_squared,
     t_sampling_field,
+    time_distribution,
+    time_field,
 )
 
 
@@ -41,6 +43,7 @@ class CFMLoss(TimeSampledLoss):
 
     @attrs.define(frozen=True)
     class Params:
+        time: TimeDistribution = time_field()
         t_sampling: TSampling = t_sampling_field()
         logit_mean: float = logit_mean_field()
         logit_std: float = logit_std_field()
@@ -50,6 +53,7 @@ class CFMLoss(TimeSampledLoss):
 
     def check(self, path: ProbabilityPath) -> None:
         """Refuse a coupling on a path whose noise is not ``x_0 ~ p_init`` (e.g. VE: ``x_0 = z + 50 eps``)."""
+        time_distribution(self.params, "cfm")  # refuses time and t_sampling both set
         coupling = active_coupling(self.params.coupling)
         if coupling is None or path.noise_is_prior():
             return

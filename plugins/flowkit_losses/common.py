@@ -9,12 +9,13 @@ dividing ``x - alpha_t z`` by a small ``beta_t``. Any other path is used through
 from __future__ import annotations
 
 import abc
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import torch
 from torch import Tensor, nn
 
+from flowkit.errors import CapabilityError
 from flowkit.interfaces import (
     Coupling,
     GaussianProbabilityPath,
@@ -22,58 +23,67 @@ from flowkit.interfaces import (
     NoisePredictor,
     ProbabilityPath,
     ScoreModel,
+    TimeDistribution,
     VectorField,
 )
-from flowkit.params import param
+from flowkit.params import component, param
+from flowkit_losses.times import LogitNormalTime, UniformTime
 
 TSampling = Literal["uniform", "logit-normal"]
+
+
+def time_field() -> TimeDistribution:
+    return component(
+        "uniform",
+        doc="Distribution of the training times on the path's t_range (kind time: uniform, logit-normal).",
+    )
 
 
 def t_sampling_field() -> TSampling:
     return param(
         "uniform",
-        doc="How t is drawn on the path's t_range: 'uniform' or 'logit-normal' (favours the middle).",
+        doc="Older spelling of time: 'logit-normal' means time = { kind = \"logit-normal\" } with "
+        "logit_mean and logit_std.",
         validator=attrs.validators.in_(["uniform", "logit-normal"]),
     )
 
 
 def logit_mean_field() -> float:
-    return param(0.0, doc="Mean of the normal whose sigmoid is t (t_sampling = 'logit-normal').")
+    return param(0.0, doc="Older spelling of time's mean (t_sampling = 'logit-normal').")
 
 
 def logit_std_field() -> float:
     return param(
         1.0,
-        doc="Std of the normal whose sigmoid is t (t_sampling = 'logit-normal').",
+        doc="Older spelling of time's std (t_sampling = 'logit-normal').",
         validator=attrs.validators.gt(0.0),
     )
 
 
-def sample_times(
-    n: int,
-    t_range: tuple[float, float],
-    how: TSampling,
-    logit_mean: float,
-    logit_std: float,
-    generator: torch.Generator | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> Tensor:
-    """``n`` times in ``t_range``, shape ``(n,)``: uniform, or ``sigmoid(N(logit_mean, logit_std^2))``
-    mapped affinely onto ``t_range``."""
-    lo, hi = t_range
-    if how == "uniform":
-        unit = torch.rand((n,), generator=generator, device=device, dtype=dtype)
-    else:
-        normal = torch.randn((n,), generator=generator, device=device, dtype=dtype)
-        unit = torch.sigmoid(logit_mean + logit_std * normal)
-    return lo + (hi - lo) * unit
+def time_distribution(params: Any, loss: str) -> TimeDistribution:
+    """The time distribution a loss's ``params`` ask for: ``time``, or the older ``t_sampling``
+    (with ``logit_mean``, ``logit_std``) where that asks for logit-normal times. A loss built outside a
+    pipeline holds the default's spec ``"uniform"``, not a built component."""
+    chosen = params.time
+    if params.t_sampling == "logit-normal":
+        if isinstance(chosen, TimeDistribution) and not isinstance(chosen, UniformTime):
+            raise CapabilityError(
+                f"loss '{loss}' sets both time (kind '{chosen.registered_name}') and t_sampling = "
+                f"'logit-normal'; keep one: time = {{ kind = \"logit-normal\", mean = "
+                f"{params.logit_mean}, std = {params.logit_std} }}"
+            )
+        return LogitNormalTime(LogitNormalTime.Params(mean=params.logit_mean, std=params.logit_std))
+    if isinstance(chosen, TimeDistribution):
+        return chosen
+    if chosen == "uniform":
+        return UniformTime()
+    raise TypeError(f"time must be a built TimeDistribution component or 'uniform', got {chosen!r}")
 
 
 class TimeSampledLoss(Loss):
-    """A loss that draws ``t`` (by ``params.t_sampling``) and ``eps``, then calls :meth:`loss_at`.
+    """A loss that draws ``t`` (by ``params.time``) and ``eps``, then calls :meth:`loss_at`.
 
-    Subclasses' ``Params`` have ``t_sampling``, ``logit_mean`` and ``logit_std``.
+    Subclasses' ``Params`` have ``time`` and the older ``t_sampling``, ``logit_mean``, ``logit_std``.
     """
 
     def sample_times(
@@ -84,18 +94,12 @@ class TimeSampledLoss(Loss):
         device: torch.device | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        """``n`` training times on ``path.t_range``, shape ``(n,)``."""
-        p = self.params
-        return sample_times(
-            n,
-            path.t_range,
-            p.t_sampling,
-            p.logit_mean,
-            p.logit_std,
-            generator,
-            device or torch.device("cpu"),
-            dtype,
-        )
+        """``n`` training times on ``path.t_range``, shape ``(n,)``: ``u`` drawn from the time
+        distribution, mapped to ``lo + (hi - lo) u``."""
+        lo, hi = path.t_range
+        times = time_distribution(self.params, self.registered_name or type(self).__name__)
+        unit = times.sample(n, generator, device or torch.device("cpu"), dtype)
+        return lo + (hi - lo) * unit
 
     def __call__(
         self,

@@ -1,4 +1,4 @@
-"""Denoising score matching (``MATH.md``, "Losses")."""
+"""Denoising score matching (``docs/math.md``, "Losses")."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import CapabilityError
-from flowkit.interfaces import Coupling, GaussianProbabilityPath, NoisePredictor, ProbabilityPath, per_sample
+from flowkit.interfaces import (
+    Coupling,
+    GaussianProbabilityPath,
+    NoisePredictor,
+    ProbabilityPath,
+    TimeDistribution,
+    per_sample,
+)
 from flowkit.params import component, param
 from flowkit_losses.common import (
     NetworkScore,
@@ -22,6 +29,8 @@ from flowkit_losses.common import (
     logit_std_field,
     mean_squared,
     t_sampling_field,
+    time_distribution,
+    time_field,
 )
 
 
@@ -50,6 +59,7 @@ class DSMLoss(TimeSampledLoss):
             doc="'noise': beta_t^2-weighted, network predicts eps (stable); 'score': plain.",
             validator=attrs.validators.in_(["noise", "score"]),
         )
+        time: TimeDistribution = time_field()
         t_sampling: TSampling = t_sampling_field()
         logit_mean: float = logit_mean_field()
         logit_std: float = logit_std_field()
@@ -60,6 +70,7 @@ class DSMLoss(TimeSampledLoss):
     def check(self, path: ProbabilityPath) -> None:
         """Raise :class:`CapabilityError` when ``path`` gives no score (or no noise scale, for "noise"),
         or when a coupling other than ``independent`` is set."""
+        time_distribution(self.params, "dsm")  # refuses time and t_sampling both set
         name = path.registered_name or type(path).__name__
         coupling = active_coupling(self.params.coupling)
         if coupling is not None:

@@ -1,4 +1,4 @@
-"""Adaptive simulators: ``dopri5``, the Dormand–Prince 5(4) pair with error control (MATH.md,
+"""Adaptive simulators: ``dopri5``, the Dormand–Prince 5(4) pair with error control (``docs/math.md``,
 "Adaptive solving").
 
 The simulator chooses its own steps. It integrates from ``ts[0]`` to ``ts[-1]`` and lands exactly on
@@ -133,6 +133,7 @@ class Dopri5Simulator(Simulator):
         self.check(dynamics)
         p = self.params
         counting = counted(dynamics)
+        projects = counting.projects
         batch = x.shape[0]
         times = [float(v) for v in ts.detach().to(device="cpu", dtype=torch.float64).tolist()]
         if any(b < a for a, b in itertools.pairwise(times)):
@@ -209,6 +210,9 @@ class Dopri5Simulator(Simulator):
                     self.last_accepted += 1
                     t = target if hit else t + step
                     x, k1 = x_new, ks[6]
+                    if projects:  # the path's projection; the drift at the projected state anew
+                        x = counting.project(x)
+                        k1 = drift(x, t)
                     rejected_last = False
                     if progress is not None:
                         progress(min(1000, round(1000 * (t - t0) / span)), 1000)

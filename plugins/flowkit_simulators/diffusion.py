@@ -1,4 +1,5 @@
-"""Samplers built on a Gaussian path's schedule: ``dpm-solver++`` and ``edm`` (MATH.md, "Faster samplers").
+"""Samplers built on a Gaussian path's schedule: ``dpm-solver++`` and ``edm`` (``docs/math.md``,
+"Faster samplers").
 
 Both integrate the probability-flow ODE ``dX = u_t(X) dt`` of a Gaussian path ``x_t = alpha_t z + beta_t eps``
 through the model's data prediction ``x_hat(x, t) = E[z | x_t = x]``, which
@@ -25,7 +26,7 @@ from torch import Tensor
 from flowkit.errors import CapabilityError, FlowkitError
 from flowkit.interfaces import ODE, SDE, GaussianProbabilityPath, ProbabilityFlowODE, Progress, Simulator
 from flowkit.params import param
-from flowkit.solvers import GridSimulator, counted
+from flowkit.solvers import GridSimulator
 from flowkit_simulators.timegrids import noise_levels, times_of_sigmas
 
 
@@ -116,27 +117,25 @@ class DPMSolverPlusPlus(GridSimulator):
         progress: Progress | None,
     ) -> tuple[Tensor, list[Tensor]]:
         self.check(dynamics)
-        flow = counted(dynamics)
-        assert isinstance(flow, ProbabilityFlowODE) and flow.path is not None  # check() refused others
+        assert (
+            isinstance(dynamics, ProbabilityFlowODE) and dynamics.path is not None
+        )  # check() refused the rest
         ts = ts.to(device=x.device)
-        scale_x, scale_d, half_inv_r = self._coefficients(flow.path, ts, x)
+        scale_x, scale_d, half_inv_r = self._coefficients(dynamics.path, ts, x)
         times = ts.to(dtype=x.dtype)
-        states = [x] if keep else []
-        batch, total = x.shape[0], ts.numel() - 1
-        previous: Tensor | None = None
-        for i in range(total):
+        batch = x.shape[0]
+        previous: list[Tensor] = []  # the last step's data prediction (2M extrapolates from it)
+
+        def advance(flow: ODE, i: int, x: Tensor) -> Tensor:
+            assert isinstance(flow, ProbabilityFlowODE)  # counted() keeps the type
             x_hat = flow.data_prediction(x, times[i].expand(batch))
             d = x_hat
-            if self.params.order == 2 and previous is not None:
-                d = torch.addcmul(x_hat, half_inv_r[i], x_hat - previous)
-            x = torch.addcmul(x * scale_x[i], scale_d[i], d)
-            previous = x_hat
-            if keep:
-                states.append(x)
-            if progress is not None:
-                progress(i + 1, total)
-        self.last_nfe = flow.count
-        return x, states
+            if self.params.order == 2 and previous:
+                d = torch.addcmul(x_hat, half_inv_r[i], x_hat - previous[0])
+            previous[:] = [x_hat]
+            return torch.addcmul(x * scale_x[i], scale_d[i], d)
+
+        return self.walk(dynamics, x, ts.numel() - 1, advance, keep, progress)
 
 
 def _non_negative_or_inf(_instance: object, attribute: attrs.Attribute, value: float) -> None:
@@ -202,9 +201,10 @@ class EDMSampler(GridSimulator):
         progress: Progress | None,
     ) -> tuple[Tensor, list[Tensor]]:
         self.check(dynamics)
-        flow = counted(dynamics)
-        assert isinstance(flow, ProbabilityFlowODE) and flow.path is not None  # check() refused others
-        schedule, p = flow.path.schedule, self.params
+        assert (
+            isinstance(dynamics, ProbabilityFlowODE) and dynamics.path is not None
+        )  # check() refused the rest
+        schedule, p = dynamics.path.schedule, self.params
         grid = ts.detach().to(device="cpu", dtype=torch.float64)
         if grid.numel() > 1 and not bool((grid[1:] > grid[:-1]).all()):
             raise FlowkitError(f"simulator '{self.registered_name or 'edm'}' needs increasing times ts")
@@ -223,14 +223,14 @@ class EDMSampler(GridSimulator):
         t_hats = [
             t_hat if g > 0 else float(t) for t_hat, g, t in zip(t_hats, gammas, grid.tolist(), strict=True)
         ]
-        states = [x] if keep else []
         batch = x.shape[0]
 
         def coefficients(t: float) -> tuple[float, float]:
             at = torch.tensor([t], dtype=torch.float64)
             return float(schedule.alpha(at)), float(schedule.beta(at))
 
-        for i in range(total):
+        def advance(flow: ODE, i: int, x: Tensor) -> Tensor:
+            assert isinstance(flow, ProbabilityFlowODE)  # counted() keeps the type
             t_hat, t_next = t_hats[i], float(grid[i + 1])
             alpha_hat, beta_hat = coefficients(t_hat)
             alpha_next, beta_next = coefficients(t_next)
@@ -253,9 +253,6 @@ class EDMSampler(GridSimulator):
                 # y + (sigma' - sigma_hat) (d + d') / 2, with (sigma' - sigma_hat) d = y_euler - y
                 y_next = 0.5 * (y + y_euler) + (0.5 * (1.0 - sigma_hat / sigma_next)) * (y_euler - x_hat_next)
                 x = alpha_next * y_next
-            if keep:
-                states.append(x)
-            if progress is not None:
-                progress(i + 1, total)
-        self.last_nfe = flow.count
-        return x, states
+            return x
+
+        return self.walk(dynamics, x, total, advance, keep, progress)

@@ -1,4 +1,4 @@
-"""What a simulator integrates, built from the roles a model provides (MATH.md, "Sampling").
+"""What a simulator integrates, built from the roles a model provides (``docs/math.md``, "Sampling").
 
 * :class:`FlowODE` (``flow``): ``dX = u_t(X) dt`` from a velocity.
 * :class:`ExtensionSDE` (``extension-sde``): ``dX = [u_t(X) + sigma_t^2 / 2 score_t(X)] dt + sigma_t dW``,
@@ -66,7 +66,9 @@ class FlowODE(ProbabilityFlowODE):
     def from_params(cls, params, context: BuildContext) -> FlowODE:
         """Take the velocity from ``context`` (converted from a score by a Gaussian path if needed)."""
         path = context.path if isinstance(context.path, GaussianProbabilityPath) else None
-        return cls(params, velocity=context.role("velocity", needed_by="dynamics 'flow'"), path=path)
+        flow = cls(params, velocity=context.role("velocity", needed_by="dynamics 'flow'"), path=path)
+        flow.constraint = context.path  # its projection, applied by the simulators
+        return flow
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         """``u_t(x)``, shape ``(B, *D)``."""
@@ -119,11 +121,13 @@ class ExtensionSDE(SDE):
     def from_params(cls, params: ExtensionSDE.Params, context: BuildContext) -> ExtensionSDE:
         """Take the velocity and the score from ``context`` (one may be converted from the other)."""
         needed_by = "dynamics 'extension-sde'"
-        return cls(
+        sde = cls(
             params,
             velocity=context.role("velocity", needed_by=needed_by),
             score=context.role("score", needed_by=needed_by),
         )
+        sde.constraint = context.path  # its projection, applied by the simulators
+        return sde
 
     def diffusion(self, t: Tensor) -> Tensor:
         """``sigma_t``, shape ``(B,)``."""
@@ -191,7 +195,9 @@ class LangevinSDE(SDE):
     def from_params(cls, params: LangevinSDE.Params, context: BuildContext) -> LangevinSDE:
         """Take the score from ``context``; clamp ``t_fixed`` into ``context.path.t_range``."""
         t_range = context.path.t_range if context.path is not None else None
-        return cls(params, score=context.role("score", needed_by="dynamics 'langevin'"), t_range=t_range)
+        langevin = cls(params, score=context.role("score", needed_by="dynamics 'langevin'"), t_range=t_range)
+        langevin.constraint = context.path  # its projection, applied by the simulators
+        return langevin
 
     def diffusion(self, t: Tensor) -> Tensor:
         """``sigma``, shape ``(B,)``."""

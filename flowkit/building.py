@@ -1,0 +1,59 @@
+"""Build-time parts of the contract: the :class:`Component` base every registered class derives from,
+and the conversion of one model role into another through a path (what
+:meth:`flowkit.interfaces.BuildContext.role` does). Imports no other contract module but the records.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+from torch import nn
+
+from flowkit.errors import CapabilityError
+from flowkit.records import NoParams
+
+
+class Component(abc.ABC):
+    """Base of every registered component.
+
+    ``Params`` is the attrs class of the component's parameters. ``from_params`` builds an instance
+    from validated parameters and the :class:`BuildContext` (what was built before it). The config
+    loader sets ``registered_kind`` and ``registered_name`` on every instance it builds, so a resolved
+    pipeline can be written back to TOML.
+    """
+
+    Params: ClassVar[type] = NoParams
+    registered_kind: str | None = None
+    registered_name: str | None = None
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__()
+        self.params = params if params is not None else type(self).Params()
+
+    @classmethod
+    def from_params(cls, params: Any, context: Any) -> Component:
+        """Build the component from its validated ``params``. Override to use the ``context``, the
+        :class:`flowkit.interfaces.BuildContext` of what was built before it."""
+        return cls(params)
+
+
+def convert_role(roles: dict[str, nn.Module], path: Any, name: str, needed_by: str) -> nn.Module:
+    """The module playing ``name`` (``"velocity"`` or ``"score"``) among ``roles``, converted through
+    ``path`` (a :class:`flowkit.interfaces.ProbabilityPath`, or ``None``) where it converts roles; a
+    converted role is added to ``roles``. Raises :class:`CapabilityError` naming ``needed_by`` when
+    nothing provides it."""
+    if name not in roles and path is not None and path.converts_roles:
+        if name == "score" and "velocity" in roles:
+            roles["score"] = path.score_from_velocity(roles["velocity"])
+        elif name == "velocity" and "score" in roles:
+            roles["velocity"] = path.velocity_from_score(roles["score"])
+    if name in roles:
+        return roles[name]
+    have = ", ".join(sorted(roles)) or "nothing"
+    path_name = path.registered_name if path is not None else "(none)"
+    raise CapabilityError(
+        f"{needed_by} needs a {name}, but the model provides {have} and path '{path_name}' "
+        f"cannot convert between a score and a velocity; train the {name} (a loss that trains "
+        f"a {name}) or use a Gaussian path"
+    )
