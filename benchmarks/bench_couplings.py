@@ -103,14 +103,15 @@ class CoupledFlowkitTrainer:
         self.ahead = ahead
 
     def block(self, k: int) -> Timing:
-        from flowkit.engine.train import TrainLoop, train
+        from flowkit.engine.loop import TrainLoop
+        from flowkit.engine.train import train_with
 
         first, last = 2, 2 + k
         self.pipeline.train = self.evolve(self.section, steps=last)
         loop = TrainLoop(self.pipeline)
         loop.ahead = loop.ahead and self.ahead
         self.clock.arm(first, last)
-        train(self.run, loop)
+        train_with(self.run, loop)
         return self.clock.elapsed(first, last)
 
 

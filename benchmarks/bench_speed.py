@@ -643,7 +643,7 @@ def _per_call_us(fn: Callable[[], Any], device: torch.device, calls: int, reps: 
 def step_breakdown(batch: int, cfg: SpeedConfig, workdir: Path, calls: int = 200) -> dict[str, float]:
     """Microseconds per call of each piece of flowkit's training step and of its raw counterpart."""
     from flowkit.engine import WeightAverage, stage_seed
-    from flowkit.engine.train import lr_factor as _lr_lambda
+    from flowkit.engine.optim import lr_factor as _lr_lambda
 
     device = torch.device(cfg.device)
     trainer = FlowkitTrainer(batch, cfg, workdir, ema_decay=0.0)
@@ -714,7 +714,7 @@ class AblationTrainer(_HandWrittenTrainer):
 
     def __init__(self, batch: int, cfg: SpeedConfig, workdir: Path, level: int) -> None:
         super().__init__(batch, cfg)
-        from flowkit.engine.train import lr_factor as _lr_lambda
+        from flowkit.engine.optim import lr_factor as _lr_lambda
 
         self.level = level
         self.flowkit = FlowkitTrainer(batch, cfg, workdir / f"ablation-{level}")
