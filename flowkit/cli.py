@@ -321,11 +321,14 @@ def plugins(state: _State, as_json: bool) -> None:
         {"plugin": p.plugin.name, "distribution": p.plugin.dist, "message": p.message}
         for p in manager.problems
     ]
+    stages = [{"name": name, "module": module} for name, module in manager.core_stages().items()]
     if as_json:
-        click.echo(
-            json.dumps({"plugins": rows, "problems": problems, "blocked": sorted(manager.blocked)}, indent=2)
-        )
+        blocked = sorted(manager.blocked)
+        listing = {"plugins": rows, "stages": stages, "problems": problems, "blocked": blocked}
+        click.echo(json.dumps(listing, indent=2))
         return
+    click.echo(f"flowkit  (flowkit {flowkit.__version__}: its own stages, which cannot be blocked)")
+    click.echo(f"    {'stages':<10} {', '.join(stage['name'] for stage in stages)}")
     for row in rows:
         click.echo(f"{row['name']}  ({row['distribution']} {row['version']})".rstrip())
         by_kind: dict[str, list[str]] = {}
