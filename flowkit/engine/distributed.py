@@ -156,8 +156,8 @@ def end_process(code: int) -> NoReturn:
     interpreter's teardown matters because a gloo process group can outlive
     ``destroy_process_group`` while Python objects still hold it (DDP's reducer does): freed during
     interpreter finalisation, its C++ threads can abort the process (SIGABRT, "terminate called
-    without an active exception"), which torchrun reports as a failed run after a finished one.
-    Seen in about 1 of 50 launches on a loaded 2-core machine, at exit, after the run's last output."""
+    without an active exception"), which torchrun reports as a failed run after a finished one
+    (how often: ``benchmarks/reference/engine-notes.md``)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -31,7 +31,7 @@ class WeightAverage:
     The decay warms up, ``d_k = min(decay, (1 + k) / (10 + k))`` at update ``k``: with a fixed 0.999
     the average would still hold 37% of the random initial weights after 1,000 steps (5% after
     3,000). One fused ``_foreach_lerp_`` per step over preallocated copies (``AveragedModel`` also
-    rebuilds parameter lists on every update, which costs more than the lerp itself).
+    rebuilds parameter lists on every update; see ``benchmarks/reference/engine-notes.md``).
     """
 
     def __init__(self, network: nn.Module, decay: float) -> None:
@@ -65,7 +65,7 @@ class WeightAverage:
 
 def adamw(params: list[nn.Parameter], cfg: TrainSection) -> torch.optim.Optimizer:
     """AdamW with its fused kernel where the device has one (CPU and CUDA in torch >= 2.4): the same
-    update in one kernel, about 3x faster than the default per-tensor loop for an MLP on the CPU."""
+    update in one kernel instead of a loop over the tensors (``benchmarks/reference/engine-notes.md``)."""
     try:
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):  # e.g. a device without a fused implementation
