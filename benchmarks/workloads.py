@@ -165,11 +165,11 @@ def raw_moons(n: int, generator: torch.Generator, device: torch.device) -> Tenso
 
 
 def train_stage(run: Any, loop: Any = None) -> Any:
-    """flowkit's training stage on ``run``, with ``loop`` (a ``flowkit.engine.TrainLoop``) or a fresh
-    one (``flowkit.engine.train.train``)."""
-    from flowkit.engine.train import train
+    """flowkit's training stage on ``run``, with ``loop`` (a ``flowkit.engine.TrainLoop``:
+    ``flowkit.engine.train.train_with``) or a fresh one (the stage itself, ``flowkit.engine.train.train``)."""
+    from flowkit.engine.train import train, train_with
 
-    return train(run, loop)
+    return train(run) if loop is None else train_with(run, loop)
 
 
 def sample_stage(run: Any) -> Any:
@@ -189,7 +189,7 @@ def evaluate_stage(run: Any, samples: Any) -> Any:
 
 def lr_factor(section: Any) -> Callable[[int], float]:
     """The learning-rate factor per step of a ``[train]`` section, as the training loop's
-    ``LambdaLR`` uses it (``flowkit.engine.train.lr_factor``)."""
-    from flowkit.engine.train import lr_factor as factor
+    ``LambdaLR`` uses it (``flowkit.engine.optim.lr_factor``)."""
+    from flowkit.engine.optim import lr_factor as factor
 
     return factor(section)

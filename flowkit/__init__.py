@@ -18,11 +18,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from flowkit.hookspecs import hookimpl, hookspec
+from flowkit.version import __version__
 
 if TYPE_CHECKING:
     from flowkit.api import load_pipeline, open_run
-
-__version__ = "0.1.0"
 
 __all__ = ["__version__", "hookimpl", "hookspec", "load_pipeline", "open_run"]
 

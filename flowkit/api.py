@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flowkit.engine.build import Pipeline, build_pipeline
+from flowkit.engine.build import build_pipeline
 from flowkit.engine.checkpoints import load_weights
 from flowkit.engine.evaluate import measure
 from flowkit.engine.guidance import sample_labels
-from flowkit.engine.run import PipelineRun, run_pipeline
+from flowkit.engine.loop import Diverged, TrainLoop
+from flowkit.engine.records import Pipeline, PipelineRun
+from flowkit.engine.run import run_pipeline
 from flowkit.engine.sample import draw_samples
-from flowkit.engine.train import Diverged, TrainLoop
 from flowkit.errors import FlowkitError
 from flowkit.registry import PluginManager
 

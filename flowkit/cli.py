@@ -45,21 +45,17 @@ class _State:
 
 
 def launched_main() -> NoReturn:
-    """``python -m flowkit`` (what torchrun starts): :func:`main`, after which a rank that joined a
-    process group ends through :func:`flowkit.engine.distributed.end_process` (no interpreter
-    teardown, which can abort in gloo's C++ threads) with the exit status ``main`` gave."""
+    """``python -m flowkit`` (what torchrun starts): :func:`main`, then the end of the process with the
+    exit status ``main`` gave (:func:`flowkit.engine.launch.exit_process` where the engine was used)."""
     try:
         main()
         code: Any = 0
     except SystemExit as exc:
         code = exc.code
-    distributed = sys.modules.get("flowkit.engine.distributed")
-    if distributed is not None and distributed.joined():
-        if not isinstance(code, int):  # click exits with None (success) or a message
-            if code is not None:
-                click.echo(code, err=True)
-            code = 0 if code is None else 1
-        distributed.end_process(code)
+    if "flowkit.engine.distributed" in sys.modules:  # a command used the engine: maybe a process group
+        from flowkit.engine.launch import exit_process
+
+        exit_process(code)
     sys.exit(code)
 
 
@@ -119,47 +115,27 @@ _set_option = click.option(
 
 
 def _rank_prefix() -> str:
-    """``rank 1 of 2: `` under torchrun (before the process group too), else nothing."""
-    distributed = sys.modules.get("flowkit.engine.distributed")
-    found = distributed.launched() if distributed is not None else None
-    return f"rank {found[0]} of {found[1]}: " if found is not None and found[1] > 1 else ""
+    """``rank 1 of 2: `` under torchrun; nothing where the engine was not loaded (or outside torchrun)."""
+    if "flowkit.engine.distributed" not in sys.modules:
+        return ""
+    from flowkit.engine.launch import rank_prefix
+
+    return rank_prefix()
 
 
 def _rank_failure(exc: Exception) -> str | None:
     """The one-line message of an unexpected error on a rank under torchrun; ``None`` outside it."""
-    distributed = sys.modules.get("flowkit.engine.distributed")
-    found = distributed.launched() if distributed is not None else None
-    if distributed is None or found is None or found[1] <= 1:  # the group is gone by now: ask the env
+    if "flowkit.engine.distributed" not in sys.modules:
         return None
-    return str(distributed.failure_message(exc, distributed.World(*found)))
+    from flowkit.engine.launch import rank_failure
+
+    return rank_failure(exc)
 
 
 def _one_process(command: str) -> None:
-    """Refuse to run ``flowkit COMMAND`` under torchrun with more than one process: sample, evaluate
-    and likelihood are one-process commands (rank 0's work in a run), and as N copies they would only
-    repeat it N times, racing for the same output file."""
-    from flowkit.engine import distributed as dist
+    from flowkit.engine.launch import one_process
 
-    size = dist.launched_size()
-    if size > 1:
-        raise FlowkitError(
-            f"flowkit {command} runs in one process, but torchrun started {size} (WORLD_SIZE); "
-            f"run `flowkit {command}` without torchrun"
-        )
-
-
-def _strip_nproc(argv: Sequence[str]) -> list[str]:
-    """``argv`` without ``--nproc N`` / ``--nproc=N``: what each torchrun worker runs."""
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            kept.append(arg)
-    return kept
+    one_process(command)
 
 
 @main.command()
@@ -182,12 +158,11 @@ def run(
     """Train, sample and evaluate the pipeline FILE; write a run directory."""
     from flowkit.engine import build_pipeline, run_pipeline
     from flowkit.engine import distributed as dist
+    from flowkit.engine.launch import start_run
 
     manager = state.manager()
     pipeline = build_pipeline(file, overrides, manager)  # errors before any process starts
-    if nproc is not None and nproc > 1:
-        dist.launch(nproc, _strip_nproc(sys.argv[1:]))
-    dist.start(pipeline.run.distributed, pipeline.device.device, pipeline.run.distributed_timeout, file)
+    start_run(pipeline, file, nproc, sys.argv[1:])
     try:
         result = run_pipeline(pipeline, manager, out=out, quiet=quiet)
         if not dist.current_world().is_main:
@@ -227,8 +202,9 @@ def resume(state: _State, run_dir: str, overrides: tuple[str, ...], out: str | N
     """
     from flowkit.engine import distributed as dist
     from flowkit.engine import resume_run
+    from flowkit.engine.launch import start_for_resume
 
-    _start_for_resume(run_dir)
+    start_for_resume(run_dir)
     try:
         result = resume_run(run_dir, state.manager(), overrides, out=out, quiet=quiet, warn=_warn)
         if not dist.current_world().is_main:
@@ -238,36 +214,6 @@ def resume(state: _State, run_dir: str, overrides: tuple[str, ...], out: str | N
     if not quiet:
         click.echo(_summary(result.metrics))
     click.echo(f"run directory: {result.directory}")
-
-
-def _start_for_resume(run_dir: str) -> None:
-    """Join torchrun's process group for ``flowkit resume`` (nothing outside torchrun), with the
-    ``[run] distributed`` settings of the run's ``pipeline.toml``. A rank that cannot read it (a node
-    without the run directory) uses ``auto`` on CUDA where there is a GPU."""
-    from pathlib import Path
-
-    import torch
-
-    from flowkit.config import read_toml
-    from flowkit.engine import distributed as dist
-
-    if dist.launched_size() <= 1:
-        return
-    settings: dict[str, Any] = {}
-    try:
-        table = read_toml(Path(run_dir) / "pipeline.toml").get("run", {})
-        settings = table if isinstance(table, dict) else {}
-    except (FlowkitError, OSError):
-        pass
-    device = settings.get("device", "auto")
-    kind = device.get("kind", "auto") if isinstance(device, dict) else str(device)
-    cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
-    dist.start(
-        str(settings.get("distributed", "auto")),
-        torch.device("cuda" if cuda else "cpu"),
-        float(settings.get("distributed_timeout", 300.0)),
-        f"{run_dir}/pipeline.toml",
-    )
 
 
 def _warn(text: str) -> None:
@@ -375,11 +321,14 @@ def plugins(state: _State, as_json: bool) -> None:
         {"plugin": p.plugin.name, "distribution": p.plugin.dist, "message": p.message}
         for p in manager.problems
     ]
+    stages = [{"name": name, "module": module} for name, module in manager.core_stages().items()]
     if as_json:
-        click.echo(
-            json.dumps({"plugins": rows, "problems": problems, "blocked": sorted(manager.blocked)}, indent=2)
-        )
+        blocked = sorted(manager.blocked)
+        listing = {"plugins": rows, "stages": stages, "problems": problems, "blocked": blocked}
+        click.echo(json.dumps(listing, indent=2))
         return
+    click.echo(f"flowkit  (flowkit {flowkit.__version__}: its own stages, which cannot be blocked)")
+    click.echo(f"    {'stages':<10} {', '.join(stage['name'] for stage in stages)}")
     for row in rows:
         click.echo(f"{row['name']}  ({row['distribution']} {row['version']})".rstrip())
         by_kind: dict[str, list[str]] = {}

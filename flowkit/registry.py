@@ -12,6 +12,7 @@ or an invalid class, or implements a hook that does not exist is recorded as a :
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as importlib_metadata
 import inspect
 import os
@@ -28,8 +29,16 @@ from flowkit.interfaces import KINDS, Component
 
 #: Environment variable with comma-separated plugin names to block (like ``-p no:NAME``).
 DISABLE_ENV = "FLOWKIT_DISABLE_PLUGINS"
-#: Plugins that cannot be blocked: the core's own hook specifications live under this name.
-PROTECTED = frozenset({"flowkit"})
+#: flowkit's own stages, ordinary ``trylast`` implementations of the stage hooks (as pytest's
+#: ``essential_plugins``): registered in every manager, never blocked, listed as flowkit's own. Named by
+#: module and imported when a manager is made, as the engine sits above the registry.
+STAGES = {
+    "flowkit-train": "flowkit.engine.train",
+    "flowkit-sample": "flowkit.engine.sample",
+    "flowkit-evaluate": "flowkit.engine.evaluate",
+}
+#: Plugins that cannot be blocked: the core's own hook specifications live under ``flowkit``.
+PROTECTED = frozenset({"flowkit", *STAGES})
 
 
 class FlowkitPluginWarning(UserWarning):
@@ -297,6 +306,8 @@ class PluginManager:
         self.blocked = _blocked_names(blocked)
         self.registry.blocked = self.blocked
         self._warn = warn
+        for name, module in STAGES.items():
+            self.pm.register(importlib.import_module(module), name=name)
         candidates: list[tuple[PluginInfo, Any]] = []
         if entrypoints:
             candidates.extend(self._entry_point_plugins())
@@ -419,6 +430,10 @@ class PluginManager:
         """What ``plugin`` registered."""
         return [e for e in self.registry.entries() if e.plugin.name == plugin]
 
+    def core_stages(self) -> dict[str, str]:
+        """flowkit's own stage plugins (``{name: module}``): always registered, never blocked."""
+        return dict(STAGES)
+
     def describe_plugins(self) -> list[dict[str, Any]]:
         """Every loaded plugin with its distribution, version and components (for ``flowkit plugins``)."""
         rows = []
@@ -444,7 +459,13 @@ def _blocked_names(blocked: Iterable[str]) -> frozenset[str]:
     names |= {b.strip() for b in os.environ.get(DISABLE_ENV, "").split(",") if b.strip()}
     protected = names & PROTECTED
     if protected:
-        raise PluginError(f"plugin '{sorted(protected)[0]}' is flowkit's core and cannot be disabled")
+        name = sorted(protected)[0]
+        if name in STAGES:
+            raise PluginError(
+                f"plugin '{name}' is flowkit's own stage ({STAGES[name]}) and cannot be disabled; a "
+                "plugin replaces the stage by returning a result from its hook first"
+            )
+        raise PluginError(f"plugin '{name}' is flowkit's core and cannot be disabled")
     return frozenset(names)
 
 

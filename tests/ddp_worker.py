@@ -15,7 +15,7 @@ import threading
 
 from flowkit.cli import launched_main
 from flowkit.engine.distributed import current_world
-from flowkit.engine.train import TrainLoop
+from flowkit.engine.loop import TrainLoop
 
 _fail = os.environ.get("FLOWKIT_TEST_FAIL") or os.environ.get("FLOWKIT_TEST_HANG")
 if _fail:

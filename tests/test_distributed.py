@@ -139,7 +139,7 @@ def test_resuming_with_another_world_size_continues_saved_ranks_and_rederives_th
 
 
 def test_the_launcher_is_torchrun_standalone_without_nproc():
-    from flowkit.cli import _strip_nproc
+    from flowkit.engine.launch import strip_nproc as _strip_nproc
 
     args = _strip_nproc(["-p", "no:report", "run", "f.toml", "--nproc", "2", "--set", "a.b=1", "--nproc=3"])
     assert args == ["-p", "no:report", "run", "f.toml", "--set", "a.b=1"]

@@ -16,7 +16,7 @@ from flowkit_nets.unet import UNet
 import flowkit
 from flowkit.engine import build_pipeline, run_pipeline
 from flowkit.engine.guidance import GuidedScore, GuidedVelocity, sample_labels
-from flowkit.engine.train import TrainLoop
+from flowkit.engine.loop import TrainLoop
 from flowkit.errors import CapabilityError, ConfigError, FlowkitError
 from flowkit.registry import PluginManager
 

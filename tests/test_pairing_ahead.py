@@ -28,7 +28,7 @@ from flowkit import hookimpl
 from flowkit.engine import build_pipeline, resume_run, run_pipeline
 from flowkit.engine.distributed import rank_seed
 from flowkit.engine.interrupts import Interrupted
-from flowkit.engine.train import PAIRING_THREAD, PairingError, TrainLoop
+from flowkit.engine.loop import PAIRING_THREAD, PairingError, TrainLoop
 from flowkit.errors import FlowkitError
 from flowkit.registry import PluginManager
 from flowkit.testing import make_manager

@@ -238,7 +238,7 @@ def test_resume_with_a_lower_learning_rate_uses_it_from_the_first_step(reference
     run = resume_run(out, watcher, ["train.lr=1e-4"], quiet=True, command="flowkit resume")
     assert run.pipeline.train.lr == 1e-4
     # the cosine factor at the logged steps, times the new peak rate
-    factor = run.pipeline.train and __import__("flowkit.engine.train", fromlist=["lr_factor"]).lr_factor
+    factor = run.pipeline.train and __import__("flowkit.engine.optim", fromlist=["lr_factor"]).lr_factor
     expected = [1e-4 * factor(run.pipeline.train)(step) for step in (50, 60)]
     assert seen == pytest.approx(expected, rel=1e-12)
     resolved = (out / "pipeline.toml").read_text()

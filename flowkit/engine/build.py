@@ -12,15 +12,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import attrs
 import torch
 from torch import nn
 
-import flowkit
-from flowkit.config import Location, Structurer, apply_overrides, load_source, unstructure
+from flowkit.config import Location, Structurer, apply_overrides, load_source
 from flowkit.engine.distributed import check_world
 from flowkit.engine.guidance import check_conditioning
 from flowkit.engine.limits import check_sizes
+from flowkit.engine.records import Pipeline
 from flowkit.engine.sections import (
     REQUIRED,
     TABLES,
@@ -36,67 +35,12 @@ from flowkit.interfaces import (
     AnalyticModel,
     BuildContext,
     Dataset,
-    DeviceBackend,
     Loss,
     Model,
     ProbabilityPath,
     check_pair,
 )
 from flowkit.registry import PluginManager
-
-
-@attrs.define
-class Pipeline:
-    """Every built component and validated table of a pipeline.
-
-    ``network`` is the module forward passes go through: ``model`` as the device backend prepared it
-    (moved, and compiled where asked); it shares ``model``'s parameters, whose state is what is saved.
-    ``tables`` holds the plugins' own tables (``[report]``, ...), validated, defaults filled in.
-    ``capture`` says whether the sampler runs as the backend's captured graph.
-    """
-
-    source: str
-    run: RunSection
-    dataset: Dataset
-    path: ProbabilityPath
-    model: Model
-    network: nn.Module
-    loss: Loss | None
-    train: TrainSection | None
-    sample: SampleSection
-    evaluate: EvaluateSection
-    tables: dict[str, Any]
-    context: BuildContext
-    capture: bool = False
-
-    @property
-    def device(self) -> DeviceBackend:
-        return self.run.device
-
-    def table(self, name: str) -> Any:
-        """The validated table ``name`` (a section or a plugin's table), ``None`` if absent."""
-        if name in self.tables:
-            return self.tables[name]
-        if name in TABLES and isinstance(TABLES[name], type):
-            return getattr(self, name, None)
-        return None
-
-    def resolved(self, manager: PluginManager | None = None, command: str = "") -> dict[str, Any]:
-        """The pipeline with every default filled in, as TOML-ready data, in :data:`TABLES` order."""
-        plugins = (
-            {}
-            if manager is None
-            else {p.name: f"{p.dist} {p.version}".strip() for p in manager.plugins.values()}
-        )
-        record = FlowkitSection(flowkit.__version__, plugins, self.source, command)
-        data: dict[str, Any] = {"flowkit": unstructure(record)}
-        for table in TABLES:
-            if table != "flowkit":
-                value = getattr(self, {"data": "dataset"}.get(table, table))
-                if value is not None:
-                    data[table] = unstructure(value)
-        data.update({name: unstructure(value) for name, value in self.tables.items()})
-        return data
 
 
 def build_pipeline(

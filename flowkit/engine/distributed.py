@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from flowkit.engine.seeds import stage_seed
 from flowkit.errors import ConfigError, FlowkitError
+from flowkit.host import launched, launched_size
 
 T = TypeVar("T")
 
@@ -75,35 +76,6 @@ _joined = False
 def current_world() -> World:
     """The :class:`World` of this process (one rank of one until :func:`start`)."""
     return _world
-
-
-def launched() -> tuple[int, int, int] | None:
-    """``(rank, world_size, local_rank)`` from torchrun's environment, ``None`` outside torchrun."""
-    if "WORLD_SIZE" not in os.environ:
-        return None
-    try:
-        rank = int(os.environ.get("RANK", "0"))
-        size = int(os.environ["WORLD_SIZE"])
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        raise FlowkitError(
-            "RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them); found "
-            f"RANK={os.environ.get('RANK')!r}, WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}, "
-            f"LOCAL_RANK={os.environ.get('LOCAL_RANK')!r}"
-        ) from None
-    return rank, size, local
-
-
-def launched_size() -> int:
-    """The number of processes torchrun started (1 outside torchrun)."""
-    found = launched()
-    return found[1] if found is not None else 1
-
-
-def local_rank() -> int:
-    """This process's rank on its machine (``LOCAL_RANK``; 0 outside torchrun): its GPU under NCCL."""
-    found = launched()
-    return found[2] if found is not None and found[1] > 1 else 0
 
 
 def resolve_backend(setting: str, device: torch.device, source: str = "[run]") -> str | None:
@@ -184,8 +156,8 @@ def end_process(code: int) -> NoReturn:
     interpreter's teardown matters because a gloo process group can outlive
     ``destroy_process_group`` while Python objects still hold it (DDP's reducer does): freed during
     interpreter finalisation, its C++ threads can abort the process (SIGABRT, "terminate called
-    without an active exception"), which torchrun reports as a failed run after a finished one.
-    Seen in about 1 of 50 launches on a loaded 2-core machine, at exit, after the run's last output."""
+    without an active exception"), which torchrun reports as a failed run after a finished one
+    (how often: ``benchmarks/reference/engine-notes.md``)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -1,21 +1,20 @@
-"""Evaluation: the distance between samples and held-out data, its noise floor, the likelihood of
-held-out data (where ``[evaluate] likelihood`` is set), and plugins' metrics."""
+"""The evaluation stage, the engine's ``flowkit_evaluate``: the distance between samples and held-out
+data, its noise floor, the likelihood of held-out data (where ``[evaluate] likelihood`` is set), and
+plugins' metrics."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from flowkit.engine.records import Pipeline, PipelineRun
 from flowkit.engine.rundir import write_json
 from flowkit.engine.seeds import stage_seed
 from flowkit.errors import FlowkitError, PluginError
+from flowkit.hookspecs import hookimpl
 from flowkit.interfaces import Samples
-
-if TYPE_CHECKING:
-    from flowkit.engine.build import Pipeline
-    from flowkit.engine.run import PipelineRun
 
 
 def measure(pipeline: Pipeline, samples: Tensor) -> tuple[dict[str, Any], Tensor]:
@@ -57,12 +56,14 @@ def measure(pipeline: Pipeline, samples: Tensor) -> tuple[dict[str, Any], Tensor
     return metrics, reference
 
 
-def evaluate(run: PipelineRun, result: Samples) -> dict[str, Any]:
-    """The evaluation stage: :func:`measure` into ``run.metrics``, then the metrics of
+@hookimpl(trylast=True, specname="flowkit_evaluate")
+def evaluate(run: PipelineRun, samples: Samples) -> dict[str, Any]:
+    """The engine's evaluation stage (``flowkit_evaluate``, ``trylast``: a plugin returning metrics
+    first evaluates instead): :func:`measure` into ``run.metrics``, then the metrics of
     ``flowkit_evaluate_metrics`` implementations, then ``flowkit_samples_ready``. Returns
     ``run.metrics``. Non-finite samples write ``metrics.json`` before the error, so the record of a
     failed run is kept."""
-    pipe = run.pipeline
+    pipe, result = run.pipeline, samples
     measured, reference = measure(pipe, result.samples)
     run.metrics.update(measured)
     bad = measured.get("non_finite_samples")

@@ -21,7 +21,7 @@ from flowkit.errors import ConfigError
 from flowkit.interfaces import ODE, ScoreModel, VectorField
 
 if TYPE_CHECKING:
-    from flowkit.engine.build import Pipeline
+    from flowkit.engine.records import Pipeline
 
 
 def num_classes(pipeline: Pipeline) -> int:

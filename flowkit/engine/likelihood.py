@@ -32,7 +32,7 @@ from flowkit.errors import CapabilityError, FlowkitError
 from flowkit.interfaces import ODE, SDE, Simulator, check_pair
 
 if TYPE_CHECKING:
-    from flowkit.engine.build import Pipeline
+    from flowkit.engine.records import Pipeline
     from flowkit.engine.sections import DequantizeSection, LikelihoodSection
 
 Estimator = Literal["exact", "hutchinson"]

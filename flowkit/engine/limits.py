@@ -9,34 +9,18 @@ slack), so a refused size could not have run; a size that passes may still be to
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from flowkit.errors import ConfigError
+from flowkit.host import cpu_memory_available
 
 if TYPE_CHECKING:
-    from flowkit.engine.build import Pipeline
+    from flowkit.engine.records import Pipeline
 
 _FLOAT = 4  # bytes of a float32
-
-
-def cpu_memory_available() -> int | None:
-    """``MemAvailable`` of ``/proc/meminfo`` (what can be allocated without swapping), else the
-    physical memory, else ``None``."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def activation_floats(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[int, int]:

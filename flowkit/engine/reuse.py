@@ -19,10 +19,11 @@ import torch
 from torch import Tensor
 
 from flowkit.config import parse_override
-from flowkit.engine.build import Pipeline, build_pipeline
+from flowkit.engine.build import build_pipeline
 from flowkit.engine.checkpoints import list_checkpoints, load_weights
 from flowkit.engine.evaluate import measure, plugin_metrics
 from flowkit.engine.guidance import sample_labels
+from flowkit.engine.records import Pipeline
 from flowkit.engine.rundir import claim_file, refuse_existing, unused_file, write_array, write_json
 from flowkit.engine.sample import draw_samples
 from flowkit.errors import ConfigError, FlowkitError
@@ -137,7 +138,7 @@ def evaluate_run(
     Writes them to ``out`` or ``metrics-evaluate.json`` (numbered when taken) in the run directory;
     returns the file and the metrics.
     """
-    from flowkit.engine.run import PipelineRun
+    from flowkit.engine.records import PipelineRun
 
     root = Path(directory)
     if out is not None and Path(out).suffix != ".json":

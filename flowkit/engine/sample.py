@@ -1,4 +1,5 @@
-"""Sampling: ``[sample] n`` draws from ``p_init`` carried to the data by the simulator.
+"""The sampling stage, the engine's ``flowkit_sample``: ``[sample] n`` draws from ``p_init`` carried
+to the data by the simulator.
 
 A fixed-step simulator steps over the ``[sample] grid``; an adaptive one is given the grid's end points
 and chooses its own steps. Where the pipeline was planned with ``capture`` (a backend that captures,
@@ -7,26 +8,17 @@ a ``capturable`` simulator), the whole sampler runs as one captured graph.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from flowkit.engine.guidance import guided_dynamics, sample_labels
+from flowkit.engine.records import Pipeline, PipelineRun, sample_times
 from flowkit.engine.rundir import write_array
 from flowkit.engine.seeds import stage_seed
+from flowkit.hookspecs import hookimpl
 from flowkit.interfaces import Progress, Samples
 
-if TYPE_CHECKING:
-    from flowkit.engine.build import Pipeline
-    from flowkit.engine.run import PipelineRun
-
-
-def sample_times(pipeline: Pipeline, device: torch.device | None = None) -> Tensor:
-    """The ``[sample]`` grid over the path's ``t_range``, ``(steps + 1,)``."""
-    cfg = pipeline.sample
-    t_start, t_end = pipeline.path.t_range
-    return cfg.grid(cfg.steps, t_start, t_end).to(device if device is not None else pipeline.device.device)
+__all__ = ["clip_to_range", "draw_samples", "sample", "sample_times"]
 
 
 @torch.no_grad()
@@ -67,9 +59,11 @@ def clip_to_range(pipeline: Pipeline, samples: Tensor) -> Tensor:
     return samples if bounds is None else samples.clamp(*bounds)
 
 
+@hookimpl(trylast=True, specname="flowkit_sample")
 @torch.no_grad()
 def sample(run: PipelineRun) -> Samples:
-    """The sampling stage: samples on the CPU (also written to ``samples.npy``), the trajectories of
+    """The engine's sampling stage (``flowkit_sample``, ``trylast``: a plugin returning samples first
+    samples instead): samples on the CPU (also written to ``samples.npy``), the trajectories of
     the first ``[sample] trajectories`` of them over the grid, and the function evaluations."""
     pipe = run.pipeline
     cfg = pipe.sample

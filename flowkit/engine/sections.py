@@ -219,7 +219,7 @@ class EvaluateSection:
     floor_repeats: int = param(
         3,
         doc="Fresh draws of data whose distances to the held-out set are averaged into the noise floor "
-        "(one draw fluctuates by 15-20% at n = 2000; at most 100).",
+        "(one draw fluctuates; more draws give a steadier floor; at most 100).",
         validator=[_positive, attrs.validators.le(100)],
     )
     likelihood: LikelihoodSection | None = param(

@@ -19,9 +19,8 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from flowkit.engine.distributed import local_rank
-from flowkit.engine.limits import cpu_memory_available
 from flowkit.errors import FlowkitError
+from flowkit.host import cpu_memory_available, local_rank
 from flowkit.interfaces import BuildContext, DeviceBackend
 from flowkit.params import param
 

@@ -14,10 +14,13 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from flowkit.interfaces import Run
 
 
 class ReportWarning(UserWarning):
@@ -33,7 +36,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def write_plots(run: Any, samples: Tensor, reference: Tensor, trajectory: Tensor | None) -> list[Path]:
+def write_plots(run: Run, samples: Tensor, reference: Tensor, trajectory: Tensor | None) -> list[Path]:
     """Write the PNGs of a 2D run (none for other shapes); returns the files written.
 
     Each plot is attempted on its own: one that raises is reported (a :class:`ReportWarning`, or a
@@ -80,9 +83,9 @@ def _close_all() -> None:
     plt.close("all")
 
 
-def _report_failure(run: Any, name: str, exc: Exception) -> None:
+def _report_failure(run: Run, name: str, exc: Exception) -> None:
     message = f"flowkit_report: could not write {name}: {type(exc).__name__}: {exc}"
-    if getattr(run, "quiet", False):
+    if run.quiet:
         with open(run.directory / "report-errors.log", "a", encoding="utf-8") as handle:
             handle.write(message + "\n" + traceback.format_exc() + "\n")
     else:

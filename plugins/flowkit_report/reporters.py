@@ -58,7 +58,7 @@ def flowkit_run_start(run: Run) -> None:
     if not settings(run).log:
         return
     log = run.directory / "metrics.jsonl"
-    resumed = getattr(run, "resumed_from", None)
+    resumed = run.resumed_from
     kept = []
     if resumed is not None and log.is_file():  # a resumed run keeps the lines up to its checkpoint
         for line in log.read_text(encoding="utf-8").splitlines():
@@ -76,7 +76,7 @@ def flowkit_stage(run: Run, stage: str, state: str) -> None:
         return
     train = run.table("train")
     if state == "start" and stage == "train" and train is not None:
-        _open_bar(run, "train", train.steps, "train", initial=getattr(run, "resumed_from", None) or 0)
+        _open_bar(run, "train", train.steps, "train", initial=run.resumed_from or 0)
     elif state == "start" and stage == "sample":
         _open_bar(run, "sample", run.table("sample").steps, "sample")
     elif state == "end":

@@ -1,0 +1,424 @@
+"""The step machine: :class:`TrainLoop`, one optimisation step at a time, and its whole state.
+
+:class:`TrainLoop` is one optimisation step at a time (benchmarks time exactly it) and the whole
+training state (:meth:`TrainLoop.state_dict`); the train stage (:mod:`flowkit.engine.train`) runs it
+for ``[train] steps`` with logging, checkpoints and the hooks.
+
+Divergence is found without a device sync per step: the losses since the last check are stacked and
+checked in one read at every log step and before every checkpoint, which names the exact step of the
+first non-finite loss. A checkpoint is written only after that check and a check of the weights, so
+no checkpoint ever holds non-finite weights.
+
+A loss whose pairing is worth running beside the training step (:meth:`~flowkit.interfaces.Loss.pairs_ahead`:
+``cfm`` with ``coupling = "exact-ot"``) is run a step ahead: during step ``k`` the training thread
+draws batch ``k + 1`` (from the same data and loss generators, in the same order as one step at a
+time) and hands its solve to one worker thread, so the host solver runs on another core while step
+``k`` trains; step ``k + 1`` waits only for what is left of it. What the loss draws after the pairing
+comes from a third generator (``paired``), so a checkpoint holds the data and loss generators as they
+were before the batch drawn ahead, and a resumed run draws that batch again, bitwise. See
+``docs/design.md``, "Pairing a step ahead".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from flowkit.engine.checkpoints import FORMAT
+from flowkit.engine.distributed import (
+    current_world,
+    gather_to_main,
+    mean_over_ranks,
+    per_rank_batch,
+    rank_seed,
+    wrap_model,
+)
+from flowkit.engine.guidance import num_classes
+from flowkit.engine.optim import WeightAverage, adamw, lr_factor
+from flowkit.errors import CapabilityError, FlowkitError
+from flowkit.interfaces import PreparedBatch
+
+if TYPE_CHECKING:
+    from flowkit.engine.records import Pipeline
+
+
+class Diverged(FlowkitError):
+    """A non-finite loss at ``step`` (or non-finite weights after its update)."""
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"training diverged at step {step} ({what})")
+        self.step = step
+        self.what = what
+
+
+class PairingError(FlowkitError):
+    """The pairing of a batch (``PreparedBatch.solve``, on the worker thread or not) raised ``cause``."""
+
+    def __init__(self, step: int, loss: str, cause: BaseException) -> None:
+        super().__init__(
+            f"training step {step}: pairing noise and data failed (loss '{loss}'): "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.step = step
+        self.cause = cause
+
+
+#: The name (prefix) of the one worker thread that pairs the next batch while a step trains.
+PAIRING_THREAD = "flowkit-pairing"
+
+
+class _Ahead:
+    """A batch drawn a step ahead: its draws, its solve under way, and the data and loss generator
+    states from before its draws (what a checkpoint saves, and what :meth:`TrainLoop.close` restores)."""
+
+    __slots__ = ("batch", "future", "generators")
+
+    def __init__(self, batch: PreparedBatch, future: Future[Any], generators: tuple[Tensor, Tensor]) -> None:
+        self.batch, self.future, self.generators = batch, future, generators
+
+
+class TrainLoop:
+    """The optimisation of a pipeline's network: AdamW, a learning-rate schedule and an EMA of the weights.
+
+    :meth:`step` is one optimisation step — draw a batch, the loss, backward, update — exactly what
+    ``flowkit run`` does per step. The forward pass goes through ``pipeline.network`` (what the device
+    backend prepared); the parameters and saved state are ``pipeline.model``'s. The data and loss
+    draws come from generators seeded from ``[run] seed``. :meth:`state_dict` and
+    :meth:`load_state_dict` are the whole state: a loop restored from a checkpoint continues exactly
+    as the uninterrupted one (bitwise, on the CPU).
+
+    Under torchrun (:mod:`flowkit.engine.distributed`) each rank draws ``batch_size / world_size``
+    points from its own generators, the forward pass goes through ``DistributedDataParallel`` (so the
+    averaged gradient is that of the global batch) and the logged losses are averaged over the ranks.
+
+    Where the loss pairs ahead (:attr:`ahead`), :meth:`step` draws the next batch and starts its
+    pairing on a worker thread (:data:`PAIRING_THREAD`) before it trains; :meth:`close` (or ``with
+    TrainLoop(...) as loop``) stops the thread and puts the generators back to before that batch.
+    :meth:`run` and the train stage (:func:`flowkit.engine.train.train_with`) close it on every way
+    out. Otherwise no thread is started.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        cfg, loss = pipeline.train, pipeline.loss
+        if cfg is None or loss is None:
+            raise CapabilityError(
+                f"{pipeline.source}: model '{pipeline.model.registered_name}' is not trained"
+            )
+        self.pipeline, self.cfg, self.loss_fn = pipeline, cfg, loss
+        self.backend = pipeline.device
+        self.device = self.backend.device
+        self.network = pipeline.model
+        self.role = pipeline.context.roles[loss.trains]
+        self.params = [p for p in self.network.parameters() if p.requires_grad]
+        if not self.params:
+            raise CapabilityError(
+                f"{pipeline.source}: [model]: model '{self.network.registered_name}' has "
+                "no trainable parameters"
+            )
+        self.optimizer = adamw(self.params, cfg)
+        # A constant rate needs no scheduler: skipping it keeps the hot loop as lean as a hand-written one.
+        scheduled = cfg.lr_schedule != "constant" or cfg.warmup_steps > 0
+        self.lr_factor = lr_factor(cfg)
+        self.scheduler = (
+            torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor) if scheduled else None
+        )
+        self.ema = WeightAverage(self.network, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        #: This process's rank and the number of processes (one of one outside torchrun).
+        self.world = current_world()
+        #: Points this rank draws per step (the global ``batch_size`` over the ranks).
+        self.batch_size = per_rank_batch(cfg.batch_size, self.world)
+        if self.world.distributed:  # forward through DDP: its backward averages the gradients
+            self.role = loss.model_role(wrap_model(pipeline.network, self.world), pipeline.path)
+        seed = pipeline.run.seed
+        rank = self.world.rank
+        self.data_gen = self.backend.generator(rank_seed(seed, "data", rank))
+        self.loss_gen = self.backend.generator(rank_seed(seed, "loss", rank))
+        #: Whether each batch is drawn and paired a step ahead, on a worker thread (``Loss.pairs_ahead``).
+        #: Set it to ``False`` to pair each batch inside its own step, on this thread: the same draws
+        #: from the same streams, so the same training, bitwise; only no thread.
+        self.ahead = loss.pairs_ahead()
+        # What the loss draws after the pairing (a plan's random choice, a path's own noise) comes
+        # from a stream of its own, so the data and loss streams are drawn batch after batch.
+        self.paired_gen = self.backend.generator(rank_seed(seed, "paired", rank)) if self.ahead else None
+        self._split = self.ahead  # the step in two stages (the thread or not: TrainLoop.ahead)
+        self._next: _Ahead | None = None  # the batch of step current_step + 1, drawn ahead
+        self._worker: ThreadPoolExecutor | None = None
+        #: The last step completed (0 before the first).
+        self.current_step = 0
+        #: The mean loss of the last log step (``None`` before the first).
+        self.last_logged: float | None = None
+        self._window: list[Tensor] = []  # losses since the last log step
+        self._checked = 0  # how many of them were checked finite
+        #: Classes of a conditional model (0: unconditional); labels are drawn with the data then.
+        self.num_classes = num_classes(pipeline)
+        # Dropout draws from torch's global generator: each step seeds it (inside a fork) from the run
+        # seed and the step number, so the run neither depends on nor changes the global state, and a
+        # resumed run draws the same masks.
+        self.stochastic = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.network.modules())
+        self._rng_devices = [self.device] if self.device.type == "cuda" else []
+        self.network.train()
+
+    @property
+    def lr(self) -> float:
+        """The current learning rate."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def step(self, ahead: bool = True) -> Tensor:
+        """One optimisation step; returns the loss as a detached scalar tensor (no device sync).
+
+        Where the loss pairs ahead, ``ahead = True`` also draws the next step's batch and starts its
+        pairing on the worker thread (``False``: the last step; nothing is left running)."""
+        if not self.stochastic:
+            return self._step(ahead)
+        with torch.random.fork_rng(devices=self._rng_devices):
+            step = self.current_step + 1  # each rank its own masks (rank 0's: a one-process run's)
+            torch.manual_seed(rank_seed(self.pipeline.run.seed, f"dropout:{step}", self.world.rank))
+            return self._step(ahead)
+
+    def _step(self, ahead: bool) -> Tensor:
+        if self._split:
+            loss = self._paired_loss(ahead and self.ahead)
+        else:
+            z, labels = self._batch()
+            with self.backend.autocast():
+                loss = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen, **labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update()
+        return loss.detach()
+
+    def _paired_loss(self, ahead: bool) -> Tensor:
+        """This step's loss on a batch paired ahead (or now, on the first step and after a resume or
+        :meth:`close`); with ``ahead``, draws the next batch and submits its solve first."""
+        step = self.current_step + 1
+        current, self._next = self._next, None
+        if current is None:
+            batch = self._draw()
+            solution = self._solution(batch.solve, step)
+        else:
+            batch = current.batch
+            solution = self._solution(current.future.result, step)
+        if ahead:
+            before = (self.data_gen.get_state(), self.loss_gen.get_state())
+            following = self._draw()
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=PAIRING_THREAD)
+            self._next = _Ahead(following, self._worker.submit(following.solve), before)
+        with self.backend.autocast():
+            return self.loss_fn.loss_on(
+                self.role, self.pipeline.path, batch, solution, generator=self.paired_gen
+            )
+
+    def _draw(self) -> PreparedBatch:
+        """The next batch, drawn on this thread: the data (data generator), then the loss's draws
+        (loss generator), in the order of a step that is not split."""
+        z, labels = self._batch()
+        with self.backend.autocast():
+            return self.loss_fn.prepare(self.pipeline.path, z, generator=self.loss_gen, **labels)
+
+    def _batch(self) -> tuple[Tensor, dict[str, Tensor]]:
+        """This rank's next batch from the data generator: ``z (B, *D)`` and the keyword arguments
+        that give a conditional model's loss its labels (``{"y": y (B,)}``; ``{}`` without labels, so
+        an unconditional loss is called as it always was)."""
+        if self.num_classes:
+            z, y = self.labelled_batch()
+            return z, {"y": y}
+        z = self.pipeline.dataset.sample(self.batch_size, generator=self.data_gen, device=self.device)
+        return z, {}
+
+    def _solution(self, solve: Callable[[], Any], step: int) -> Any:
+        """``solve()``'s result (computed by the worker, or here); an exception as :class:`PairingError`."""
+        try:
+            return solve()
+        except Exception as exc:
+            name = self.loss_fn.registered_name or type(self.loss_fn).__name__
+            raise PairingError(step, name, exc) from exc
+
+    def close(self) -> None:
+        """Stop the pairing worker, if any (waiting for a solve under way). A batch drawn ahead is
+        dropped and the data and loss generators go back to before its draws, so the loop is as if
+        it had run one step at a time: the next :meth:`step` draws that batch again. Idempotent."""
+        current, self._next = self._next, None
+        if current is not None:
+            current.future.cancel()
+            self.data_gen.set_state(current.generators[0])
+            self.loss_gen.set_state(current.generators[1])
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> TrainLoop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def labelled_batch(self) -> tuple[Tensor, Tensor]:
+        """``(z (B, *D), y (B,))``: a batch with its labels, each replaced by the null class
+        ``num_classes`` with probability ``[train] label_dropout`` (drawn from the data generator)."""
+        z, y = self.pipeline.dataset.sample_labelled(
+            self.batch_size, generator=self.data_gen, device=self.device
+        )
+        if self.cfg.label_dropout > 0:
+            drop = torch.rand(y.shape, generator=self.data_gen, device=self.device) < self.cfg.label_dropout
+            y = y.masked_fill(drop, self.num_classes)
+        return z, y
+
+    def run(self, total: int) -> Iterator[tuple[int, Tensor, float | None]]:
+        """The steps after :attr:`current_step` up to ``total``, yielding ``(step, loss, mean)`` after
+        each: the detached loss, and the mean loss since the last log every ``[train] log_every`` steps
+        and at the last step (``None`` otherwise). Raises :class:`Diverged` at a log step whose window
+        holds a non-finite loss, naming the step of the first. The pairing worker, if any, is closed
+        when the steps end, on an exception and when the iteration is abandoned."""
+        try:
+            for step in range(self.current_step + 1, total + 1):
+                loss = self.step(ahead=step < total)
+                self.current_step = step
+                self._window.append(loss)
+                mean = None
+                if step % self.cfg.log_every == 0 or step == total:
+                    self.check_losses()
+                    mean = float(torch.stack(self._window).mean())
+                    self._window.clear()
+                    self._checked = 0
+                    self.last_logged = mean
+                yield step, loss, mean
+        finally:
+            self.close()
+
+    def check_losses(self) -> None:
+        """Raise :class:`Diverged` if a loss since the last check is not finite (one device read).
+
+        Under torchrun the losses are first averaged over the ranks (one all-reduce), so the window
+        holds the losses of the global batch and every rank finds the same divergence."""
+        fresh = self._window[self._checked :]
+        if not fresh and not self.world.distributed:
+            return
+        if self.world.distributed:  # every rank takes part, even with nothing new (checkpoints)
+            stacked = torch.stack(fresh) if fresh else torch.empty(0, device=self.device)
+            fresh = list(mean_over_ranks(stacked, self.world).unbind())
+            self._window[self._checked :] = fresh
+            if not fresh:
+                return
+        finite = torch.isfinite(torch.stack(fresh))
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0, 0])
+            step = self.current_step - len(fresh) + 1 + first
+            raise Diverged(step, f"loss {float(fresh[first])}")
+        self._checked = len(self._window)
+
+    def check_weights(self) -> None:
+        """Raise :class:`Diverged` if a weight (raw or averaged) is not finite after the last step."""
+        tensors = [*self.params, *(self.ema.averages if self.ema is not None else [])]
+        if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            raise Diverged(self.current_step, "non-finite weights after the update")
+
+    def divergence(self, exc: Diverged) -> str:
+        """What to say about a divergence when there is no run directory (the Python API)."""
+        return f"{self.pipeline.source}: {exc}; lower [train] lr (now {self.cfg.lr}) or set [train] grad_clip"
+
+    def weights(self, step: int) -> dict[str, Any]:
+        """Weights-only state: ``model`` (what sampling uses: the EMA where enabled) and ``raw``."""
+        if self.ema is None:
+            return {"step": step, "model": self.network.state_dict()}
+        return {"step": step, "model": self.ema.state_dict(), "raw": self.network.state_dict()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole training state after :attr:`current_step`: tensors and plain containers only
+        (loadable with ``torch.load(weights_only=True)``). Checks it first (:class:`Diverged`)."""
+        self.check_losses()
+        self.check_weights()
+        state = self.weights(self.current_step)
+        # As of the steps taken: a batch drawn ahead is drawn again by the resumed run.
+        if self._next is not None:
+            data, loss = self._next.generators
+        else:
+            data, loss = self.data_gen.get_state(), self.loss_gen.get_state()
+        mine = {"data": data, "loss": loss}
+        if self.paired_gen is not None:
+            mine["paired"] = self.paired_gen.get_state()
+        # Every rank's generators, in rank order, on rank 0 (the one that writes the checkpoint).
+        every = gather_to_main(mine, self.world) or [mine]
+        state.update(
+            {
+                "format": FORMAT,
+                "raw": self.network.state_dict(),
+                "ema_updates": self.ema.updates if self.ema is not None else 0,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "generators": every[0],
+                "rank_generators": every,
+                "world_size": self.world.size,
+                "window": torch.stack(self._window).cpu() if self._window else torch.empty(0),
+                "last_logged": self.last_logged,
+            }
+        )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Continue from a :meth:`state_dict` (a checkpoint); returns its step.
+
+        The learning rate and weight decay are this pipeline's ``[train]`` values, so a run resumed
+        with ``--set train.lr=...`` uses the new rate from its first step; with the cosine schedule the
+        rate at step ``k`` is ``lr * factor(k)`` over this pipeline's ``[train] steps``.
+        """
+        step = int(state["step"])
+        self.close()  # a batch drawn ahead belongs to the state being replaced
+        self.network.load_state_dict(state["raw"])
+        if self.ema is not None:
+            self.ema.load_averages(state["model"], int(state.get("ema_updates", step)))
+        self.optimizer.load_state_dict(state["optimizer"])
+        factor = self.lr_factor(step) if self.scheduler is not None else 1.0
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.cfg.lr
+            group["lr"] = self.cfg.lr * factor
+            group["weight_decay"] = self.cfg.weight_decay
+        if self.scheduler is not None:
+            if state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
+            self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
+            self.scheduler.last_epoch = step
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self._load_generators(state, step)
+        window = state.get("window")
+        self._window = [loss.to(self.device) for loss in window] if window is not None else []
+        self._checked = len(self._window)
+        self.last_logged = state.get("last_logged")
+        self.current_step = step
+        return step
+
+    def _load_generators(self, state: dict[str, Any], step: int) -> None:
+        """Rank ``r`` continues the streams rank ``r`` saved; a rank the checkpoint has none for (it was
+        written by fewer processes) starts a fresh stream derived from the seed, its rank and ``step``.
+        So a run resumed with as many processes continues bitwise; with another number, statistically."""
+        saved = state.get("rank_generators") or [state["generators"]]  # one-process checkpoints
+        rank = self.world.rank
+        seed = self.pipeline.run.seed
+        if rank < len(saved):
+            self.data_gen.set_state(saved[rank]["data"])
+            self.loss_gen.set_state(saved[rank]["loss"])
+            if self.paired_gen is not None and "paired" in saved[rank]:
+                self.paired_gen.set_state(saved[rank]["paired"])
+            elif self.paired_gen is not None:  # saved by a loop that did not pair ahead
+                self.paired_gen.manual_seed(rank_seed(seed, "paired", rank, resumed_at=step))
+            return
+        self.data_gen.manual_seed(rank_seed(seed, "data", rank, resumed_at=step))
+        self.loss_gen.manual_seed(rank_seed(seed, "loss", rank, resumed_at=step))
+        if self.paired_gen is not None:
+            self.paired_gen.manual_seed(rank_seed(seed, "paired", rank, resumed_at=step))
+
+    def finish(self) -> None:
+        """Put the weights sampling should use (the EMA, where enabled) into the network."""
+        if self.ema is not None:
+            self.network.load_state_dict(self.ema.state_dict())
+        self.network.eval()

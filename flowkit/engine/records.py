@@ -1,0 +1,141 @@
+"""The records the engine passes around: :class:`Pipeline` (what a pipeline file built) and
+:class:`PipelineRun` (a pipeline being run: the :class:`flowkit.interfaces.Run` every hook receives).
+
+They sit below the code that uses them: this module imports no other engine module but the leaf ones
+(the sections, the signal guard), so building, the stages and the orchestrator all import it and it
+imports none of them back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from flowkit.config import unstructure
+from flowkit.engine.interrupts import SignalGuard
+from flowkit.engine.sections import (
+    TABLES,
+    EvaluateSection,
+    FlowkitSection,
+    RunSection,
+    SampleSection,
+    TrainSection,
+)
+from flowkit.interfaces import BuildContext, Dataset, DeviceBackend, Loss, Model, ProbabilityPath
+from flowkit.version import __version__
+
+if TYPE_CHECKING:
+    from flowkit.registry import PluginManager
+
+
+@attrs.define
+class Pipeline:
+    """Every built component and validated table of a pipeline.
+
+    ``network`` is the module forward passes go through: ``model`` as the device backend prepared it
+    (moved, and compiled where asked); it shares ``model``'s parameters, whose state is what is saved.
+    ``tables`` holds the plugins' own tables (``[report]``, ...), validated, defaults filled in.
+    ``capture`` says whether the sampler runs as the backend's captured graph.
+    """
+
+    source: str
+    run: RunSection
+    dataset: Dataset
+    path: ProbabilityPath
+    model: Model
+    network: nn.Module
+    loss: Loss | None
+    train: TrainSection | None
+    sample: SampleSection
+    evaluate: EvaluateSection
+    tables: dict[str, Any]
+    context: BuildContext
+    capture: bool = False
+
+    @property
+    def device(self) -> DeviceBackend:
+        return self.run.device
+
+    def table(self, name: str) -> Any:
+        """The validated table ``name`` (a section or a plugin's table), ``None`` if absent."""
+        if name in self.tables:
+            return self.tables[name]
+        if name in TABLES and isinstance(TABLES[name], type):
+            return getattr(self, name, None)
+        return None
+
+    def resolved(self, manager: PluginManager | None = None, command: str = "") -> dict[str, Any]:
+        """The pipeline with every default filled in, as TOML-ready data, in :data:`TABLES` order."""
+        plugins = (
+            {}
+            if manager is None
+            else {p.name: f"{p.dist} {p.version}".strip() for p in manager.plugins.values()}
+        )
+        record = FlowkitSection(__version__, plugins, self.source, command)
+        data: dict[str, Any] = {"flowkit": unstructure(record)}
+        for table in TABLES:
+            if table != "flowkit":
+                value = getattr(self, {"data": "dataset"}.get(table, table))
+                if value is not None:
+                    data[table] = unstructure(value)
+        data.update({name: unstructure(value) for name, value in self.tables.items()})
+        return data
+
+
+def sample_times(pipeline: Pipeline, device: torch.device | None = None) -> Tensor:
+    """The ``[sample]`` grid over the path's ``t_range``, ``(steps + 1,)``."""
+    cfg = pipeline.sample
+    t_start, t_end = pipeline.path.t_range
+    return cfg.grid(cfg.steps, t_start, t_end).to(device if device is not None else pipeline.device.device)
+
+
+@attrs.define
+class PipelineRun:
+    """A pipeline being run: the :class:`flowkit.interfaces.Run` that every hook receives."""
+
+    pipeline: Pipeline
+    directory: Path
+    hook: Any
+    quiet: bool = False
+    metrics: dict[str, Any] = attrs.Factory(dict)
+    #: The step a resumed run continues from (``None``: a run started afresh).
+    resumed_from: int | None = None
+    #: The SIGINT/SIGTERM handler of the run (training defers them to the end of a step).
+    signals: SignalGuard | None = None
+    #: The training state the train stage continues from (a checkpoint's ``TrainLoop.state_dict``):
+    #: set by a resumed run, ``None`` for a fresh one.
+    training_state: dict[str, Any] | None = None
+
+    @property
+    def source(self) -> str:
+        return self.pipeline.source
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.device.device
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.pipeline.dataset
+
+    @property
+    def path(self) -> ProbabilityPath:
+        return self.pipeline.path
+
+    @property
+    def model(self) -> Model:
+        return self.pipeline.model
+
+    def table(self, name: str) -> Any:
+        """The validated table ``name`` (``"train"``, ``"report"``, ...), ``None`` when absent."""
+        return self.pipeline.table(name)
+
+    def role(self, name: str, needed_by: str) -> nn.Module:
+        return self.pipeline.context.role(name, needed_by=needed_by)
+
+    def sample_times(self) -> Tensor:
+        return sample_times(self.pipeline)
