@@ -176,8 +176,8 @@ def test_no_plugin_imports_the_engine():
 
 
 def _flowkit_files() -> list[object]:
-    files = sorted((ROOT / "flowkit").rglob("*.py"))
-    return [pytest.param(path.relative_to(ROOT).as_posix(), id=path.relative_to(ROOT).as_posix()) for path in files]
+    relatives = [path.relative_to(ROOT).as_posix() for path in sorted((ROOT / "flowkit").rglob("*.py"))]
+    return [pytest.param(relative, id=relative) for relative in relatives]
 
 
 @pytest.mark.parametrize("relative", _flowkit_files())
