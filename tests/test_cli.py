@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+import flowkit
 from flowkit.cli import main
 
 
@@ -136,3 +139,9 @@ def test_a_zero_noise_floor_is_reported_not_a_crash(tmp_path, write_pipeline):
     assert result.exit_code == 0, result.output
     assert "ratio n/a: the noise floor is 0" in result.output
     assert f"run directory: {tmp_path / 'run'}" in result.output
+
+
+def test_version():
+    result = subprocess.run([sys.executable, "-m", "flowkit", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"flowkit, version {flowkit.__version__}"
