@@ -122,7 +122,7 @@ def _with(table: str, key: str, value: Any) -> dict[str, Any]:
 
 @FUZZ
 @given(doc=documents())
-# the findings of the issue that filed this test, always tried first
+# sizes too large to allocate and an unwritable directory, always tried first
 @example(doc=_with("run", "device", {"kind": "cpu", "threads": 10**12}))
 @example(doc=_with("train", "batch_size", 10**12))
 @example(doc=_with("evaluate", "floor_repeats", 2**63))

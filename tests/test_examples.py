@@ -17,7 +17,7 @@ EXACT = ["oracle-ode", "oracle-sde"]
 # Conditional image examples: the full run takes minutes (examples/README.md); the suite runs a few steps.
 IMAGES = ["digits"]
 # What each trained example must reach even with a quarter of its training (the full runs reach
-# ratios of 0.8-0.9, see examples/README.md): within 3x the noise floor, as the issue asks.
+# ratios of 0.8-0.9, see examples/README.md): within 3x the noise floor.
 SHORT_TRAINING = ["train.steps=3000", "train.warmup_steps=100"]
 
 

@@ -1,5 +1,6 @@
-"""The sharpest end-to-end checks (MATH.md, last section): the exact mixture field and score, simulated
-through the real pipeline, carry N(0, I) to the mixture; a network trained with CFM approaches that field."""
+"""The sharpest end-to-end checks (docs/math.md, "A ground truth to test against"): the exact mixture
+field and score, simulated through the real pipeline, carry N(0, I) to the mixture; a network trained
+with CFM approaches that field."""
 
 from __future__ import annotations
 
