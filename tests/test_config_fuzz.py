@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from flowkit.engine import build_pipeline
 from flowkit.errors import FlowkitError
 from flowkit.registry import PluginManager
+from flowkit.testing import make_manager
 
 TABLE_KEYS: dict[str, list[str]] = {
     "run": ["seed", "device", "out"],
@@ -95,7 +96,7 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def manager():
-    return PluginManager(warn=False)
+    return make_manager(warn=False)
 
 
 FUZZ = settings(

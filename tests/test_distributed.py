@@ -29,6 +29,7 @@ from flowkit.engine.rundir import read_status
 from flowkit.engine.seeds import stage_seed
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.registry import PluginManager
+from flowkit.testing import make_manager
 
 TESTS = Path(__file__).parent
 #: Steps of the multi-process runs: three log lines, checkpoints at 20 and 40 (all kept); no plots
@@ -48,7 +49,7 @@ TOLERANCE = 1e-6
 
 @pytest.fixture(scope="module")
 def manager() -> PluginManager:
-    return PluginManager(warn=False)
+    return make_manager(warn=False)
 
 
 @pytest.fixture

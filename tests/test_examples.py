@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flowkit.engine import build_pipeline, run_pipeline
-from flowkit.registry import PluginManager
+from flowkit.testing import make_manager
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -23,7 +23,7 @@ SHORT_TRAINING = ["train.steps=3000", "train.warmup_steps=100"]
 
 @pytest.fixture(scope="module")
 def manager():
-    return PluginManager()
+    return make_manager()
 
 
 def test_every_example_is_listed_here():

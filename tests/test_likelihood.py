@@ -298,9 +298,9 @@ def test_likelihood_is_off_by_default():
 def oracle_run(tmp_path_factory):
     """A finished run of examples/oracle-ode.toml, small, with [evaluate] likelihood on."""
     from flowkit.engine import run_pipeline
-    from flowkit.registry import PluginManager
+    from flowkit.testing import make_manager
 
-    manager = PluginManager(warn=False)
+    manager = make_manager(warn=False)
     overrides = [
         "sample.n=300",
         "sample.steps=10",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flowkit.engine import TrainLoop, build_pipeline, run_pipeline
-from flowkit.registry import PluginManager
+from flowkit.testing import make_manager
 
 ORACLE = """
 [run]
@@ -42,7 +42,7 @@ log = false
 
 @pytest.fixture(scope="module")
 def manager():
-    return PluginManager()
+    return make_manager()
 
 
 def ratio(write_pipeline, manager, tmp_path, preset, schedule, *overrides):

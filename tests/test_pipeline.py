@@ -14,13 +14,12 @@ from flowkit.engine import TrainLoop, build_pipeline, load_weights, run_pipeline
 from flowkit.errors import FlowkitError
 from flowkit.interfaces import ProbabilityPath
 from flowkit.params import param
-from flowkit.registry import PluginManager
 from flowkit.testing import make_manager
 
 
 @pytest.fixture(scope="module")
 def manager():
-    return PluginManager()
+    return make_manager()
 
 
 def run(path, manager, out, *overrides):
