@@ -162,9 +162,9 @@ def test_hutchinson_standard_error_is_sqrt_of_the_probe_variance_over_m_n(noise)
     time, with variance ``2 ||S||_F^2`` (Gaussian ``v``) or ``2 sum_{i != j} S_ij^2`` (Rademacher),
     ``S = (A + A^T) / 2``. Over ``t`` in ``[0, 1]`` the per-probe log-likelihoods of a point then
     spread by exactly that, and the reported error over ``n`` points and ``m`` probes is
-    ``sqrt(Var / (m n))``: here within 4% (its seed-to-seed spread is 0.9% Gaussian, 0.4%
-    Rademacher), where an error without the 1/m is twice it. It is also, to rounding,
-    ``sqrt(sum_i var_i / m) / n`` of the per-probe estimates themselves."""
+    ``sqrt(Var / (m n))``: within 4% (over 4 of its seed-to-seed standard deviations,
+    benchmarks/reference/test-notes.md), where an error without the 1/m is twice it. It is also, to
+    rounding, ``sqrt(sum_i var_i / m) / n`` of the per-probe estimates themselves."""
     a = torch.tensor([[0.5, 1.0, -0.3], [0.2, -0.4, 0.8], [-0.6, 0.1, 0.3]], dtype=torch.float64)
     s = (a + a.T) / 2
     off_diagonal = float((s * s).sum() - (s.diag() ** 2).sum())
@@ -206,7 +206,8 @@ def fixed_points(pipeline):
 )
 def test_fixed_step_likelihood_converges_with_the_solvers_order(simulator, order):
     """Differences of successive halvings, ``|L(n) - L(2n)| ~ n^-order``, on the asymmetric mixture's
-    exact velocity. RK4 is still pre-asymptotic here (local slopes 4.4 -> 4.2), hence 0.3."""
+    exact velocity. RK4 is still pre-asymptotic here, hence a band of 0.3 around its order
+    (benchmarks/reference/test-notes.md)."""
     pipeline = oracle("data.preset=asymmetric")
     x = pipeline.dataset.sample(50, generator=torch.Generator().manual_seed(3)).double()
     steps = [16, 32, 64, 128, 256] if order == 4 else [32, 64, 128, 256, 512]

@@ -236,7 +236,7 @@ def test_a_run_leaves_torchs_global_generator_alone(tmp_path):
     manager = make_manager()
     torch.manual_seed(11)
     before = torch.get_rng_state()
-    # The reporters run too (progress bars: quiet=False); plots are left out for time (3 s a run).
+    # The reporters run too (progress bars: quiet=False); plots are left out (matplotlib is slow).
     pipeline = build_pipeline(tiny_file(tmp_path), (), manager)
     assert torch.equal(before, torch.get_rng_state()), "building the pipeline consumed the global RNG"
     run_pipeline(pipeline, manager, out=str(tmp_path / "run"), quiet=False)
