@@ -6,6 +6,7 @@ import importlib
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,3 +94,40 @@ n = 200
 def tiny_pipeline(write_pipeline, tmp_path):
     """A pipeline that trains and samples in well under a second."""
     return write_pipeline(TINY.format(out=(tmp_path / "runs" / "{name}").as_posix()), "tiny.toml")
+
+
+def tiny_file(
+    tmp_path: Path,
+    extra: str = "",
+    name: str = "tiny.toml",
+    replace: dict[str, str] | None = None,
+    plots: bool = False,
+) -> Path:
+    """The tiny pipeline file, with ``replace`` substitutions of its text and ``extra`` tables appended;
+    without plots unless asked (matplotlib takes longer than the whole run)."""
+    text = TINY.format(out=(tmp_path / "runs" / "{name}").as_posix())
+    if not plots:
+        text += "\n[report]\nplots = false\n"
+    for old, new in (replace or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text + textwrap.dedent(extra))
+    return path
+
+
+def hook_plugin(name: str, **hooks: Any) -> tuple[str, Any]:
+    """A ``(name, plugin)`` pair of hook functions (each marked ``@hookimpl``)."""
+    from flowkit import hookimpl
+
+    return name, type(f"Plugin_{name}", (), {k: staticmethod(hookimpl(v)) for k, v in hooks.items()})()
+
+
+def registering_plugin(name: str, *entries: tuple[str, str, type]) -> tuple[str, Any]:
+    """A ``(name, plugin)`` pair registering each ``(kind, component name, class)`` of ``entries``."""
+
+    def flowkit_register(registry):
+        for kind, component, cls in entries:
+            registry.add(kind, component, cls)
+
+    return hook_plugin(name, flowkit_register=flowkit_register)

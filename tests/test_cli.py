@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+import flowkit
 from flowkit.cli import main
 
 
@@ -96,3 +99,49 @@ def test_cuda_requested_without_a_gpu_fails_before_any_work(tiny_pipeline, tmp_p
     assert result.exit_code == 1
     assert "device 'cuda' was requested but torch.cuda.is_available() is False" in result.output
     assert not (tmp_path / "never").exists()
+
+
+#: A run on a one-point dataset: every sample set of it is the same point, so the noise floor is 0.
+ONE_POINT = """
+data = { kind = "file", path = "one.npy" }
+
+[path]
+kind = "gaussian"
+
+[model]
+kind = "mlp"
+hidden = [16]
+
+[loss]
+kind = "cfm"
+
+[train]
+steps = 5
+
+[sample]
+simulator = "euler"
+steps = 2
+n = 20
+trajectories = 0
+
+[evaluate]
+n = 20
+
+[report]
+plots = false
+"""
+
+
+def test_a_zero_noise_floor_is_reported_not_a_crash(tmp_path, write_pipeline):
+    np.save(tmp_path / "one.npy", np.array([[1.0, 2.0]], dtype=np.float32))
+    path = write_pipeline(ONE_POINT)
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "ratio n/a: the noise floor is 0" in result.output
+    assert f"run directory: {tmp_path / 'run'}" in result.output
+
+
+def test_version():
+    result = subprocess.run([sys.executable, "-m", "flowkit", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"flowkit, version {flowkit.__version__}"

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
+import torch
 
+from flowkit import hookimpl
 from flowkit.config import apply_overrides, parse_override, read_toml
 from flowkit.engine import build_pipeline
 from flowkit.errors import CapabilityError, ConfigError
+from flowkit.interfaces import Component, TimeGrid
+from flowkit.params import component
 from flowkit.registry import PluginManager
+from flowkit.testing import make_manager
 
 BASE = """
 [data]
@@ -29,9 +35,25 @@ steps = 10
 """
 
 
+#: A pipeline with ``data`` given by the top-level shorthand, and no ``[train]`` table.
+SHORTHAND = """
+data = "moons"
+
+[path]
+kind = "gaussian"
+
+[model]
+kind = "mlp"
+hidden = [16]
+
+[loss]
+kind = "cfm"
+"""
+
+
 @pytest.fixture(scope="module")
 def manager():
-    return PluginManager()
+    return make_manager()
 
 
 def error_of(write_pipeline, manager, text, overrides=()):
@@ -169,3 +191,88 @@ def test_resolved_pipeline_round_trips(write_pipeline, manager, tmp_path):
     again = build_pipeline(again_path, (), manager)
     assert again.resolved(manager) | {"flowkit": None} == resolved | {"flowkit": None}
     assert read_toml(again_path)["train"]["steps"] == 10
+
+
+def test_non_finite_and_oversized_numbers_are_config_errors(write_pipeline, manager):
+    path = write_pipeline(SHORTHAND)
+    for override, expected in [
+        ("train.lr=inf", "[train] key 'lr' (from --set): expected a finite number, found inf"),
+        ("loss.logit_mean=nan", "[loss] key 'logit_mean' (from --set): expected a finite number, found nan"),
+        (
+            "train.lr=1" + "0" * 400,
+            "[train] key 'lr' (from --set): expected a number, found an integer of 401 digits",
+        ),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            build_pipeline(path, [override], manager)
+        assert str(err.value) == f"{path}: {expected}"
+
+
+def test_set_reaches_into_a_top_level_shorthand(write_pipeline, manager):
+    pipe = build_pipeline(write_pipeline(SHORTHAND), ["data.noise=0.2"], manager)
+    assert pipe.dataset.registered_name == "moons" and pipe.dataset.params.noise == 0.2
+
+
+def test_a_kind_added_by_a_plugin_works_as_a_nested_field(write_pipeline):
+    manager = make_manager(plugins=[("warps", WarpPlugin())])
+    pipe = build_pipeline(write_pipeline(SHORTHAND + '[sample]\ngrid = "warped"\n'), (), manager)
+    assert isinstance(pipe.sample.grid.params.warp, Square)
+
+
+class Warp(Component):
+    """A kind added by a plugin."""
+
+
+class Square(Warp):
+    """u -> u^2."""
+
+
+class WarpedGrid(TimeGrid):
+    """A uniform grid passed through a warp."""
+
+    @attrs.define(frozen=True)
+    class Params:
+        warp: Warp = component("square", doc="The warp.")
+
+    def __call__(self, steps, t_start, t_end):
+        return t_start + (t_end - t_start) * torch.linspace(0, 1, steps + 1) ** 2
+
+
+class WarpPlugin:
+    @hookimpl
+    def flowkit_register(self, registry):
+        registry.add_kind("warp", Warp)
+        registry.add("warp", "square", Square)
+        registry.add("timegrid", "warped", WarpedGrid)
+
+
+def test_one_unresolvable_annotation_leaves_the_other_fields_checked(tmp_path):
+    import sys
+
+    from flowkit.config import Location, Structurer
+    from flowkit.interfaces import BuildContext
+
+    source = (
+        "from __future__ import annotations\n"
+        "import attrs\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from nowhere import Missing\n"
+        "@attrs.define(frozen=True)\n"
+        "class Params:\n"
+        "    steps: int = 1\n"
+        "    other: Missing = None\n"
+    )
+    (tmp_path / "half_typed.py").write_text(source)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import half_typed
+
+        structurer = Structurer(PluginManager(entrypoints=False).registry, BuildContext())
+        warned = pytest.warns(UserWarning, match=r"half_typed\.Params\.other: annotation 'Missing' cannot be")
+        refused = pytest.raises(ConfigError, match=r"key 'steps': expected an integer, found \"lots\"")
+        with warned, refused:
+            structurer.structure(half_typed.Params, {"steps": "lots"}, Location("f.toml", ("grid",)))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("half_typed", None)

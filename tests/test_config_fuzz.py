@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from flowkit.engine import build_pipeline
 from flowkit.errors import FlowkitError
 from flowkit.registry import PluginManager
+from flowkit.testing import make_manager
 
 TABLE_KEYS: dict[str, list[str]] = {
     "run": ["seed", "device", "out"],
@@ -95,7 +96,7 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def manager():
-    return PluginManager(warn=False)
+    return make_manager(warn=False)
 
 
 FUZZ = settings(
@@ -122,7 +123,7 @@ def _with(table: str, key: str, value: Any) -> dict[str, Any]:
 
 @FUZZ
 @given(doc=documents())
-# the findings of the issue that filed this test, always tried first
+# sizes too large to allocate and an unwritable directory, always tried first
 @example(doc=_with("run", "device", {"kind": "cpu", "threads": 10**12}))
 @example(doc=_with("train", "batch_size", 10**12))
 @example(doc=_with("evaluate", "floor_repeats", 2**63))

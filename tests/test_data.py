@@ -12,9 +12,10 @@ from flowkit_data.files import FileDataset
 from flowkit_data.images import Digits, ImageFile
 from flowkit_data.toy import Checkerboard, Circles, EightGaussians, Moons
 
+from flowkit.engine import build_pipeline
 from flowkit.errors import FlowkitError
 from flowkit.interfaces import BuildContext
-from flowkit.testing import check_component
+from flowkit.testing import check_component, make_manager
 
 TOYS = [Moons, Circles, EightGaussians, Checkerboard]
 N = 100_000
@@ -251,3 +252,34 @@ def test_file_dataset_errors_name_the_file(tmp_path):
         f"data file '{f / 'ints.pt'}' holds torch.int32 values; expected floating point samples "
         "(convert with tensor.float())"
     )
+
+
+#: A pipeline around a ``file`` dataset reading ``{path}``.
+FILE_PIPELINE = """
+data = {{ kind = "file", path = "{path}" }}
+
+[path]
+kind = "gaussian"
+
+[model]
+kind = "mlp"
+hidden = [16]
+
+[loss]
+kind = "cfm"
+"""
+
+
+def test_an_empty_data_file_is_a_clear_error(tmp_path, write_pipeline):
+    (tmp_path / "empty.npy").write_bytes(b"")
+    path = write_pipeline(FILE_PIPELINE.format(path="empty.npy"))
+    with pytest.raises(FlowkitError) as err:
+        build_pipeline(path, (), make_manager())
+    assert str(err.value).endswith("is not a readable .npy array: No data left in file")
+
+
+def test_the_resolved_pipeline_finds_a_relative_data_file(tmp_path, write_pipeline):
+    np.save(tmp_path / "points.npy", np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32))
+    path = write_pipeline(FILE_PIPELINE.format(path="points.npy"))
+    pipe = build_pipeline(path, (), make_manager())
+    assert pipe.resolved()["data"]["path"] == str((tmp_path / "points.npy").resolve())

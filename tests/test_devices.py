@@ -9,17 +9,20 @@ import os
 import subprocess
 import sys
 import types
+from typing import Any
 
 import flowkit_devices
 import pytest
 import torch
+from conftest import hook_plugin, registering_plugin, tiny_file
 from flowkit_devices import backends
 from flowkit_devices.backends import AutoBackend, CPUBackend, CUDABackend
-from torch import nn
+from torch import Tensor, nn
 
+from flowkit.engine import build_pipeline, run_pipeline
 from flowkit.errors import FlowkitError
 from flowkit.interfaces import BuildContext
-from flowkit.testing import check_component
+from flowkit.testing import check_component, make_manager
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -402,3 +405,65 @@ def test_compiled_module_matches_eager():
     x = torch.randn(256, 3, device=backend.device)
     assert torch.allclose(compiled(x), net(x), atol=1e-5, rtol=1e-5)
     assert set(map(id, compiled.parameters())) == set(map(id, net.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# prepare_module: the module it returns is what every stage calls
+# ---------------------------------------------------------------------------------------------------
+
+
+class CountingModule(nn.Module):
+    """Calls the module it wraps and counts the forward calls."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        self.calls += 1
+        return self.inner(x, t)
+
+
+class CountingBackend(CPUBackend):
+    """The CPU, with every prepared module wrapped in a :class:`CountingModule`."""
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self.prepared: list[CountingModule] = []
+
+    def prepare_module(self, module: nn.Module) -> nn.Module:
+        wrapper = CountingModule(super().prepare_module(module))
+        self.prepared.append(wrapper)
+        return wrapper
+
+
+def test_the_prepared_module_is_what_training_and_sampling_call(tmp_path):
+    calls_at: dict[str, int] = {}
+
+    def flowkit_stage(run, stage, state):
+        calls_at[f"{stage}:{state}"] = run.pipeline.network.calls
+
+    manager = make_manager(
+        plugins=[
+            registering_plugin("counting", ("device", "counting", CountingBackend)),
+            hook_plugin("watch", flowkit_stage=flowkit_stage),
+        ]
+    )
+    path = tiny_file(tmp_path, replace={"seed = 3": 'seed = 3\ndevice = { kind = "counting" }'})
+    pipeline = build_pipeline(path, (), manager)
+    backend = pipeline.device
+    assert isinstance(backend, CountingBackend)
+    assert len(backend.prepared) == 1
+    wrapper = backend.prepared[0]
+    assert pipeline.network is wrapper
+    assert wrapper.inner is pipeline.model  # it shares the model's parameters
+    assert wrapper.calls == 0  # building calls no forward pass
+    run_pipeline(pipeline, manager, out=str(tmp_path / "run"), quiet=True)
+    steps = pipeline.train.steps
+    trained = calls_at["train:end"] - calls_at["train:start"]
+    sampled = calls_at["sample:end"] - calls_at["sample:start"]
+    assert trained >= steps
+    # euler: one evaluation per step for the samples and again for the recorded trajectories
+    assert sampled >= pipeline.sample.steps
+    assert wrapper.calls == calls_at["evaluate:end"]

@@ -29,6 +29,7 @@ from flowkit.engine.rundir import read_status
 from flowkit.engine.seeds import stage_seed
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.registry import PluginManager
+from flowkit.testing import make_manager
 
 TESTS = Path(__file__).parent
 #: Steps of the multi-process runs: three log lines, checkpoints at 20 and 40 (all kept); no plots
@@ -48,7 +49,7 @@ TOLERANCE = 1e-6
 
 @pytest.fixture(scope="module")
 def manager() -> PluginManager:
-    return PluginManager(warn=False)
+    return make_manager(warn=False)
 
 
 @pytest.fixture
@@ -132,7 +133,7 @@ def test_resuming_with_another_world_size_continues_saved_ranks_and_rederives_th
             expected = torch.Generator().manual_seed(rank_seed(3, "data", 1, resumed_at=5)).get_state()
         assert torch.equal(loop.data_gen.get_state(), expected)
     old = {key: value for key, value in state.items() if key not in ("rank_generators", "world_size")}
-    world(0, 1)  # a checkpoint of flowkit before this issue: its one set of generators
+    world(0, 1)  # a checkpoint from before per-rank generators: its one set of generators
     loop = TrainLoop(build_pipeline(file, [], manager))
     loop.load_state_dict(old)
     assert torch.equal(loop.loss_gen.get_state(), state["generators"]["loss"])
@@ -500,7 +501,7 @@ def test_a_two_rank_run_extends_in_one_process(two_ranks, tmp_path, manager):
 
 
 # ---------------------------------------------------------------------------------------------------
-# OT-CFM paired a step ahead (issue 13): each rank its own worker and its own plan
+# OT-CFM paired a step ahead: each rank its own worker and its own plan
 # ---------------------------------------------------------------------------------------------------
 
 EXACT_OT = ["loss.coupling=exact-ot"]

@@ -16,8 +16,7 @@ from flowkit_simulators.timegrids import UniformGrid
 
 from flowkit.engine import build_pipeline, run_pipeline
 from flowkit.errors import CapabilityError, FlowkitError
-from flowkit.registry import PluginManager
-from flowkit.testing import check_component
+from flowkit.testing import check_component, make_manager
 
 THETA = 1.3
 TOLS = [1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8]
@@ -65,7 +64,7 @@ def test_is_a_valid_simulator_component():
 
 
 def test_is_registered_as_dopri5():
-    manager = PluginManager()
+    manager = make_manager()
     assert manager.registry.get("simulator", "dopri5").cls is Dopri5Simulator
 
 
@@ -184,7 +183,7 @@ def test_runs_through_the_engine_uncaptured(tmp_path):
     text = text.replace('simulator = "euler"', 'simulator = { kind = "dopri5", rtol = 1e-4, atol = 1e-4 }')
     path = tmp_path / "tiny.toml"
     path.write_text(text)
-    manager = PluginManager()
+    manager = make_manager()
     pipeline = build_pipeline(path, (), manager)
     assert pipeline.capture is False  # decided when built
     run = run_pipeline(pipeline, manager, out=str(tmp_path / "run"), quiet=True)
@@ -196,7 +195,7 @@ def test_runs_through_the_engine_uncaptured(tmp_path):
 
 @pytest.mark.slow
 def test_oracle_sampled_with_dopri5_is_within_1_5_times_the_noise_floor(tmp_path):
-    manager = PluginManager()
+    manager = make_manager()
     pipeline = build_pipeline(EXAMPLES / "oracle-ode.toml", ['sample.simulator={kind="dopri5"}'], manager)
     metrics = run_pipeline(pipeline, manager, out=str(tmp_path / "oracle"), quiet=True).metrics
     assert metrics["nfe"] > 0 and metrics["sampler_captured"] is False

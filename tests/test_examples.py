@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flowkit.engine import build_pipeline, run_pipeline
-from flowkit.registry import PluginManager
+from flowkit.testing import make_manager
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -17,13 +17,13 @@ EXACT = ["oracle-ode", "oracle-sde"]
 # Conditional image examples: the full run takes minutes (examples/README.md); the suite runs a few steps.
 IMAGES = ["digits"]
 # What each trained example must reach even with a quarter of its training (the full runs reach
-# ratios of 0.8-0.9, see examples/README.md): within 3x the noise floor, as the issue asks.
+# ratios of 0.8-0.9, see examples/README.md): within 3x the noise floor.
 SHORT_TRAINING = ["train.steps=3000", "train.warmup_steps=100"]
 
 
 @pytest.fixture(scope="module")
 def manager():
-    return PluginManager()
+    return make_manager()
 
 
 def test_every_example_is_listed_here():

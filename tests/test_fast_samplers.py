@@ -20,7 +20,6 @@ from flowkit.engine import build_pipeline
 from flowkit.errors import CapabilityError, ConfigError
 from flowkit.interfaces import ProbabilityPath
 from flowkit.params import param
-from flowkit.registry import PluginManager
 from flowkit.testing import check_component, make_manager
 
 ORACLE = EXAMPLES / "oracle-ode.toml"
@@ -57,8 +56,8 @@ def _slope(simulator, grid, schedule: str = "ot") -> tuple[float, list[float]]:
 def test_is_a_valid_registered_simulator(cls):
     check_component("simulator", cls)
     names = {DPMSolverPlusPlus: "dpm-solver++", EDMSampler: "edm"}
-    assert PluginManager().registry.get("simulator", names[cls]).cls is cls
-    assert PluginManager().registry.get("timegrid", "karras").cls is KarrasGrid
+    assert make_manager().registry.get("simulator", names[cls]).cls is cls
+    assert make_manager().registry.get("timegrid", "karras").cls is KarrasGrid
 
 
 # -- order and NFE on the exact oracle --------------------------------------------------------------

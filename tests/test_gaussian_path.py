@@ -1,4 +1,5 @@
-"""Schedules and the Gaussian path against MATH.md: boundary values, derivatives, targets, conversions."""
+"""Schedules and the Gaussian path against docs/math.md: boundary values, derivatives, targets and
+conversions."""
 
 from __future__ import annotations
 
@@ -43,9 +44,9 @@ def schedule_name(request):
 # Schedules
 # ------------------------------------------------------------------------------------------------
 
-VP_ALPHA_0 = math.exp(-0.5 * (0.1 + 0.5 * (20 - 0.1)))  # exp(-B(1)/2), MATH.md: about 0.0066
+VP_ALPHA_0 = math.exp(-0.5 * (0.1 + 0.5 * (20 - 0.1)))  # exp(-B(1)/2), docs/math.md: about 0.0066
 
-BOUNDARIES = {  # (alpha_0, beta_0, alpha_1, beta_1) as MATH.md gives them
+BOUNDARIES = {  # (alpha_0, beta_0, alpha_1, beta_1) as docs/math.md gives them
     "ot": (0.0, 1.0, 1.0, 0.0),
     "ot-sigma": (0.0, 1.0, 1.0, 0.05),
     "vp": (VP_ALPHA_0, math.sqrt(1 - VP_ALPHA_0**2), 1.0, 0.0),

@@ -18,7 +18,7 @@ from flowkit.engine import build_pipeline, run_pipeline
 from flowkit.engine.guidance import GuidedScore, GuidedVelocity, sample_labels
 from flowkit.engine.loop import TrainLoop
 from flowkit.errors import CapabilityError, ConfigError, FlowkitError
-from flowkit.registry import PluginManager
+from flowkit.testing import make_manager
 
 TINY_DIGITS = {
     "run": {"seed": 3},
@@ -34,7 +34,7 @@ TINY_DIGITS = {
 
 @pytest.fixture(scope="module")
 def manager():
-    return PluginManager(warn=False)
+    return make_manager(warn=False)
 
 
 @pytest.fixture(scope="module")

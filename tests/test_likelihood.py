@@ -21,7 +21,7 @@ from scipy import stats
 
 from flowkit.api import load_pipeline
 from flowkit.engine import build_pipeline
-from flowkit.engine.likelihood import evaluate_likelihood, log_likelihood
+from flowkit.engine.likelihood import evaluate_likelihood, log_likelihood, summarize
 from flowkit.engine.sections import DequantizeSection, LikelihoodSection
 from flowkit.errors import CapabilityError, ConfigError, FlowkitError
 
@@ -156,6 +156,44 @@ def test_hutchinson_standard_error_is_the_probes_spread():
     assert 0.5 < spread / float(np.mean(errors)) < 1.5, (spread, np.mean(errors))
 
 
+@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+def test_hutchinson_standard_error_is_sqrt_of_the_probe_variance_over_m_n(noise):
+    """For ``u(x) = A x`` each probe's divergence estimate ``v^T A v`` is the same at every ``x`` and
+    time, with variance ``2 ||S||_F^2`` (Gaussian ``v``) or ``2 sum_{i != j} S_ij^2`` (Rademacher),
+    ``S = (A + A^T) / 2``. Over ``t`` in ``[0, 1]`` the per-probe log-likelihoods of a point then
+    spread by exactly that, and the reported error over ``n`` points and ``m`` probes is
+    ``sqrt(Var / (m n))``: within 4% (over 4 of its seed-to-seed standard deviations,
+    benchmarks/reference/test-notes.md), where an error without the 1/m is twice it. It is also, to
+    rounding, ``sqrt(sum_i var_i / m) / n`` of the per-probe estimates themselves."""
+    a = torch.tensor([[0.5, 1.0, -0.3], [0.2, -0.4, 0.8], [-0.6, 0.1, 0.3]], dtype=torch.float64)
+    s = (a + a.T) / 2
+    off_diagonal = float((s * s).sum() - (s.diag() ** 2).sum())
+    variance = 2 * float((s * s).sum()) if noise == "gaussian" else 2 * off_diagonal
+    n, m = 4000, 4
+    x = torch.randn(n, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    result = log_likelihood(
+        FlowODE(velocity=lambda x, t: x @ a.T),
+        EulerSimulator(),
+        GaussianPath().prior_log_prob,
+        x,
+        torch.linspace(0, 1, 5, dtype=torch.float64),
+        estimator="hutchinson",
+        probes=m,
+        noise=noise,
+        generator=torch.Generator().manual_seed(0),
+    )
+    reported = summarize(
+        result.log_prob,
+        result.per_probe,
+        (3,),
+        LikelihoodSection(estimator="hutchinson", probes=m, noise=noise),
+    )
+    assert reported["probes"] == m
+    assert reported["nll_std_error"] == pytest.approx(math.sqrt(variance / (m * n)), rel=0.04)
+    spread = result.per_probe.var(dim=1)  # (n,): each point's probes, unbiased
+    assert reported["nll_std_error"] == pytest.approx(math.sqrt(float(spread.sum()) / m) / n, rel=1e-12)
+
+
 def fixed_points(pipeline):
     return pipeline.dataset.sample(200, generator=torch.Generator().manual_seed(99))
 
@@ -168,7 +206,8 @@ def fixed_points(pipeline):
 )
 def test_fixed_step_likelihood_converges_with_the_solvers_order(simulator, order):
     """Differences of successive halvings, ``|L(n) - L(2n)| ~ n^-order``, on the asymmetric mixture's
-    exact velocity. RK4 is still pre-asymptotic here (local slopes 4.4 -> 4.2), hence 0.3."""
+    exact velocity. RK4 is still pre-asymptotic here, hence a band of 0.3 around its order
+    (benchmarks/reference/test-notes.md)."""
     pipeline = oracle("data.preset=asymmetric")
     x = pipeline.dataset.sample(50, generator=torch.Generator().manual_seed(3)).double()
     steps = [16, 32, 64, 128, 256] if order == 4 else [32, 64, 128, 256, 512]
@@ -298,9 +337,9 @@ def test_likelihood_is_off_by_default():
 def oracle_run(tmp_path_factory):
     """A finished run of examples/oracle-ode.toml, small, with [evaluate] likelihood on."""
     from flowkit.engine import run_pipeline
-    from flowkit.registry import PluginManager
+    from flowkit.testing import make_manager
 
-    manager = PluginManager(warn=False)
+    manager = make_manager(warn=False)
     overrides = [
         "sample.n=300",
         "sample.steps=10",

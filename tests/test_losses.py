@@ -1,4 +1,4 @@
-"""CFM and DSM: targets, roles, capability errors, and the gradient identities of MATH.md ("Losses").
+"""CFM and DSM: targets, roles, capability errors, and the gradient identities of docs/math.md ("Losses").
 
 The gradient tests check ``grad L_CFM == grad L_FM`` and ``grad L_DSM == grad L_SM`` (same weighting)
 for a small fixed network, with the exact marginal field of a Gaussian mixture (the oracle) as the
@@ -158,7 +158,7 @@ def test_dsm_and_score_matching_have_the_same_gradient(weighting):
 
 
 def test_cfm_on_the_ot_path_is_the_straight_line_regression():
-    # MATH.md: with sigma_min = 0, E || u((1 - t) x0 + t z) - (z - x0) ||^2
+    # docs/math.md: with sigma_min = 0, E || u((1 - t) x0 + t z) - (z - x0) ||^2
     path, loss, net = gaussian_path(OTSchedule()), CFMLoss(), TinyNet()
     role = loss.model_role(net, path)
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""The Gaussian-mixture dataset and its exact oracle (MATH.md, "A ground truth to test against")."""
+"""The Gaussian-mixture dataset and its exact oracle (docs/math.md, "A ground truth to test against")."""
 
 from __future__ import annotations
 
@@ -194,7 +194,8 @@ def test_samples_are_deterministic_and_float32():
 
 
 def test_samples_are_float32_with_the_moments_when_the_default_dtype_is_float64():
-    # The cached factors are float32; the noise used to take the default dtype and einsum refused.
+    # The cached factors are float32: noise drawn in the default dtype (float64 here) would not einsum
+    # with them.
     data = GaussianMixture()
     weights, means, covs = data.mixture_parameters()
     n = 200_000

@@ -1,5 +1,6 @@
-"""The sharpest end-to-end checks (MATH.md, last section): the exact mixture field and score, simulated
-through the real pipeline, carry N(0, I) to the mixture; a network trained with CFM approaches that field."""
+"""The sharpest end-to-end checks (docs/math.md, "A ground truth to test against"): the exact mixture
+field and score, simulated through the real pipeline, carry N(0, I) to the mixture; a network trained
+with CFM approaches that field."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from flowkit.engine import TrainLoop, build_pipeline, run_pipeline
-from flowkit.registry import PluginManager
+from flowkit.testing import make_manager
 
 ORACLE = """
 [run]
@@ -41,7 +42,7 @@ log = false
 
 @pytest.fixture(scope="module")
 def manager():
-    return PluginManager()
+    return make_manager()
 
 
 def ratio(write_pipeline, manager, tmp_path, preset, schedule, *overrides):

@@ -280,8 +280,8 @@ def test_a_signal_then_resume_is_bitwise_the_uninterrupted_exact_ot_run(tmp_path
         if step == 17 and run.resumed_from is None:
             os.kill(os.getpid(), signal.SIGINT)
 
-    reference = _run(file, PluginManager(warn=False), tmp_path / "ref").directory
-    manager = PluginManager(warn=False, plugins=[_plugin("sig", flowkit_train_step=flowkit_train_step)])
+    reference = _run(file, make_manager(warn=False), tmp_path / "ref").directory
+    manager = make_manager(warn=False, plugins=[_plugin("sig", flowkit_train_step=flowkit_train_step)])
     out = tmp_path / "stopped"
     with pytest.raises(Interrupted, match="at training step 17 of 30"):
         _run(file, manager, out)
@@ -290,7 +290,7 @@ def test_a_signal_then_resume_is_bitwise_the_uninterrupted_exact_ot_run(tmp_path
     resume_run(out, manager, quiet=True, command="test")
     assert pairing_threads() == []
     _same_run(reference, out)
-    twice = _run(file, PluginManager(warn=False), tmp_path / "again").directory
+    twice = _run(file, make_manager(warn=False), tmp_path / "again").directory
     _same_run(reference, twice)  # the same seed, another run: the same weights and samples
 
 
@@ -307,7 +307,7 @@ def test_a_solver_error_reaches_the_training_thread_with_its_message(tmp_path, m
 
     monkeypatch.setattr(ExactOT, "solve", failing)
     with pytest.raises(PairingError) as err:
-        _run(file, PluginManager(warn=False), tmp_path / "failing")
+        _run(file, make_manager(warn=False), tmp_path / "failing")
     assert isinstance(err.value, FlowkitError)
     assert str(err.value) == (
         "training step 4: pairing noise and data failed (loss 'cfm'): ValueError: the simplex lost its way"
@@ -323,7 +323,7 @@ def test_the_worker_is_gone_after_an_exception_in_a_hook_and_after_divergence(tm
         if step == 7:
             raise RuntimeError("a hook failed")
 
-    broken = PluginManager(warn=False, plugins=[_plugin("boom", flowkit_train_step=flowkit_train_step)])
+    broken = make_manager(warn=False, plugins=[_plugin("boom", flowkit_train_step=flowkit_train_step)])
     with pytest.raises(RuntimeError, match="a hook failed") as err:
         _run(file, broken, tmp_path / "hook")
     assert pairing_threads() == []
@@ -334,7 +334,7 @@ def test_the_worker_is_gone_after_an_exception_in_a_hook_and_after_divergence(tm
             with torch.no_grad():
                 next(run.pipeline.model.parameters()).fill_(float("nan"))
 
-    nan = PluginManager(warn=False, plugins=[_plugin("nan", flowkit_train_step=poison)])
+    nan = make_manager(warn=False, plugins=[_plugin("nan", flowkit_train_step=poison)])
     with pytest.raises(FlowkitError, match="training diverged at step 13"):
         _run(file, nan, tmp_path / "nan")
     assert pairing_threads() == []
@@ -347,7 +347,7 @@ def test_the_independent_coupling_starts_no_thread_and_saves_what_it_did(tmp_pat
     def flowkit_train_step(run, step: int, loss) -> None:
         seen.append(pairing_threads())
 
-    manager = PluginManager(warn=False, plugins=[_plugin("watch", flowkit_train_step=flowkit_train_step)])
+    manager = make_manager(warn=False, plugins=[_plugin("watch", flowkit_train_step=flowkit_train_step)])
     done = _run(file, manager, tmp_path / "independent")
     assert len(seen) == 30 and not any(seen)
     state = torch.load(done.directory / "checkpoint-0000030.pt", weights_only=True)

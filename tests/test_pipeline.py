@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import numpy as np
 import pytest
 import torch
+from conftest import registering_plugin, tiny_file
 
 from flowkit.engine import TrainLoop, build_pipeline, load_weights, run_pipeline, stage_seed
 from flowkit.errors import FlowkitError
-from flowkit.registry import PluginManager
+from flowkit.interfaces import ProbabilityPath
+from flowkit.params import param
+from flowkit.testing import make_manager
 
 
 @pytest.fixture(scope="module")
 def manager():
-    return PluginManager()
+    return make_manager()
 
 
 def run(path, manager, out, *overrides):
@@ -151,8 +155,8 @@ def test_weight_average_is_the_warmed_up_ema():
         opt.step()
         mine.update()
         d = min(0.9, (1 + k) / (10 + k))
-        for name, param in net.named_parameters():
-            expected[name] = d * expected[name] + (1 - d) * param.detach()
+        for name, weight in net.named_parameters():
+            expected[name] = d * expected[name] + (1 - d) * weight.detach()
     averaged = mine.state_dict()
     for name, value in expected.items():
         assert torch.allclose(averaged[name], value, atol=1e-6), name
@@ -174,3 +178,66 @@ def test_weight_average_forgets_the_initial_weights():
     for _ in range(1000):
         average.update()
     assert average.state_dict()["weight"].item() > 0.99
+
+
+# ---------------------------------------------------------------------------------------------------
+# Randomness of a third-party path, and torch's global generator
+# ---------------------------------------------------------------------------------------------------
+
+
+class StochasticInterpolant(ProbabilityPath):
+    """``x = (1 - t) x0 + t z + gamma(t) w`` with ``gamma(t) = scale t (1 - t)`` and ``w ~ N(0, I)``."""
+
+    @attrs.define(frozen=True)
+    class Params:
+        scale: float = param(0.5, doc="Amplitude of the latent noise gamma.")
+
+    def sample_prior(self, shape, generator=None, device=None):
+        return torch.randn(shape, generator=generator, device=device)
+
+    def _draw(self, z, t, noise, generator):
+        x0 = noise if noise is not None else torch.randn(z.shape, generator=generator, dtype=z.dtype)
+        w = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        tb = t.reshape(-1, *([1] * (z.dim() - 1)))
+        gamma, d_gamma = self.params.scale * tb * (1 - tb), self.params.scale * (1 - 2 * tb)
+        return (1 - tb) * x0 + tb * z + gamma * w, z - x0 + d_gamma * w
+
+    def sample(self, z, t, noise=None, generator=None):
+        return self._draw(z, t, noise, generator)[0]
+
+    def sample_with_target(self, z, t, noise=None, generator=None):
+        return self._draw(z, t, noise, generator)
+
+    def target_velocity(self, x, z, t):
+        tb = t.reshape(-1, *([1] * (z.dim() - 1)))
+        return (z - x) / (1 - tb).clamp_min(1e-3)
+
+
+def test_a_path_with_extra_randomness_draws_it_from_the_runs_generators(tmp_path):
+    manager = make_manager(
+        plugins=[registering_plugin("interpolant", ("path", "interpolant", StochasticInterpolant))]
+    )
+    path = tiny_file(
+        tmp_path, replace={'kind = "gaussian"\nschedule = { kind = "ot" }': 'kind = "interpolant"'}
+    )
+    torch.manual_seed(1)  # the global generator differs between the runs: it must not matter
+    a = run(path, manager, tmp_path / "a")
+    torch.manual_seed(2)
+    b = run(path, manager, tmp_path / "b")
+    c = run(path, manager, tmp_path / "c", "run.seed=4")
+    first, second, other = (np.load(r.directory / "samples.npy") for r in (a, b, c))
+    assert isinstance(a.pipeline.path, StochasticInterpolant)
+    assert np.isfinite(first).all()
+    assert np.array_equal(first, second)
+    assert not np.array_equal(first, other)
+
+
+def test_a_run_leaves_torchs_global_generator_alone(tmp_path):
+    manager = make_manager()
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    # The reporters run too (progress bars: quiet=False); plots are left out (matplotlib is slow).
+    pipeline = build_pipeline(tiny_file(tmp_path), (), manager)
+    assert torch.equal(before, torch.get_rng_state()), "building the pipeline consumed the global RNG"
+    run_pipeline(pipeline, manager, out=str(tmp_path / "run"), quiet=False)
+    assert torch.equal(before, torch.get_rng_state()), "the run consumed the global RNG"

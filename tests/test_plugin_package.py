@@ -5,11 +5,14 @@ the build runs without isolation on this environment's setuptools (>= 70.1, from
 builds wheels without the ``wheel`` package).
 
 This environment is never modified: the package is copied and built in a temporary folder and
-installed into a temporary virtual environment.
+installed into a temporary virtual environment. That environment sees this one's packages except its
+third-party flowkit plugins, so the tests pass whether or not ``pip install ./examples/plugin-package``
+(or any other plugin) was run here.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -64,12 +67,41 @@ def site_directories() -> list[str]:
     return [d for d in dict.fromkeys(found) if Path(d).is_dir()]
 
 
+def third_party_plugins_in(directory: Path) -> set[str]:
+    """The top-level names in the site folder ``directory`` that belong to a distribution with
+    ``flowkit`` entry points other than flowkit itself (its modules, dist-info, ``.pth`` files)."""
+    hidden: set[str] = set()
+    for dist in importlib.metadata.distributions(path=[str(directory)]):
+        if dist.metadata["Name"] == "flowkit" or not any(ep.group == "flowkit" for ep in dist.entry_points):
+            continue
+        for file in dist.files or ():
+            top = Path(file).parts[0] if Path(file).parts else ""
+            if top not in ("", "..", "__pycache__"):
+                hidden.add(top)
+    return hidden
+
+
+def without_third_party_plugins(directory: Path, view: Path) -> Path:
+    """``directory`` itself when it holds no third-party flowkit plugin; otherwise ``view``, a folder of
+    links to everything else in it."""
+    hidden = third_party_plugins_in(directory)
+    if not hidden:
+        return directory
+    view.mkdir()
+    for entry in directory.iterdir():
+        if entry.name not in hidden:
+            (view / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    return view
+
+
 class Environment:
-    """A virtual environment that sees this environment's packages (flowkit, torch, pytest, setuptools).
+    """A virtual environment that sees this environment's packages (flowkit, torch, pytest, setuptools)
+    but none of its third-party flowkit plugins.
 
     ``--system-site-packages`` would not do: made from a virtual environment, it shows the packages of
     the base interpreter instead. This environment's site folders are added through a ``.pth`` file,
-    after the new environment's own.
+    after the new environment's own; a folder holding a third-party plugin is replaced by a view of
+    links without it (else an installed flowkit-extras would outlive ``pip uninstall`` in this one).
     """
 
     def __init__(self, root: Path) -> None:
@@ -88,7 +120,11 @@ class Environment:
             text=True,
             check=True,
         ).stdout.strip()
-        lines = "".join(ADD_SITE.format(d) for d in site_directories())
+        views = [
+            without_third_party_plugins(Path(d), root / f"site-view-{i}")
+            for i, d in enumerate(site_directories())
+        ]
+        lines = "".join(ADD_SITE.format(str(d)) for d in views)
         (Path(purelib) / "_outer_environment.pth").write_text(lines, encoding="utf-8")
         self.present = False
         self.env = {k: v for k, v in os.environ.items() if k not in ("FLOWKIT_DISABLE_PLUGINS", "PYTHONPATH")}

@@ -6,12 +6,15 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import tiny_file
 
 import flowkit
 from flowkit.cli import main
-from flowkit.errors import PluginError, RegistryError
+from flowkit.engine import build_pipeline
+from flowkit.errors import FlowkitError, PluginError, RegistryError
 from flowkit.interfaces import Schedule
 from flowkit.registry import ComponentRegistry, FlowkitPluginWarning, PluginManager
+from flowkit.testing import make_manager
 
 BUILTINS = {
     "gaussian": {
@@ -254,3 +257,12 @@ def test_importing_flowkit_loads_no_plugin():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_component_of_a_blocked_plugin_names_the_plugin(tmp_path):
+    path = tiny_file(tmp_path, replace={'simulator = "euler"': 'simulator = "heun"'})
+    with pytest.raises(FlowkitError) as err:
+        build_pipeline(path, (), make_manager(blocked=["simulators"], warn=False))
+    message = str(err.value)
+    assert "[sample] key 'simulator'" in message and "unknown simulator 'heun'" in message
+    assert "Blocked plugins, which may provide it: 'simulators'" in message

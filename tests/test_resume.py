@@ -27,14 +27,14 @@ from flowkit.engine.checkpoints import FORMAT, list_checkpoints, load_state, new
 from flowkit.engine.interrupts import Interrupted
 from flowkit.engine.rundir import read_status, write_atomic
 from flowkit.errors import ConfigError, FlowkitError
-from flowkit.registry import PluginManager
+from flowkit.testing import make_manager
 
 STEPS = ["train.steps=60", "train.checkpoint_every=20", "train.log_every=10"]
 
 
 @pytest.fixture(scope="module")
 def manager():
-    return PluginManager(warn=False)
+    return make_manager(warn=False)
 
 
 def _plugin(name: str, **hooks: Any) -> tuple[str, Any]:
@@ -79,7 +79,7 @@ def _signal_at(step: int, signum: int) -> tuple[str, Any]:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_checkpoints_the_step_and_resume_is_bitwise_identical(reference, tmp_path, signum):
     pipeline_file, ref = reference
-    manager = PluginManager(warn=False, plugins=[_signal_at(33, signum)])
+    manager = make_manager(warn=False, plugins=[_signal_at(33, signum)])
     out = tmp_path / "stopped"
     with pytest.raises(Interrupted) as err:
         _run(pipeline_file, manager, out)
@@ -188,7 +188,7 @@ def _poison_at(step: int) -> tuple[str, Any]:
 
 def test_divergence_names_its_step_keeps_only_finite_checkpoints_and_resumes(reference, tmp_path):
     pipeline_file, ref = reference
-    manager = PluginManager(warn=False, plugins=[_poison_at(45)])
+    manager = make_manager(warn=False, plugins=[_poison_at(45)])
     out = tmp_path / "div"
     with pytest.raises(FlowkitError) as err:
         _run(pipeline_file, manager, out)
@@ -215,7 +215,7 @@ def test_divergence_names_its_step_keeps_only_finite_checkpoints_and_resumes(ref
 
 def test_weights_poisoned_on_a_checkpoint_step_are_never_saved(reference, tmp_path):
     pipeline_file, _ = reference
-    manager = PluginManager(warn=False, plugins=[_poison_at(40)])
+    manager = make_manager(warn=False, plugins=[_poison_at(40)])
     with pytest.raises(
         FlowkitError, match=r"training diverged at step 40 \(non-finite weights after the update\)"
     ):
@@ -225,7 +225,7 @@ def test_weights_poisoned_on_a_checkpoint_step_are_never_saved(reference, tmp_pa
 
 def test_resume_with_a_lower_learning_rate_uses_it_from_the_first_step(reference, tmp_path, manager):
     pipeline_file, _ = reference
-    poisoned = PluginManager(warn=False, plugins=[_poison_at(45)])
+    poisoned = make_manager(warn=False, plugins=[_poison_at(45)])
     out = tmp_path / "div"
     with pytest.raises(FlowkitError):
         _run(pipeline_file, poisoned, out)
@@ -234,7 +234,7 @@ def test_resume_with_a_lower_learning_rate_uses_it_from_the_first_step(reference
     def flowkit_log(run, step, metrics) -> None:
         seen.append(metrics["lr"])
 
-    watcher = PluginManager(warn=False, plugins=[_plugin("lr", flowkit_log=flowkit_log)])
+    watcher = make_manager(warn=False, plugins=[_plugin("lr", flowkit_log=flowkit_log)])
     run = resume_run(out, watcher, ["train.lr=1e-4"], quiet=True, command="flowkit resume")
     assert run.pipeline.train.lr == 1e-4
     # the cosine factor at the logged steps, times the new peak rate
@@ -283,7 +283,7 @@ def test_extending_a_finished_run_writes_a_new_directory(reference, tmp_path, ma
 
 def test_a_tampered_checkpoint_is_refused_in_one_line_and_an_older_one_used(reference, tmp_path, manager):
     pipeline_file, ref = reference
-    stopper = PluginManager(warn=False, plugins=[_signal_at(50, signal.SIGINT)])
+    stopper = make_manager(warn=False, plugins=[_signal_at(50, signal.SIGINT)])
     out = tmp_path / "stopped"
     with pytest.raises(Interrupted):
         _run(pipeline_file, stopper, out)
@@ -405,7 +405,7 @@ def test_a_taken_out_file_is_refused_before_sampling_or_measuring(reference, man
 
 def test_sampling_an_unfinished_run_uses_its_newest_checkpoint(reference, tmp_path):
     pipeline_file, _ = reference
-    stopper = PluginManager(warn=False, plugins=[_signal_at(30, signal.SIGTERM)])
+    stopper = make_manager(warn=False, plugins=[_signal_at(30, signal.SIGTERM)])
     out = tmp_path / "stopped"
     with pytest.raises(Interrupted):
         _run(pipeline_file, stopper, out)

@@ -21,8 +21,10 @@ from flowkit_simulators.timegrids import PowerGrid, UniformGrid
 from scipy import stats
 
 from flowkit.errors import CapabilityError, ConfigError
-from flowkit.interfaces import KINDS, SDE
+from flowkit.interfaces import KINDS, ODE, SDE
 from flowkit.params import field_doc
+from flowkit.solvers import counted
+from flowkit.testing import build_component, make_manager
 
 THETA = 1.3
 STEP_COUNTS = [16, 32, 64, 128, 256]
@@ -304,3 +306,60 @@ def test_plugin_registers_every_component_with_its_kind():
         assert issubclass(cls, KINDS[kind]) and not inspect.isabstract(cls)
         for field in attrs.fields(cls.Params):
             assert field_doc(field), f"{cls.__name__}.Params.{field.name} has no doc"
+
+
+# ---------------------------------------------------------------------------------------------------
+# FixedStepSimulator: the counting wrapper keeps the dynamics' type
+# ---------------------------------------------------------------------------------------------------
+
+
+class Decay(ODE):
+    """``dX = -X dt``."""
+
+    def drift(self, x, t):
+        return -x
+
+
+class NoisyDecay(SDE):
+    """``dX = -X dt + 0.5 dW``."""
+
+    def drift(self, x, t):
+        return -x
+
+    def diffusion(self, t):
+        return torch.full_like(t, 0.5)
+
+
+def test_counted_keeps_an_sde_an_sde():
+    sde, ode = NoisyDecay(), Decay()
+    assert isinstance(counted(sde), SDE)
+    assert not isinstance(counted(ode), SDE) and isinstance(counted(ode), ODE)
+    wrapped = counted(sde)
+    t = torch.rand(4)
+    assert torch.equal(wrapped.diffusion(t), sde.diffusion(t))
+    wrapped.drift(torch.ones(4, 2), t)
+    assert wrapped.count == 1
+
+
+def test_euler_maruyama_draws_noise_through_simulate():
+    manager = make_manager(builtins=["simulators"])
+    em = build_component(manager, "simulator", "euler-maruyama")
+    euler = build_component(manager, "simulator", "euler")
+    heun = build_component(manager, "simulator", "heun")
+    x0 = torch.ones(64, 2)
+    ts = torch.linspace(0, 1, 11)
+    deterministic = euler.simulate(Decay(), x0, ts)
+    assert euler.last_nfe == 10
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    noisy = em.simulate(NoisyDecay(), x0, ts, generator=generator)
+    assert em.last_nfe == 10
+    assert not torch.equal(generator.get_state(), state)  # the noise came from the generator
+    assert (noisy - deterministic).abs().mean() > 0.05
+    again = em.simulate(NoisyDecay(), x0, ts, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(noisy, again)
+    assert torch.equal(em.simulate(Decay(), x0, ts), deterministic)  # an ODE: exactly Euler's, no noise
+    trajectory = em.simulate_trajectory(NoisyDecay(), x0, ts, generator=torch.Generator().manual_seed(0))
+    assert trajectory.shape == (11, 64, 2) and torch.equal(trajectory[-1], noisy)
+    heun.simulate(Decay(), x0, ts)
+    assert heun.last_nfe == 20
