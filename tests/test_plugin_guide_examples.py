@@ -348,3 +348,18 @@ def test_a_relative_path_in_a_dict_pipeline_is_relative_to_the_working_directory
         FlowkitError, match=re.escape(f"file '{missing.relative_to(tmp_path)}' does not exist")
     ):
         build_pipeline(csv_pipeline("points.csv"), (), manager)
+
+
+# --- what a loss receives ------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("threads_kept")
+def test_the_loss_receives_its_model_role_around_the_prepared_network(manager):
+    """Section 18: the module a loss is called with is ``model_role(network, path)``, built once."""
+    from flowkit.engine.loop import TrainLoop
+
+    pipe = build_pipeline(ring_pipeline(), (), manager)
+    role = pipe.context.roles["velocity"]
+    assert isinstance(role, AsVelocity) and role.network is pipe.network
+    with TrainLoop(pipe) as loop:
+        assert loop.role is role
