@@ -64,6 +64,7 @@ from flowkit.records import (
     Samples,
     StageContext,
     per_sample,
+    resolve_relative,
     stage_seed,
 )
 
@@ -104,6 +105,7 @@ __all__ = [
     "check_pair",
     "kind_of",
     "per_sample",
+    "resolve_relative",
     "stage_seed",
 ]
 

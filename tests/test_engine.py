@@ -297,10 +297,11 @@ def test_a_plugin_table_reaches_the_plugins_hooks(tmp_path):
     assert resolved["myreport"] == {"every": 3}
 
 
-def test_a_plugin_table_without_keys_gives_its_defaults(tmp_path):
-    pipeline = build_pipeline(_tiny(tmp_path), (), _table_manager())
+def test_a_plugin_table_without_keys_gives_its_defaults_and_an_absent_one_none(tmp_path):
+    pipeline = build_pipeline(_tiny(tmp_path, "[myreport]\n"), (), _table_manager())
     assert pipeline.table("myreport") == MyReportSettings()
     assert pipeline.table("myreport").every == 5
+    assert build_pipeline(_tiny(tmp_path), (), _table_manager()).table("myreport") is None
 
 
 def test_a_misspelled_key_of_a_plugin_table_is_named(tmp_path):
