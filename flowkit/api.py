@@ -7,6 +7,7 @@
     pipe = flowkit.load_pipeline("examples/moons.toml", overrides=["train.steps=500"])
     losses = pipe.train()                  # the logged losses, [(step, loss), ...]
     x = pipe.sample(1000)                  # tensor (1000, *D) on the CPU
+    drawn = pipe.sample(1000, noise=True)  # Samples: .samples, .x0 (the noise they came from), .labels
     metrics = pipe.evaluate()              # distance to held-out data and its noise floor
     run = pipe.run(out="runs/moons-nb")    # the whole run, as `flowkit run` writes it
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from flowkit.engine.build import build_pipeline
 from flowkit.engine.checkpoints import load_weights
+from flowkit.engine.components import set_up
 from flowkit.engine.evaluate import measure
 from flowkit.engine.guidance import sample_labels
 from flowkit.engine.loop import Diverged, TrainLoop
@@ -37,6 +39,7 @@ from flowkit.engine.records import Pipeline, PipelineRun
 from flowkit.engine.run import run_pipeline
 from flowkit.engine.sample import draw_samples
 from flowkit.errors import FlowkitError
+from flowkit.interfaces import Samples
 from flowkit.registry import PluginManager
 
 
@@ -44,12 +47,15 @@ class LoadedPipeline:
     """A built pipeline in memory: train it, sample it, evaluate it, or run it into a run directory.
 
     ``pipeline`` is the :class:`flowkit.engine.Pipeline` (every component and table), ``manager`` the
-    plugin manager it was built with.
+    plugin manager it was built with. Each of :meth:`train`, :meth:`sample` and :meth:`evaluate` sets
+    the components up first (``Component.setup``), as the stages of a run do.
     """
 
-    def __init__(self, pipeline: Pipeline, manager: PluginManager) -> None:
+    def __init__(self, pipeline: Pipeline, manager: PluginManager, directory: Path | None = None) -> None:
         self.pipeline = pipeline
         self.manager = manager
+        #: The run directory the pipeline came from (:func:`open_run`), ``None`` for a pipeline file.
+        self.directory = directory
         self.trained = not pipeline.model.trainable
         self._samples: Tensor | None = None
 
@@ -63,6 +69,7 @@ class LoadedPipeline:
             raise FlowkitError(
                 f"{self.pipeline.source}: model '{self.pipeline.model.registered_name}' is exact"
             )
+        set_up(self.pipeline, "train", self.directory)
         loop = TrainLoop(self.pipeline)
         logged = []
         try:
@@ -75,17 +82,30 @@ class LoadedPipeline:
         self.trained = True
         return logged
 
-    def sample(self, n: int | None = None) -> Tensor:
+    @overload
+    def sample(self, n: int | None = None, noise: Literal[False] = False) -> Tensor: ...
+    @overload
+    def sample(self, n: int | None = None, *, noise: Literal[True]) -> Samples: ...
+    def sample(self, n: int | None = None, noise: bool = False) -> Tensor | Samples:
         """``n`` samples (default ``[sample] n``), shape ``(n, *D)``, float32 on the CPU, drawn with the
-        ``[sample]`` simulator from the run's sampling seed (the first ``n`` match ``flowkit run``'s
-        when ``n = [sample] n``)."""
+        ``[sample]`` simulator from the run's sampling seed (``n = [sample] n``: ``flowkit run``'s).
+
+        ``noise=True`` returns a :class:`flowkit.interfaces.Samples` instead: ``samples``, the draws
+        of ``p_init`` they came from (``x0 (n, *D)``, float32 on the CPU: simulated again with the
+        ``[sample]`` simulator and dynamics they give ``samples``), ``labels`` (a conditional model)
+        and ``nfe``. The samples are the same either way."""
         self._require_trained("sample")
         count = self.pipeline.sample.n if n is None else int(n)
         if count <= 0:
             raise FlowkitError(f"sample(n): n must be positive, got {count}")
-        samples = draw_samples(self.pipeline, count)[1].float().cpu()
+        set_up(self.pipeline, "sample", self.directory)
+        x0, drawn = draw_samples(self.pipeline, count)
+        samples = drawn.float().cpu()
         self._samples = samples
-        return samples
+        if not noise:
+            return samples
+        labels = sample_labels(self.pipeline, count)
+        return Samples(samples, None, self.pipeline.sample.simulator.last_nfe, labels, x0.float().cpu())
 
     def labels(self, n: int | None = None) -> Tensor | None:
         """The class asked of each of the ``n`` samples that :meth:`sample` draws (default
@@ -106,6 +126,7 @@ class LoadedPipeline:
             raise FlowkitError(
                 f"evaluate: [evaluate] n = {need} needs as many samples, got {samples.shape[0]}"
             )
+        set_up(self.pipeline, "evaluate", self.directory)
         return measure(self.pipeline, samples.float().cpu())[0]
 
     def run(self, out: str | Path | None = None, quiet: bool = True) -> FinishedRun:
@@ -119,7 +140,9 @@ class LoadedPipeline:
             self.pipeline, self.manager, out=None if out is None else str(out), quiet=quiet, command="api"
         )
         self.trained = True
-        return FinishedRun(done.directory, LoadedPipeline(self.pipeline, self.manager), dict(done.metrics))
+        return FinishedRun(
+            done.directory, LoadedPipeline(self.pipeline, self.manager, done.directory), dict(done.metrics)
+        )
 
     def _require_trained(self, what: str) -> None:
         if not self.trained:
@@ -149,9 +172,16 @@ class FinishedRun:
         file = self.directory / "labels.npy"
         return torch.from_numpy(np.load(file)) if file.is_file() else None
 
-    def sample(self, n: int | None = None) -> Tensor:
+    @overload
+    def sample(self, n: int | None = None, noise: Literal[False] = False) -> Tensor: ...
+    @overload
+    def sample(self, n: int | None = None, *, noise: Literal[True]) -> Samples: ...
+    def sample(self, n: int | None = None, noise: bool = False) -> Tensor | Samples:
         """Fresh samples from the trained weights (see :meth:`LoadedPipeline.sample`; their classes:
-        ``self.pipeline.labels(n)``)."""
+        ``self.pipeline.labels(n)``); with ``noise=True`` a :class:`~flowkit.interfaces.Samples`
+        holding the noise ``x0`` they came from as well."""
+        if noise:
+            return self.pipeline.sample(n, noise=True)
         return self.pipeline.sample(n)
 
     def __repr__(self) -> str:
@@ -180,6 +210,7 @@ def open_run(directory: str | Path, manager: PluginManager | None = None) -> Fin
     if missing:
         raise FlowkitError(f"{root}: not a finished run directory (no {', '.join(missing)})")
     loaded = load_pipeline(root / "pipeline.toml", manager=manager)
+    loaded.directory = root
     if loaded.pipeline.model.trainable:
         weights = root / "model.pt"
         if not weights.is_file():

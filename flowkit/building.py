@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from flowkit.errors import CapabilityError
-from flowkit.records import NoParams
+from flowkit.records import NoParams, StageContext
 
 
 class Component(abc.ABC):
@@ -36,6 +36,15 @@ class Component(abc.ABC):
         """Build the component from its validated ``params``. Override to use the ``context``, the
         :class:`flowkit.interfaces.BuildContext` of what was built before it."""
         return cls(params)
+
+    def setup(self, stage: StageContext) -> None:  # noqa: B027 (optional: a no-op by default)
+        """One-time work before the component is used, given the run's seed, device and directory.
+
+        The engine calls it on every built component (nested ones included) when a stage starts —
+        ``train``, ``sample``, ``evaluate`` of a run, and ``flowkit sample`` / ``evaluate`` /
+        ``likelihood`` on a finished one — never when a pipeline is only built (``flowkit validate``).
+        It is called at the start of every stage: work worth doing once keeps a flag. Random draws
+        come from ``stage.generator(name)``. Default: nothing."""
 
 
 def convert_role(roles: dict[str, nn.Module], path: Any, name: str, needed_by: str) -> nn.Module:

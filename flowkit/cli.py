@@ -408,6 +408,7 @@ def likelihood(
     from pathlib import Path
 
     from flowkit.api import open_run
+    from flowkit.engine.components import set_up
     from flowkit.engine.likelihood import evaluate_likelihood, load_points, run_settings
 
     _one_process("likelihood")
@@ -426,6 +427,7 @@ def likelihood(
         import attrs
 
         settings = attrs.evolve(settings, n=count)
+    set_up(pipeline, "likelihood", Path(run_dir))
     report = evaluate_likelihood(pipeline, settings, data, source=data_file or "held-out data")
     if save is not None:
         import numpy as np

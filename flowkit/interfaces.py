@@ -55,13 +55,17 @@ from flowkit.paths import (
 )
 from flowkit.records import (
     Coefficients,
+    LossValue,
     NoParams,
     PreparedBatch,
     Progress,
     Registrar,
     Role,
     Samples,
+    StageContext,
     per_sample,
+    resolve_relative,
+    stage_seed,
 )
 
 __all__ = [
@@ -77,6 +81,7 @@ __all__ = [
     "DeviceBackend",
     "GaussianProbabilityPath",
     "Loss",
+    "LossValue",
     "Metric",
     "Model",
     "Network",
@@ -93,12 +98,15 @@ __all__ = [
     "Schedule",
     "ScoreModel",
     "Simulator",
+    "StageContext",
     "TimeDistribution",
     "TimeGrid",
     "VectorField",
     "check_pair",
     "kind_of",
     "per_sample",
+    "resolve_relative",
+    "stage_seed",
 ]
 
 
@@ -149,9 +157,16 @@ class AnalyticModel(Model):
 
 
 class Loss(Component):
-    """A training objective. ``trains`` is the role the network learns (``"velocity"`` or ``"score"``)."""
+    """A training objective. ``trains`` is the role the network learns (``"velocity"`` or ``"score"``).
+
+    ``forward_mode_ad = True`` says the loss differentiates the model forward (``torch.func.jvp``):
+    the engine then gives it the role around the plain network even under torchrun (DDP's wrapper
+    does not support forward-mode AD) and averages the gradients over the ranks itself after the
+    backward pass, so a step on ``W`` ranks is still the step of one process on the whole batch.
+    """
 
     trains: ClassVar[Role]
+    forward_mode_ad: ClassVar[bool] = False
 
     def check(self, path: ProbabilityPath) -> None:
         """Raise :class:`CapabilityError` when this loss cannot train on ``path``."""
@@ -168,9 +183,11 @@ class Loss(Component):
     @abc.abstractmethod
     def __call__(
         self, model: nn.Module, path: ProbabilityPath, z: Tensor, generator: torch.Generator | None = None
-    ) -> Tensor:
+    ) -> Tensor | LossValue:
         """Scalar loss on a batch of data ``z (B, *D)``; draws ``t`` and ``x ~ p_t(.|z)`` itself, from
-        ``generator``. ``model`` is what :meth:`model_role` returned.
+        ``generator``. ``model`` is what :meth:`model_role` returned, around the network, or around
+        ``DistributedDataParallel(network)`` under torchrun (the plain network where
+        :attr:`forward_mode_ad`). A :class:`LossValue` instead of a tensor reports extra scalars.
 
         For labelled data the training loop calls it with a keyword ``y = labels (B,)`` (int64, the
         null class where dropped), which the loss passes on as ``model(x, t, y)``; a loss that takes
@@ -362,7 +379,9 @@ class Run(Protocol):
 
     ``table(name)`` is the validated content of a pipeline table (``"train"``, ``"sample"``, or a
     table a plugin declared with ``registry.add_table``) as its attrs instance, ``None`` when the
-    pipeline has no such table (a plugin table with no key set gives its defaults).
+    pipeline file has no such table: a plugin falls back to its own defaults explicitly
+    (``run.table("mine") or MySettings()``). A name that is no table at all (neither flowkit's nor
+    declared by a plugin) raises :class:`flowkit.errors.FlowkitError` naming it.
     ``resumed_from`` is the training step a resumed run continues from (``flowkit resume``), ``None``
     for a fresh run: a reporter keeps what it wrote up to that step.
     """
@@ -426,7 +445,7 @@ def kind_of(interface: type) -> str | None:
 # them by the path a plugin imports them from (``flowkit.interfaces.Schedule``).
 for _public in (
     Component, NoParams, Coefficients, PreparedBatch, Samples, Registrar, Dataset, Schedule,
-    ProbabilityPath, GaussianProbabilityPath, VectorField, ScoreModel, NoisePredictor, ODE,
-    ProbabilityFlowODE, SDE, TimeGrid, Simulator, TimeDistribution,
+    LossValue, StageContext, ProbabilityPath, GaussianProbabilityPath, VectorField, ScoreModel,
+    NoisePredictor, ODE, ProbabilityFlowODE, SDE, TimeGrid, Simulator, TimeDistribution,
 ):  # fmt: skip
     _public.__module__ = __name__

@@ -2,16 +2,21 @@
 
 Nothing here is a component: the broadcasting helper :func:`per_sample`, a schedule's
 :class:`Coefficients`, a batch prepared a step ahead (:class:`PreparedBatch`), what sampling produces
-(:class:`Samples`) and what ``flowkit_register`` receives (:class:`Registrar`). It imports no other
+(:class:`Samples`), what a loss may return besides a tensor (:class:`LossValue`), what a component's
+``setup`` receives when a stage starts (:class:`StageContext`, with the run's seeds by
+:func:`stage_seed`) and what ``flowkit_register`` receives (:class:`Registrar`). It imports no other
 flowkit module, so every contract module may use it; :mod:`flowkit.interfaces` re-exports each name.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, Protocol, overload
 
 import attrs
+import torch
 from torch import Tensor
 
 Role = Literal["velocity", "score"]
@@ -80,6 +85,71 @@ class Samples:
     nfe: int = 0
     #: The class each sample was asked for ``(N,)`` int64 (the null class: unconditional), or ``None``.
     labels: Tensor | None = None
+    #: The draws of ``p_init`` the samples came from ``(N, *D)`` on the CPU (simulating them again
+    #: with the run's simulator and sampling generator gives ``samples``), or ``None`` where the stage
+    #: that sampled does not give them (a plugin's ``flowkit_sample``).
+    x0: Tensor | None = None
+
+
+@attrs.frozen
+class LossValue:
+    """What a loss may return instead of a scalar tensor: the ``loss`` to minimise (a scalar tensor,
+    what is backpropagated) and extra ``scalars`` to report (each a scalar tensor, e.g. an unweighted
+    error). The engine detaches the scalars, averages them like the loss (over the steps since the
+    last log and over the ranks) and writes them at every log step as ``loss/<name>`` into the
+    ``flowkit_log`` metrics (so into ``metrics.jsonl``); it reads them from the device only then."""
+
+    loss: Tensor
+    scalars: dict[str, Tensor] = attrs.Factory(dict)
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """A 63-bit seed for ``stage`` derived from the run seed (independent streams per stage), so
+    changing one stage (say, the number of training steps) leaves the draws of the others unchanged."""
+    return int(hashlib.sha256(f"{seed}:{stage}".encode()).hexdigest()[:15], 16)
+
+
+def resolve_relative(path: str | Path, source: str) -> Path:
+    """``path`` (``~`` expanded) resolved against the folder of the pipeline file ``source``; a path
+    is left relative to the working directory when ``source`` names no file (``"<dict>"``)."""
+    file = Path(path).expanduser()
+    origin = Path(source)
+    if not file.is_absolute() and origin.is_file():
+        file = origin.parent / file
+    return file
+
+
+@attrs.frozen
+class StageContext:
+    """What :meth:`flowkit.interfaces.Component.setup` receives when a stage starts.
+
+    ``stage`` is ``"train"``, ``"sample"``, ``"evaluate"`` (a run, or ``flowkit sample`` /
+    ``flowkit evaluate`` on a finished one) or ``"likelihood"`` (``flowkit likelihood``); ``seed`` is
+    the run's ``[run] seed``; ``device`` the run's torch device; ``directory`` the run directory
+    (``None`` in the Python API before a run); ``source`` the pipeline file (``"<dict>"`` for a dict).
+    """
+
+    stage: str
+    seed: int
+    device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
+    directory: Path | None = None
+    source: str = "<pipeline>"
+    #: Makes a generator on the run's device from a seed (the device backend's ``generator``).
+    make_generator: Callable[[int], torch.Generator] | None = None
+
+    def generator(self, name: str) -> torch.Generator:
+        """A generator on :attr:`device` seeded from the run seed and ``name`` only (not the stage):
+        the same draws in every stage and every command for the same seed, independent of every
+        other stream of the run (``stage_seed(seed, "setup:" + name)``)."""
+        seed = stage_seed(self.seed, f"setup:{name}")
+        if self.make_generator is not None:
+            return self.make_generator(seed)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def resolve(self, path: str | Path) -> Path:
+        """``path`` resolved against the pipeline file's folder, as a component resolves a relative
+        path in ``from_params`` (:func:`resolve_relative`)."""
+        return resolve_relative(path, self.source)
 
 
 class Registrar(Protocol):

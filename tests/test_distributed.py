@@ -287,11 +287,13 @@ def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *args]
 
 
-def one_process_reference(file: Path, ranks: int, manager: PluginManager) -> tuple[list[float], Any]:
+def one_process_reference(
+    file: Path, ranks: int, manager: PluginManager, settings: list[str] = SETTINGS
+) -> tuple[list[float], Any]:
     """One process computing what ``ranks`` DDP ranks compute: each step, rank r's share of the global
     batch from rank r's generators, the gradient of the mean of their losses, one update; returns the
     logged means (of the per-step mean losses) and the final weights."""
-    pipe = build_pipeline(file, SETTINGS, manager)
+    pipe = build_pipeline(file, settings, manager)
     loop = TrainLoop(pipe)
     cfg, backend = pipe.train, pipe.device
     gens = [
@@ -542,3 +544,33 @@ def test_two_ranks_pair_ahead_each_its_own_batch_as_one_process_pairs_them(tmp_p
         assert worst <= TOLERANCE, f"{which} weights differ by {worst}"
     state = load_checkpoint(out / "checkpoint-0000060.pt")
     assert [set(g) for g in state["rank_generators"]] == [{"data", "loss", "paired"}] * 2
+
+
+@pytest.mark.slow
+def test_a_forward_mode_ad_loss_trains_on_two_ranks_as_one_process_on_the_global_batch(tmp_path):
+    """``jvp-flow`` (tests/contract_plugins.py, installed as a third-party distribution would be)
+    calls ``torch.func.jvp``, which DDP's wrapper breaks: the loop gives it the plain network and
+    averages the gradients itself, and the step is still that of the global batch."""
+    import contract_plugins
+
+    from flowkit.testing import make_manager
+
+    site = tmp_path / "site"
+    info = site / "contract_plugins-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: contract-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[flowkit]\ncontract = contract_plugins\n")
+    file = _pipeline_file(tmp_path)
+    settings = [*SETTINGS, "loss.kind=jvp-flow"]
+    out = tmp_path / "runs" / "jvp"
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    command = _torchrun("--standalone", "--nproc-per-node=2", "-m", "flowkit", "run", str(file), *sets)
+    done = _launch([*command, "--out", str(out), "-q"], PYTHONPATH=f"{TESTS}{os.pathsep}{site}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    means, weights = one_process_reference(file, 2, make_manager([contract_plugins]), settings)
+    assert _losses(out) == pytest.approx(means, abs=TOLERANCE, rel=0)
+    got = _model(out)
+    for which in ("model", "raw"):
+        worst = max(float((got[which][k] - weights[which][k]).abs().max()) for k in weights[which])
+        assert worst <= TOLERANCE, f"{which} weights differ by {worst}"
+    assert json.loads((out / "metrics.json").read_text())["world_size"] == 2

@@ -65,10 +65,12 @@ def test_a_plugin_table_reaches_the_plugins_hooks(tmp_path):
     assert resolved["myreport"] == {"every": 3}
 
 
-def test_a_plugin_table_without_keys_gives_its_defaults(tmp_path):
-    pipeline = build_pipeline(tiny_file(tmp_path), (), _table_manager())
+def test_a_plugin_table_without_keys_gives_its_defaults_and_an_absent_one_none(tmp_path):
+    pipeline = build_pipeline(tiny_file(tmp_path, "[myreport]\n"), (), _table_manager())
     assert pipeline.table("myreport") == MyReportSettings()
     assert pipeline.table("myreport").every == 5
+    absent = build_pipeline(tiny_file(tmp_path, name="absent.toml"), (), _table_manager())
+    assert absent.table("myreport") is None
 
 
 def test_a_misspelled_key_of_a_plugin_table_is_named(tmp_path):

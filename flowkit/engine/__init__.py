@@ -10,7 +10,9 @@
 * :mod:`~flowkit.engine.optim` — the learning-rate schedule, the EMA of the weights, AdamW;
 * :mod:`~flowkit.engine.loop` — :class:`TrainLoop`, the step machine and its whole state;
 * :mod:`~flowkit.engine.train`, :mod:`~flowkit.engine.sample`, :mod:`~flowkit.engine.evaluate` — the
-  stages: ``trylast`` implementations of ``flowkit_train``, ``flowkit_sample``, ``flowkit_evaluate``;
+  stages: ``trylast`` implementations of ``flowkit_train``, ``flowkit_sample``, ``flowkit_evaluate``
+  (:func:`draw_samples`: the noise and the samples it becomes);
+* :mod:`~flowkit.engine.components` — every built component, set up as a stage starts;
 * :mod:`~flowkit.engine.likelihood` — log-likelihood by the change of variables;
 * :mod:`~flowkit.engine.interrupts` — SIGINT/SIGTERM, deferred to the end of a training step;
 * :mod:`~flowkit.engine.distributed` — data-parallel training under torchrun: ranks, what they share;
@@ -28,6 +30,7 @@ from flowkit.engine.records import Pipeline, PipelineRun
 from flowkit.engine.resume import resume_run
 from flowkit.engine.reuse import evaluate_run, sample_run
 from flowkit.engine.run import run_pipeline
+from flowkit.engine.sample import draw_samples
 from flowkit.engine.sections import TABLES
 from flowkit.engine.seeds import stage_seed
 
@@ -38,6 +41,7 @@ __all__ = [
     "TrainLoop",
     "WeightAverage",
     "build_pipeline",
+    "draw_samples",
     "evaluate_run",
     "load_weights",
     "resume_run",

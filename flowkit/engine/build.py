@@ -17,7 +17,7 @@ from torch import nn
 
 from flowkit.config import Location, Structurer, apply_overrides, load_source
 from flowkit.engine.distributed import check_world
-from flowkit.engine.guidance import check_conditioning
+from flowkit.engine.guidance import build_guidance, check_conditioning
 from flowkit.engine.limits import check_sizes
 from flowkit.engine.records import Pipeline
 from flowkit.engine.sections import (
@@ -123,8 +123,9 @@ def build_pipeline(
                 f"raise [sample] n or lower [evaluate] n"
             )
         )
+    # A plugin's table the file does not have stays None: run.table(name) says it is absent.
     tables = {
-        table: build.structure(cls, raw.get(table, {}), top.child(table))
+        table: build.structure(cls, raw[table], top.child(table)) if table in raw else None
         for table, cls in plugin_tables.items()
     }
     capture = run.device.captures_samplers and type(sample.simulator).capturable
@@ -133,6 +134,7 @@ def build_pipeline(
     )
     check_sizes(pipeline)
     check_conditioning(pipeline)
+    pipeline.guidance = build_guidance(pipeline)
     check_world(name, train.batch_size if train is not None else None, run.distributed)
     return pipeline
 

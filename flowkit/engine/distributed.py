@@ -223,6 +223,25 @@ def wrap_model(network: nn.Module, world: World) -> nn.Module:
     return DistributedDataParallel(network, device_ids=ids)
 
 
+def average_gradients(params: Sequence[Tensor], world: World) -> None:
+    """Replace each gradient of ``params`` by its mean over the ranks, as DDP's backward does (each
+    rank's gradients divided by the number of processes, then summed: one all-reduce of the flattened
+    gradients). For a loss that DDP's wrapper cannot run (forward-mode AD): one step on ``W`` ranks is
+    then the step of one process on the concatenated batch. Every rank must hold gradients for the
+    same parameters (those left ``None`` are skipped)."""
+    if not world.distributed:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([grad.reshape(-1) for grad in grads]).div_(world.size)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    for grad, averaged in zip(grads, flat.split([grad.numel() for grad in grads]), strict=True):
+        grad.copy_(averaged.view_as(grad))
+
+
 def mean_over_ranks(values: Tensor, world: World) -> Tensor:
     """``values (K,)`` averaged element-wise over the ranks, ``(K,)`` on every rank; itself for one."""
     if not world.distributed:

@@ -3,25 +3,24 @@
 A conditional network (``Network.num_classes > 0``) is trained on labelled data, with the null label
 ``num_classes`` in place of the true one with probability ``[train] label_dropout``. At sampling time
 :class:`GuidedField` wraps the model's velocity or score as the guided field
-``(1 + w) f(x, t | y) - w f(x, t | null)``, and :func:`guided_dynamics` rebuilds the ``[sample]``
-dynamics from it, so every simulator (ODE or SDE, fixed-step or adaptive) samples the guided model
-without knowing of labels. The labels are a fixed cycle over the asked classes (no random draw), so
-the samples of a class are the same whatever else is asked for the other rows.
+``(1 + w) f(x, t | y) - w f(x, t | null)``, and :func:`build_guidance` builds the ``[sample]``
+dynamics on it once, when the pipeline is built; :func:`guided_dynamics` sets the labels before each
+simulation. So every simulator (ODE or SDE, fixed-step or adaptive) samples the guided model without
+knowing of labels, and sampling builds nothing. The labels are a fixed cycle over the asked classes
+(no random draw), so the samples of a class are the same whatever else is asked for the other rows.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import attrs
 import torch
 from torch import Tensor, nn
 
+from flowkit.engine.records import Guidance, Pipeline
 from flowkit.errors import ConfigError
 from flowkit.interfaces import ODE, ScoreModel, VectorField
-
-if TYPE_CHECKING:
-    from flowkit.engine.records import Pipeline
 
 
 def num_classes(pipeline: Pipeline) -> int:
@@ -127,22 +126,36 @@ class GuidedScore(GuidedField, ScoreModel):
     """The guided score ``(1 + w) s(x, t | y) - w s(x, t | null)`` (for DSM-trained models)."""
 
 
-def guided_dynamics(pipeline: Pipeline, labels: Tensor | None) -> ODE:
-    """The ``[sample]`` dynamics built on the guided fields for ``labels (B,)`` (on the device); the
-    pipeline's own dynamics when the model is unconditional (``labels`` is ``None``)."""
+def build_guidance(pipeline: Pipeline) -> Guidance | None:
+    """The guided field and the ``[sample]`` dynamics built on it (``from_params``, once: at build
+    time); ``None`` for an unconditional model."""
+    null = num_classes(pipeline)
+    if not null:
+        return None
     dynamics = pipeline.sample.dynamics
-    if labels is None:
-        return dynamics
     guide = pipeline.sample.guidance
     scale = guide.scale if guide is not None else 0.0
-    null = num_classes(pipeline)
     wrappers = {"velocity": GuidedVelocity, "score": GuidedScore}
     # The trained role only: the other is converted from the guided one through the path (the
     # conversion is affine in the field, so guiding either gives the same guided dynamics).
     trained = pipeline.loss.trains if pipeline.loss is not None else "velocity"
-    guided = wrappers[trained](pipeline.context.roles[trained], scale, null)
-    guided.labels = labels
-    context = attrs.evolve(pipeline.context, roles={trained: guided})
+    field = wrappers[trained](pipeline.context.roles[trained], scale, null)
+    context = attrs.evolve(pipeline.context, roles={trained: field})
     built = type(dynamics).from_params(dynamics.params, context)
     built.registered_kind, built.registered_name = dynamics.registered_kind, dynamics.registered_name
-    return cast(ODE, built)
+    return Guidance(field, cast(ODE, built))
+
+
+def guided_dynamics(pipeline: Pipeline, labels: Tensor | None) -> ODE:
+    """The ``[sample]`` dynamics for ``labels (B,)`` (on the device): the guided ones built with the
+    pipeline, their labels set to ``labels``; the pipeline's own dynamics when the model is
+    unconditional (``labels`` is ``None``). Builds nothing."""
+    guidance = pipeline.guidance
+    if labels is None:
+        return pipeline.sample.dynamics
+    if guidance is None:  # a pipeline record made without build_pipeline
+        guidance = pipeline.guidance = build_guidance(pipeline)
+        if guidance is None:
+            raise RuntimeError("labels given to guided_dynamics for an unconditional model")
+    guidance.field.labels = labels
+    return guidance.dynamics

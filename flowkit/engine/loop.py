@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from flowkit.engine.checkpoints import FORMAT
 from flowkit.engine.distributed import (
+    average_gradients,
     current_world,
     gather_to_main,
     mean_over_ranks,
@@ -39,8 +40,9 @@ from flowkit.engine.distributed import (
 )
 from flowkit.engine.guidance import num_classes
 from flowkit.engine.optim import WeightAverage, adamw, lr_factor
+from flowkit.engine.scalars import LossScalars
 from flowkit.errors import CapabilityError, FlowkitError
-from flowkit.interfaces import PreparedBatch
+from flowkit.interfaces import LossValue, PreparedBatch
 
 if TYPE_CHECKING:
     from flowkit.engine.records import Pipeline
@@ -94,6 +96,12 @@ class TrainLoop:
     Under torchrun (:mod:`flowkit.engine.distributed`) each rank draws ``batch_size / world_size``
     points from its own generators, the forward pass goes through ``DistributedDataParallel`` (so the
     averaged gradient is that of the global batch) and the logged losses are averaged over the ranks.
+    A loss that differentiates forward (``Loss.forward_mode_ad``, which DDP's wrapper breaks) is given
+    the plain network instead, and the loop averages the gradients over the ranks after the backward
+    pass (:func:`~flowkit.engine.distributed.average_gradients`): the same step.
+
+    A loss may return a :class:`~flowkit.interfaces.LossValue`: its ``loss`` is backpropagated and its
+    scalars are logged as ``loss/<name>`` (:attr:`last_scalars`, at every log step).
 
     Where the loss pairs ahead (:attr:`ahead`), :meth:`step` draws the next batch and starts its
     pairing on a worker thread (:data:`PAIRING_THREAD`) before it trains; :meth:`close` (or ``with
@@ -131,8 +139,14 @@ class TrainLoop:
         self.world = current_world()
         #: Points this rank draws per step (the global ``batch_size`` over the ranks).
         self.batch_size = per_rank_batch(cfg.batch_size, self.world)
-        if self.world.distributed:  # forward through DDP: its backward averages the gradients
+        #: Whether this loop averages the gradients itself (a forward-mode-AD loss under torchrun).
+        self.averages_gradients = self.world.distributed and type(loss).forward_mode_ad
+        if self.world.distributed and not self.averages_gradients:  # DDP's backward averages them
             self.role = loss.model_role(wrap_model(pipeline.network, self.world), pipeline.path)
+        #: The extra scalars the loss reports, since the last log step (:class:`LossScalars`).
+        self.scalars = LossScalars(loss.registered_name or type(loss).__name__)
+        #: ``{"loss/<name>": mean}`` of the last log step (``{}``: the loss reports none).
+        self.last_scalars: dict[str, float] = {}
         seed = pipeline.run.seed
         rank = self.world.rank
         self.data_gen = self.backend.generator(rank_seed(seed, "data", rank))
@@ -180,14 +194,18 @@ class TrainLoop:
             return self._step(ahead)
 
     def _step(self, ahead: bool) -> Tensor:
+        value: Tensor | LossValue
         if self._split:
-            loss = self._paired_loss(ahead and self.ahead)
+            value = self._paired_loss(ahead and self.ahead)
         else:
             z, labels = self._batch()
             with self.backend.autocast():
-                loss = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen, **labels)
+                value = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen, **labels)
+        loss = self.scalars.take(value)  # a LossValue's scalars are kept for the log step
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.averages_gradients:
+            average_gradients(self.params, self.world)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
@@ -289,6 +307,7 @@ class TrainLoop:
                 if step % self.cfg.log_every == 0 or step == total:
                     self.check_losses()
                     mean = float(torch.stack(self._window).mean())
+                    self.last_scalars = self.scalars.means(self.world)
                     self._window.clear()
                     self._checked = 0
                     self.last_logged = mean
@@ -360,6 +379,7 @@ class TrainLoop:
                 "rank_generators": every,
                 "world_size": self.world.size,
                 "window": torch.stack(self._window).cpu() if self._window else torch.empty(0),
+                "scalar_window": self.scalars.state_dict(),
                 "last_logged": self.last_logged,
             }
         )
@@ -393,6 +413,7 @@ class TrainLoop:
         window = state.get("window")
         self._window = [loss.to(self.device) for loss in window] if window is not None else []
         self._checked = len(self._window)
+        self.scalars.load_state_dict(state.get("scalar_window"), self.device)
         self.last_logged = state.get("last_logged")
         self.current_step = step
         return step

@@ -25,11 +25,22 @@ from flowkit.engine.sections import (
     SampleSection,
     TrainSection,
 )
-from flowkit.interfaces import BuildContext, Dataset, DeviceBackend, Loss, Model, ProbabilityPath
+from flowkit.errors import FlowkitError, suggest
+from flowkit.interfaces import ODE, BuildContext, Dataset, DeviceBackend, Loss, Model, ProbabilityPath
 from flowkit.version import __version__
 
 if TYPE_CHECKING:
     from flowkit.registry import PluginManager
+
+
+@attrs.define
+class Guidance:
+    """A conditional model's ``[sample]`` dynamics, built once on its guided ``field``
+    (:class:`flowkit.engine.guidance.GuidedField`): setting ``field.labels`` chooses the classes of
+    the next simulation."""
+
+    field: Any
+    dynamics: ODE
 
 
 @attrs.define
@@ -38,8 +49,11 @@ class Pipeline:
 
     ``network`` is the module forward passes go through: ``model`` as the device backend prepared it
     (moved, and compiled where asked); it shares ``model``'s parameters, whose state is what is saved.
-    ``tables`` holds the plugins' own tables (``[report]``, ...), validated, defaults filled in.
-    ``capture`` says whether the sampler runs as the backend's captured graph.
+    ``tables`` holds the tables plugins declared (``[report]``, ...): validated, defaults filled in,
+    ``None`` for one the pipeline file does not have.
+    ``capture`` says whether the sampler runs as the backend's captured graph. ``guidance`` holds a
+    conditional model's guided ``[sample]`` dynamics, built once with the pipeline (``None``:
+    unconditional).
     """
 
     source: str
@@ -55,18 +69,27 @@ class Pipeline:
     tables: dict[str, Any]
     context: BuildContext
     capture: bool = False
+    guidance: Guidance | None = None
 
     @property
     def device(self) -> DeviceBackend:
         return self.run.device
 
     def table(self, name: str) -> Any:
-        """The validated table ``name`` (a section or a plugin's table), ``None`` if absent."""
+        """The validated table ``name``: a section (``"train"``, ...) as its attrs instance, a component
+        table (``"data"``, ``"path"``, ...) as its component, a plugin's table as its attrs instance;
+        ``None`` when the pipeline has no such table (a plugin's table the file does not set, ``[loss]``
+        and ``[train]`` of an exact model). A name that is no table at all is a :class:`FlowkitError`."""
         if name in self.tables:
             return self.tables[name]
-        if name in TABLES and isinstance(TABLES[name], type):
-            return getattr(self, name, None)
-        return None
+        if name in TABLES:
+            return getattr(self, {"data": "dataset"}.get(name, name), None)
+        known = [*TABLES, *self.tables]
+        raise FlowkitError(
+            f"{self.source}: run.table({name!r}): no table [{name}] is known, neither one of flowkit's "
+            f"nor one a plugin declared (registry.add_table).{suggest(name, known)} "
+            f"Known tables: {', '.join(known)}"
+        )
 
     def resolved(self, manager: PluginManager | None = None, command: str = "") -> dict[str, Any]:
         """The pipeline with every default filled in, as TOML-ready data, in :data:`TABLES` order."""
@@ -82,7 +105,7 @@ class Pipeline:
                 value = getattr(self, {"data": "dataset"}.get(table, table))
                 if value is not None:
                     data[table] = unstructure(value)
-        data.update({name: unstructure(value) for name, value in self.tables.items()})
+        data.update({name: unstructure(value) for name, value in self.tables.items() if value is not None})
         return data
 
 

@@ -21,6 +21,7 @@ from torch import Tensor
 from flowkit.config import parse_override
 from flowkit.engine.build import build_pipeline
 from flowkit.engine.checkpoints import list_checkpoints, load_weights
+from flowkit.engine.components import set_up
 from flowkit.engine.evaluate import measure, plugin_metrics
 from flowkit.engine.guidance import sample_labels
 from flowkit.engine.records import Pipeline
@@ -105,6 +106,7 @@ def sample_run(
     labels = sample_labels(pipeline, count)
     if out is not None and labels is not None:
         refuse_existing(Path(out).with_name(f"{Path(out).stem}-labels.npy"))
+    set_up(pipeline, "sample", root)
     _, samples = draw_samples(pipeline, count)
     nfe = cfg.simulator.last_nfe
     stem = f"samples-{cfg.simulator.registered_name}-{cfg.steps}"
@@ -153,6 +155,7 @@ def evaluate_run(
     pipeline, origin = load_trained(root, manager, overrides, "evaluate", note)
     nfe = None
     if resample:
+        set_up(pipeline, "sample", root)
         samples = draw_samples(pipeline, pipeline.sample.n)[1].float().cpu()
         nfe = pipeline.sample.simulator.last_nfe
         source = f"{pipeline.sample.n} fresh samples ({pipeline.sample.simulator.registered_name}, "
@@ -171,6 +174,7 @@ def evaluate_run(
             f"{source}: {samples.shape[0]} samples, but [evaluate] n = {pipeline.evaluate.n} needs as many; "
             f"pass --set evaluate.n={samples.shape[0]}"
         )
+    set_up(pipeline, "evaluate", root)
     metrics, reference = measure(pipeline, samples)
     metrics["samples"] = source
     metrics["weights"] = origin

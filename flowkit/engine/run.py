@@ -4,7 +4,8 @@ Each stage is a hook (pluggy ``firstresult``): ``flowkit_train``, ``flowkit_samp
 ``flowkit_evaluate``. The engine's own stages are ordinary ``trylast`` implementations of them
 (:mod:`~flowkit.engine.train`, :mod:`~flowkit.engine.sample`, :mod:`~flowkit.engine.evaluate`,
 registered by the registry as flowkit's own plugins), so a plugin that returns a result first does the
-stage instead, and this module calls hooks only.
+stage instead, and this module calls hooks only — and, as each stage starts, the components' ``setup``
+(:func:`~flowkit.engine.components.set_up`), whoever does the stage.
 
 :func:`run_pipeline` starts a run in a new directory (:mod:`~flowkit.engine.resume` continues one).
 The run's ``status.json`` is kept true at every moment through :mod:`~flowkit.engine.status`.
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flowkit.engine import status
+from flowkit.engine.components import set_up
 from flowkit.engine.distributed import current_world, from_main, leave_together
 from flowkit.engine.interrupts import Interrupted, SignalGuard, signal_name
 from flowkit.engine.records import Pipeline, PipelineRun
@@ -122,6 +124,7 @@ def execute_worker(run: PipelineRun, trained: bool = False) -> PipelineRun:
         run.signals = guard
         try:
             if run.pipeline.model.trainable and not trained:
+                set_up(run.pipeline, "train", run.directory)
                 run.hook.flowkit_train(run=run)
             leave_together()
         finally:
@@ -160,9 +163,11 @@ def _interrupted_outside_steps(run: PipelineRun, stage: str, exc: Interrupted) -
 
 @contextlib.contextmanager
 def _stage(run: PipelineRun, name: str) -> Iterator[None]:
+    """The stage ``name``: its hooks at the start and end, its components set up, its time."""
     run.hook.flowkit_stage(run=run, stage=name, state="start")
     started = time.perf_counter()
     try:
+        set_up(run.pipeline, name, run.directory)
         yield
         run.pipeline.device.synchronize()
         run.metrics[f"{name}_seconds"] = round(time.perf_counter() - started, 3)

@@ -27,7 +27,13 @@ def draw_samples(
 ) -> tuple[Tensor, Tensor]:
     """``(x0, x1)``: ``n`` draws of ``p_init`` and the samples they become, each ``(n, *D)`` on the
     device, from the stage seed ``seed_stage``. Sets the simulator's ``last_nfe``;
-    ``progress(done, total)`` is called as sampling advances."""
+    ``progress(done, total)`` is called as sampling advances.
+
+    Public (``flowkit.engine.draw_samples``): what the sample stage, ``flowkit sample`` and
+    ``open_run(dir).sample`` draw. ``x0`` is drawn first from the sampling generator, which then
+    gives the simulator its own draws (an SDE's noise); a conditional model samples the classes of
+    ``[sample] guidance`` (:func:`~flowkit.engine.guidance.sample_labels`), guided. The samples are
+    clipped to the dataset's ``value_range``."""
     cfg, backend = pipeline.sample, pipeline.device
     device = backend.device
     ts = sample_times(pipeline, device)
@@ -88,4 +94,4 @@ def sample(run: PipelineRun) -> Samples:
     write_array(run.directory / "samples.npy", samples.numpy())
     if labels is not None:  # the class each sample was asked for (the null class: unconditional)
         write_array(run.directory / "labels.npy", labels.numpy())
-    return Samples(samples, trajectory, nfe, labels)
+    return Samples(samples, trajectory, nfe, labels, x0.float().cpu())

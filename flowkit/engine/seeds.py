@@ -1,11 +1,12 @@
-"""Seeds per stage: every random draw of a run derives from ``[run] seed`` and the stage's name."""
+"""Seeds per stage: every random draw of a run derives from ``[run] seed`` and the stage's name.
+
+:func:`stage_seed` lives in the contract (:mod:`flowkit.records`), so that a component's ``setup``
+(:class:`flowkit.interfaces.StageContext`) draws from streams of the same scheme; the engine imports
+it from here.
+"""
 
 from __future__ import annotations
 
-import hashlib
+from flowkit.records import stage_seed
 
-
-def stage_seed(seed: int, stage: str) -> int:
-    """A 63-bit seed for ``stage`` derived from the run seed (independent streams per stage), so
-    changing one stage (say, the number of training steps) leaves the draws of the others unchanged."""
-    return int(hashlib.sha256(f"{seed}:{stage}".encode()).hexdigest()[:15], 16)
+__all__ = ["stage_seed"]

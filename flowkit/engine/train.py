@@ -50,7 +50,9 @@ def train_with(run: PipelineRun, loop: TrainLoop) -> None:
         for step, loss, mean_loss in loop.run(cfg.steps):
             hook.flowkit_train_step(run=run, step=step, loss=loss)
             if mean_loss is not None:
-                hook.flowkit_log(run=run, step=step, metrics={"loss": mean_loss, "lr": loop.lr})
+                hook.flowkit_log(
+                    run=run, step=step, metrics={"loss": mean_loss, "lr": loop.lr, **loop.last_scalars}
+                )
             signum = _stop_requested(guard, loop)
             if signum is not None:
                 path = _checkpoint(run, loop)

@@ -24,9 +24,10 @@ class ReportSettings:
 
 
 def settings(run: Run) -> ReportSettings:
-    """The run's ``[report]`` table (its defaults when the pipeline has none)."""
+    """The run's ``[report]`` table; its defaults when the pipeline file has none (``run.table``
+    gives ``None`` for an absent table)."""
     found = run.table("report")
-    return found if isinstance(found, ReportSettings) else ReportSettings()
+    return ReportSettings() if found is None else found
 
 
 # Open progress bars per run (a run is identified by its directory).
