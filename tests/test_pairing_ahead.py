@@ -121,8 +121,8 @@ def test_prepare_solve_loss_on_is_the_loss_bitwise(manager, coupling, conditiona
     if conditional:  # a stand-in conditional network: the labels shift the output
         net = role.network
 
-        def model(x, t, labels):
-            return net(x, t) + labels[:, None].float()
+        def model(x, t, y):  # a role: the labels come by keyword
+            return net(x, t) + y[:, None].float()
 
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     kwargs = {"y": y} if conditional else {}
