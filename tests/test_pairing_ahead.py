@@ -87,10 +87,10 @@ def slow_solver(loop: TrainLoop, delays: list[float]) -> list[int]:
     coupling = loop.loss_fn.params.coupling
     solve, ran = coupling.solve, []
 
-    def slowed(x0, x1, labels=None):
+    def slowed(x0, x1, y=None):
         ran.append(threading.get_ident())
         threading.Event().wait(delays[len(ran) % len(delays)])  # a pause, never a clock read
-        return solve(x0, x1, labels)
+        return solve(x0, x1, y)
 
     coupling.solve = slowed  # an instance attribute: this pipeline's coupling only
     return ran
@@ -299,11 +299,11 @@ def test_a_solver_error_reaches_the_training_thread_with_its_message(tmp_path, m
     calls = {"n": 0}
     solve = ExactOT.solve
 
-    def failing(self, x0, x1, labels=None):
+    def failing(self, x0, x1, y=None):
         calls["n"] += 1
         if calls["n"] == 4:
             raise ValueError("the simplex lost its way")
-        return solve(self, x0, x1, labels)
+        return solve(self, x0, x1, y)
 
     monkeypatch.setattr(ExactOT, "solve", failing)
     with pytest.raises(PairingError) as err:
