@@ -7,7 +7,7 @@
     pipe = flowkit.load_pipeline("examples/moons.toml", overrides=["train.steps=500"])
     losses = pipe.train()                  # the logged losses, [(step, loss), ...]
     x = pipe.sample(1000)                  # tensor (1000, *D) on the CPU
-    drawn = pipe.sample(1000, noise=True)  # Samples: .samples, .x0 (the noise they came from), .labels
+    drawn = pipe.sample(1000, noise=True)  # Samples: .samples, .x0 (the noise they came from), .y
     metrics = pipe.evaluate()              # distance to held-out data and its noise floor
     run = pipe.run(out="runs/moons-nb")    # the whole run, as `flowkit run` writes it
 

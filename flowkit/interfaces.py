@@ -102,8 +102,10 @@ __all__ = [
     "TimeDistribution",
     "TimeGrid",
     "VectorField",
+    "call_network",
     "check_pair",
     "kind_of",
+    "network_inputs",
     "per_sample",
     "resolve_relative",
     "stage_seed",
@@ -122,23 +124,78 @@ class Model(Component, nn.Module):
 
 
 class Network(Model):
-    """A trainable backbone ``forward(x (B, *D), t (B,)) -> (B, *D)``.
+    """A trainable backbone ``forward(x (B, *D), t (B,), **inputs) -> (B, *output_shape)``.
 
     A network predicts nothing in particular: the loss gives it a role (velocity or score) with
-    :meth:`Loss.model_role`. ``from_params`` reads the data's event shape from ``context.data_shape``.
+    :meth:`Loss.model_role`. ``from_params`` reads the data's event shape from ``context.data_shape``
+    and the shape of what it predicts per sample from ``context.output_shape`` (the loss's
+    :meth:`Loss.output_shape`: the data's shape for a velocity or a score, ``(*D, K)`` for logits).
 
-    A *conditional* network sets ``num_classes > 0`` and takes a third argument, ``forward(x, t, y)``
-    with ``y (B,)`` int64 class labels, where ``y = num_classes`` is the null class (unconditional);
-    ``forward(x, t)`` then means the null class. Unconditional networks keep ``forward(x, t)``: the
-    roles and losses pass ``y`` only when there is one.
+    :attr:`inputs` names the extra inputs the network takes beside ``x`` and ``t``, each a tensor with
+    a leading batch dimension ``B`` passed **by keyword**: ``("y",)`` for a class-conditional network
+    (``y (B,)`` int64 labels, ``y = num_classes`` the null class), ``("r",)`` for a second time,
+    ``("r", "y")`` for both. Whoever calls a network (a loss, a role, guidance) goes through
+    :func:`call_network`, which passes exactly the declared inputs and refuses, naming the network
+    and the input, one that is missing or not declared. ``forward`` adds each declared input as a
+    keyword parameter: ``def forward(self, x, t, y: Tensor | None = None)`` (a default keeps the
+    signature compatible with this one for a type checker).
     """
 
     trainable = True
+    #: The extra inputs ``forward`` takes by keyword. A class attribute; a network whose inputs
+    #: depend on its parameters (``mlp`` and ``unet`` take ``y`` only on labelled data) sets it on the
+    #: instance in ``__init__``, before it is called.
+    inputs: tuple[str, ...] = ()
     #: Classes the network is conditioned on (0: unconditional); ``num_classes`` is the null label.
     num_classes: int = 0
 
     @abc.abstractmethod
     def forward(self, x: Tensor, t: Tensor) -> Tensor: ...
+
+
+def network_inputs(network: nn.Module) -> tuple[str, ...]:
+    """The extra inputs the :class:`Network` behind ``network`` declares (:attr:`Network.inputs`);
+    ``()`` for a module that is no network."""
+    inner = _unwrapped(network)
+    return () if inner is None else tuple(inner.inputs)
+
+
+def call_network(network: nn.Module, x: Tensor, t: Tensor, **inputs: Tensor | None) -> Tensor:
+    """``network(x, t, **declared)``: the ``inputs`` that are not ``None``, by keyword, which must be
+    exactly those ``network`` declares (:func:`network_inputs`).
+
+    Raises :class:`CapabilityError` naming the network and the input: one it declares that no value
+    is given for, or one given that it does not declare."""
+    declared = network_inputs(network)
+    given = {name: value for name, value in inputs.items() if value is not None}
+    if not declared and not given:  # the common case, kept lean for the training hot loop
+        return network(x, t)
+    if given.keys() == set(declared):
+        return network(x, t, **given)
+    inner = _unwrapped(network)
+    found = inner if inner is not None else network
+    name = getattr(found, "registered_name", None) or type(found).__name__
+    missing = [k for k in declared if k not in given]
+    if missing:
+        raise CapabilityError(
+            f"network '{name}' declares input '{missing[0]}' (inputs: {', '.join(declared)}), but its "
+            f"caller gives none; pass it by keyword, e.g. call_network(network, x, t, {missing[0]}=...)"
+        )
+    extra = next(k for k in given if k not in declared)
+    raise CapabilityError(
+        f"network '{name}' does not take input '{extra}' (it declares "
+        f"{', '.join(declared) or 'no extra inputs'}); declare it in the network's inputs or do not pass it"
+    )
+
+
+def _unwrapped(network: nn.Module) -> Network | None:
+    """The :class:`Network` behind ``network``, seen through the wrappers torch puts around a module
+    and keeps as a submodule (``DistributedDataParallel``'s ``module``, ``torch.compile``'s
+    ``_orig_mod``): the engine may hand a loss the wrapped network. ``None`` when there is none."""
+    inner: object = network
+    while isinstance(inner, nn.Module) and not isinstance(inner, Network):
+        inner = inner._modules.get("module") or inner._modules.get("_orig_mod")
+    return inner if isinstance(inner, Network) else None
 
 
 class AnalyticModel(Model):
@@ -171,6 +228,13 @@ class Loss(Component):
     def check(self, path: ProbabilityPath) -> None:
         """Raise :class:`CapabilityError` when this loss cannot train on ``path``."""
 
+    def output_shape(self, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of what the network predicts per sample, for data of event shape ``data_shape``:
+        the data's shape (a velocity, a score, a noise: the default), or e.g. ``(*D, K)`` for the
+        logits of ``K`` categories per coordinate. The engine builds the loss before the model and
+        gives a network this shape as ``context.output_shape``."""
+        return tuple(data_shape)
+
     @abc.abstractmethod
     def model_role(self, network: nn.Module, path: ProbabilityPath) -> nn.Module:
         """Wrap ``network`` as the :class:`VectorField` or :class:`ScoreModel` this loss trains."""
@@ -182,16 +246,21 @@ class Loss(Component):
 
     @abc.abstractmethod
     def __call__(
-        self, model: nn.Module, path: ProbabilityPath, z: Tensor, generator: torch.Generator | None = None
+        self,
+        model: nn.Module,
+        path: ProbabilityPath,
+        z: Tensor,
+        generator: torch.Generator | None = None,
+        y: Tensor | None = None,
     ) -> Tensor | LossValue:
         """Scalar loss on a batch of data ``z (B, *D)``; draws ``t`` and ``x ~ p_t(.|z)`` itself, from
         ``generator``. ``model`` is what :meth:`model_role` returned, around the network, or around
         ``DistributedDataParallel(network)`` under torchrun (the plain network where
         :attr:`forward_mode_ad`). A :class:`LossValue` instead of a tensor reports extra scalars.
 
-        For labelled data the training loop calls it with a keyword ``y = labels (B,)`` (int64, the
-        null class where dropped), which the loss passes on as ``model(x, t, y)``; a loss that takes
-        no ``y`` keyword cannot train conditionally. Unlabelled data: no ``y`` is passed."""
+        ``y (B,)``: the labels of labelled data (int64, the null class where dropped), given by the
+        training loop only to a conditional model; the loss passes them on by keyword,
+        ``model(x, t, y=y)``. ``None``: unlabelled data, or an unconditional model."""
 
     # A step in two stages, so that the training loop can pair the next batch while this one trains.
 
@@ -231,9 +300,9 @@ class Loss(Component):
 class Coupling(Component):
     """Pairs a batch of noise with a batch of data: a coupling ``pi`` of ``p_init`` and ``p_data``.
 
-    ``__call__(x0 (B, *D), x1 (B, *D), labels (B,) or None, generator)`` returns ``(x0, x1, labels)``
-    with the same shapes, row ``i`` of each now a pair. Built-ins keep ``x1`` and ``labels`` in place
-    and reorder (or resample) ``x0``, so the data marginal is exact. With ``labels`` (of the data), a
+    ``__call__(x0 (B, *D), x1 (B, *D), y (B,) or None, generator)`` returns ``(x0, x1, y)`` with the
+    same shapes, row ``i`` of each now a pair. Built-ins keep ``x1`` and its labels ``y`` in place
+    and reorder (or resample) ``x0``, so the data marginal is exact. With labels ``y`` (of the data), a
     coupling that honours them pairs each data point only with noise assigned to its class, so a
     class-conditional model sees unbiased noise for every class. Random choices (sampling from a
     plan) come from ``generator``. ``independent`` is ``True`` for the coupling that pairs as drawn.
@@ -248,7 +317,7 @@ class Coupling(Component):
     independent: ClassVar[bool] = False
     background: ClassVar[bool] = False
 
-    def solve(self, x0: Tensor, x1: Tensor, labels: Tensor | None = None) -> Any:
+    def solve(self, x0: Tensor, x1: Tensor, y: Tensor | None = None) -> Any:
         """The generator-free part of pairing ``x0 (B, *D)`` with ``x1 (B, *D)``: its result goes to
         :meth:`pair`. Must not change its inputs; may run on a worker thread. Default: nothing."""
         return None
@@ -258,22 +327,22 @@ class Coupling(Component):
         solution: Any,
         x0: Tensor,
         x1: Tensor,
-        labels: Tensor | None = None,
+        y: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The pairs given ``solution = solve(x0, x1, labels)``: ``pair(solve(x0, x1, l), x0, x1, l, g)``
-        is ``self(x0, x1, l, g)``. Default: ``self(x0, x1, labels, generator)``."""
-        return self(x0, x1, labels, generator)
+        """The pairs given ``solution = solve(x0, x1, y)``: ``pair(solve(x0, x1, y), x0, x1, y, g)``
+        is ``self(x0, x1, y, g)``. Default: ``self(x0, x1, y, generator)``."""
+        return self(x0, x1, y, generator)
 
     @abc.abstractmethod
     def __call__(
         self,
         x0: Tensor,
         x1: Tensor,
-        labels: Tensor | None = None,
+        y: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The pairs ``(x0, x1, labels)``: ``(B, *D)``, ``(B, *D)`` and ``(B,)`` (or ``None``)."""
+        """The pairs ``(x0, x1, y)``: ``(B, *D)``, ``(B, *D)`` and ``(B,)`` (or ``None``)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -348,7 +417,8 @@ class BuildContext:
     """What a component's ``from_params`` may use: the components built before it.
 
     ``roles`` maps ``"velocity"``/``"score"`` to the modules that provide them (set once the model
-    and loss are built).
+    and loss are built). ``loss`` is the pipeline's loss, built before the model (``None`` for an
+    untrained model), so that a network can read :attr:`output_shape`.
     """
 
     source: str = "<pipeline>"
@@ -356,6 +426,7 @@ class BuildContext:
     dataset: Dataset | None = None
     path: ProbabilityPath | None = None
     model: Model | None = None
+    loss: Loss | None = None
     roles: dict[str, nn.Module] = attrs.Factory(dict)
     extra: dict[str, Any] = attrs.Factory(dict)
 
@@ -365,6 +436,13 @@ class BuildContext:
         if self.dataset is None:
             raise CapabilityError("this component needs the data's shape, but no [data] was built")
         return tuple(self.dataset.shape)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of what the network predicts per sample: the loss's :meth:`Loss.output_shape` of the
+        data's shape, or the data's shape where there is no loss."""
+        shape = self.data_shape
+        return shape if self.loss is None else tuple(self.loss.output_shape(shape))
 
     def role(self, name: str, needed_by: str) -> nn.Module:
         """The module playing ``name`` (``"velocity"`` or ``"score"``), converted through the path.

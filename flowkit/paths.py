@@ -82,6 +82,10 @@ class Dataset(Component):
 class Schedule(Component):
     """``alpha_t`` and ``beta_t`` of a Gaussian path ``p_t(x|z) = N(alpha_t z, beta_t^2 I)``.
 
+    Read a schedule through :meth:`coefficients` only (``schedule.coefficients(t)``, then
+    ``.broadcast(like)`` or ``.tensors(t)``): the four methods are what a schedule implements, and a
+    test refuses a call of them anywhere but the schedules themselves.
+
     All methods take ``t`` of shape ``(B,)`` and return shape ``(B,)``. ``t_range`` is the closed
     interval where every formula of the schedule is regular; a loss or sampler draws its times from
     it (e.g. VP keeps ``t <= 1 - 1e-5`` because ``beta_1 = 0``). ``prior_std`` is the standard
@@ -108,8 +112,9 @@ class Schedule(Component):
         """Time derivative ``beta'_t``, shape ``(B,)``."""
 
     def coefficients(self, t: Tensor) -> Coefficients:
-        """All four at ``t (B,)``. The training hot loop calls this once per step; a schedule may
-        override it to share work or to return constants as floats. It must equal the four methods."""
+        """All four at ``t (B,)``: the one way to read a schedule. The training hot loop calls this
+        once per step; a schedule may override it to share work or to return constants as floats
+        (:meth:`Coefficients.tensors` makes them tensors). It must equal the four methods."""
         return Coefficients(self.alpha(t), self.beta(t), self.d_alpha(t), self.d_beta(t))
 
 
@@ -245,14 +250,20 @@ class GaussianProbabilityPath(ProbabilityPath):
 
 
 class VectorField(nn.Module, abc.ABC):
-    """A velocity ``u_t(x)``: ``forward(x (B, *D), t (B,)) -> (B, *D)``."""
+    """A velocity ``u_t(x)``: ``forward(x (B, *D), t (B,), **inputs) -> (B, *D)``.
+
+    ``inputs`` are a network's extra inputs (:attr:`flowkit.interfaces.Network.inputs`, e.g. labels
+    ``y``), by keyword: a role made from a network passes them on (``call_network``); a converted role
+    forwards them to the field it is made from. Simulators call ``forward(x, t)``; guidance sets the
+    labels."""
 
     @abc.abstractmethod
     def forward(self, x: Tensor, t: Tensor) -> Tensor: ...
 
 
 class ScoreModel(nn.Module, abc.ABC):
-    """A score ``grad_x log p_t(x)``: ``forward(x (B, *D), t (B,)) -> (B, *D)``.
+    """A score ``grad_x log p_t(x)``: ``forward(x (B, *D), t (B,), **inputs) -> (B, *D)`` (``inputs``
+    as for :class:`VectorField`).
 
     A score converted from a vector field (through a Gaussian path) names that field in
     ``velocity_source`` and implements :meth:`from_velocity`, so dynamics that need both (the
@@ -275,8 +286,8 @@ class ScoreModel(nn.Module, abc.ABC):
 class NoisePredictor(ScoreModel):
     """A score parametrised by a noise prediction on a Gaussian path: ``s = -eps_theta(x, t) / beta_t``.
 
-    ``predict_noise(x (B, *D), t (B,)) -> (B, *D)`` is what the network learns (a target of order 1 at
-    every ``t``); ``forward`` is the score.
+    ``predict_noise(x (B, *D), t (B,), **inputs) -> (B, *D)`` is what the network learns (a target of
+    order 1 at every ``t``); ``forward`` is the score.
     """
 
     @abc.abstractmethod

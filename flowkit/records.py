@@ -50,6 +50,17 @@ class Coefficients:
     d_alpha: Tensor | float
     d_beta: Tensor | float
 
+    def tensors(self, t: Tensor) -> Coefficients:
+        """The same coefficients with each float constant as a tensor of ``t``'s shape, dtype and device
+        (``torch.full_like(t, value)``): where the arithmetic must be that of tensors (``float / tensor``
+        is computed as ``reciprocal * float``, not as a division)."""
+        return Coefficients(
+            *(
+                c if isinstance(c, Tensor) else torch.full_like(t, c)
+                for c in attrs.astuple(self, recurse=False)
+            )
+        )
+
     def broadcast(self, like: Tensor) -> Coefficients:
         """The same coefficients shaped ``(B, 1, ..., 1)`` to broadcast over ``like (B, *D)``."""
         return Coefficients(*(per_sample(c, like) for c in attrs.astuple(self, recurse=False)))
@@ -64,7 +75,8 @@ class NoParams:
 class PreparedBatch:
     """A batch whose random draws are made and whose pairing is still to do (:meth:`Loss.prepare`).
 
-    ``draws`` is what the loss drew (its own layout, read back by :meth:`Loss.loss_on`); ``solve()``
+    ``draws`` is what the loss drew (its own layout, read back by :meth:`Loss.loss_on`; the data's
+    labels under the key ``"y"``, as everywhere in the contract); ``solve()``
     is the rest of the pairing. ``solve`` may run on another thread while the training thread works
     on other tensors: it draws no random numbers, changes none of the draws and no state the
     training step reads, and returns the ``solution`` :meth:`Loss.loss_on` takes (a host solver
@@ -78,13 +90,13 @@ class PreparedBatch:
 class Samples:
     """What the sampling stage produces: ``samples (N, *D)`` on the CPU, a short ``trajectory
     (T + 1, K, *D)`` of the first ``K`` of them (or ``None``), the function evaluations ``nfe``, and
-    for a conditional model the ``labels (N,)`` the samples were drawn for."""
+    for a conditional model the labels ``y (N,)`` the samples were drawn for."""
 
     samples: Tensor
     trajectory: Tensor | None = None
     nfe: int = 0
     #: The class each sample was asked for ``(N,)`` int64 (the null class: unconditional), or ``None``.
-    labels: Tensor | None = None
+    y: Tensor | None = None
     #: The draws of ``p_init`` the samples came from ``(N, *D)`` on the CPU (simulating them again
     #: with the run's simulator and sampling generator gives ``samples``), or ``None`` where the stage
     #: that sampled does not give them (a plugin's ``flowkit_sample``).

@@ -103,7 +103,7 @@ def test_exact_ot_refuses_bad_shapes_and_a_missing_solver(monkeypatch):
     x0, x1 = batch(8)
     with pytest.raises(FlowkitError, match=r"coupling 'exact-ot': noise and data must have the same shape"):
         ExactOT()(x0, x1[:4])
-    with pytest.raises(FlowkitError, match=r"labels must have shape \(B,\) = \(8,\), got \(4,\)"):
+    with pytest.raises(FlowkitError, match=r"labels y must have shape \(B,\) = \(8,\), got \(4,\)"):
         ExactOT()(x0, x1, torch.zeros(4))
     monkeypatch.setattr("flowkit_couplings.couplings.have_pot", lambda: False)
     with pytest.raises(CapabilityError, match=r'method = "emd" needs POT \(pip install pot\)'):

@@ -87,10 +87,10 @@ def slow_solver(loop: TrainLoop, delays: list[float]) -> list[int]:
     coupling = loop.loss_fn.params.coupling
     solve, ran = coupling.solve, []
 
-    def slowed(x0, x1, labels=None):
+    def slowed(x0, x1, y=None):
         ran.append(threading.get_ident())
         threading.Event().wait(delays[len(ran) % len(delays)])  # a pause, never a clock read
-        return solve(x0, x1, labels)
+        return solve(x0, x1, y)
 
     coupling.solve = slowed  # an instance attribute: this pipeline's coupling only
     return ran
@@ -121,8 +121,8 @@ def test_prepare_solve_loss_on_is_the_loss_bitwise(manager, coupling, conditiona
     if conditional:  # a stand-in conditional network: the labels shift the output
         net = role.network
 
-        def model(x, t, labels):
-            return net(x, t) + labels[:, None].float()
+        def model(x, t, y):  # a role: the labels come by keyword
+            return net(x, t) + y[:, None].float()
 
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     kwargs = {"y": y} if conditional else {}
@@ -299,11 +299,11 @@ def test_a_solver_error_reaches_the_training_thread_with_its_message(tmp_path, m
     calls = {"n": 0}
     solve = ExactOT.solve
 
-    def failing(self, x0, x1, labels=None):
+    def failing(self, x0, x1, y=None):
         calls["n"] += 1
         if calls["n"] == 4:
             raise ValueError("the simplex lost its way")
-        return solve(self, x0, x1, labels)
+        return solve(self, x0, x1, y)
 
     monkeypatch.setattr(ExactOT, "solve", failing)
     with pytest.raises(PairingError) as err:

@@ -117,7 +117,7 @@ def test_the_noise_returned_with_samples_simulates_to_them_bitwise(tmp_path, man
     pipe = done.pipeline.pipeline
     again = pipe.sample.simulator.simulate(pipe.sample.dynamics, drawn.x0, sample_times(pipe))
     assert torch.equal(again, drawn.samples)
-    assert drawn.nfe == pipe.sample.simulator.last_nfe and drawn.labels is None
+    assert drawn.nfe == pipe.sample.simulator.last_nfe and drawn.y is None
     x0, x1 = draw_samples(pipe, 64)  # the public low-level call
     assert torch.equal(x0, drawn.x0) and torch.equal(x1, drawn.samples)
 

@@ -80,18 +80,21 @@ def build_pipeline(
     context.device = run.device
     dataset = context.dataset = cast(Dataset, build.build("dataset", raw["data"], top.child("data")))
     path = context.path = cast(ProbabilityPath, build.build("path", raw["path"], top.child("path")))
+    # The loss before the model: a network's output shape is the loss's (context.output_shape).
+    loss = context.loss = (
+        cast(Loss, build.build("loss", raw["loss"], top.child("loss"))) if "loss" in raw else None
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stage_seed(run.seed, "init"))  # the initial weights depend on the seed only
         model = context.model = cast(Model, build.build("model", raw["model"], top.child("model")))
     network = run.device.prepare_module(model)
-    loss = train = None
+    train = None
     if model.trainable:
-        if "loss" not in raw:
+        if loss is None:
             raise ConfigError(
                 f"{name}: missing table [loss]; model '{model.registered_name}' is trained, so "
                 f"name a loss (known: {', '.join(manager.registry.names('loss'))})"
             )
-        loss = cast(Loss, build.build("loss", raw["loss"], top.child("loss")))
         _located(lambda: loss.check(path), name, "[loss]")
         train = build.structure(TrainSection, raw.get("train", {}), top.child("train"))
         roles: dict[str, nn.Module] = {}

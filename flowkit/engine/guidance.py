@@ -111,8 +111,10 @@ class GuidedField(nn.Module):
             got = "none" if y is None else str(y.shape[0])
             raise RuntimeError(f"guided field called on a batch of {x.shape[0]} with {got} labels")
         if self.scale == 0 or self._unconditional:  # nothing to guide: one evaluation
-            return self.field(x, t, y)
-        both = self.field(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.null)]))
+            return self.field(x, t, y=y)
+        both = self.field(
+            torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, torch.full_like(y, self.null)])
+        )
         conditional, unconditional = both.chunk(2)
         # (1 + w) c - w u = c + w (c - u): one fused multiply-add
         return conditional.add(conditional - unconditional, alpha=self.scale)

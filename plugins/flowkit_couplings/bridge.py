@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import CapabilityError, FlowkitError
-from flowkit.interfaces import Loss, NoisePredictor, ProbabilityPath, VectorField, per_sample
+from flowkit.interfaces import Loss, NoisePredictor, ProbabilityPath, VectorField, call_network, per_sample
 from flowkit.params import param
 from flowkit_couplings.couplings import Sinkhorn
 
@@ -144,8 +144,8 @@ class HeadVelocity(VectorField):
         super().__init__()
         self.network = network
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return head(self.network, "velocity")(x, t)
+    def forward(self, x: Tensor, t: Tensor, **inputs: Tensor) -> Tensor:
+        return call_network(head(self.network, "velocity"), x, t, **inputs)
 
 
 class BridgeScore(NoisePredictor):
@@ -159,13 +159,13 @@ class BridgeScore(NoisePredictor):
         self.network = network
         self.path = path
 
-    def predict_noise(self, x: Tensor, t: Tensor) -> Tensor:
+    def predict_noise(self, x: Tensor, t: Tensor, **inputs: Tensor) -> Tensor:
         """The predicted ``eps``, ``(B, *D)``."""
-        return head(self.network, "score")(x, t)
+        return call_network(head(self.network, "score"), x, t, **inputs)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, **inputs: Tensor) -> Tensor:
         tt = per_sample(t.to(x.dtype), x)
-        return -self.predict_noise(x, t) / (self.path.sigma * torch.sqrt(tt * (1.0 - tt)))
+        return -self.predict_noise(x, t, **inputs) / (self.path.sigma * torch.sqrt(tt * (1.0 - tt)))
 
 
 class SBCFMLoss(Loss):
@@ -231,7 +231,7 @@ class SBCFMLoss(Loss):
         path: ProbabilityPath,
         z: Tensor,
         generator: torch.Generator | None = None,
-        labels: Tensor | None = None,
+        y: Tensor | None = None,
     ) -> Tensor:
         """Scalar loss on data ``z (B, *D)``; ``model`` is the velocity head. Draws ``t``, the noise,
         the plan's pairs and the bridge noise from ``generator``, in that order."""
@@ -241,9 +241,10 @@ class SBCFMLoss(Loss):
         lo, hi = path.t_range
         t = lo + (hi - lo) * torch.rand((z.shape[0],), generator=generator, device=z.device, dtype=z.dtype)
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        noise, z, _ = self.coupling(noise, z, labels, generator)
+        noise, z, y = self.coupling(noise, z, y, generator)
         x, velocity, eps = path.sample_with_score(z, t, noise, generator)
-        loss = nn.functional.mse_loss(head(network, "velocity")(x, t), velocity)
+        loss = nn.functional.mse_loss(call_network(head(network, "velocity"), x, t, y=y), velocity)
         if self.params.score_weight > 0:
-            loss = loss + self.params.score_weight * nn.functional.mse_loss(head(network, "score")(x, t), eps)
+            score = call_network(head(network, "score"), x, t, y=y)
+            loss = loss + self.params.score_weight * nn.functional.mse_loss(score, eps)
         return loss

@@ -1,12 +1,12 @@
 """Couplings of noise and data for conditional flow matching (``docs/math.md``, "Couplings").
 
-Every coupling takes ``x0 (B, *D)`` (noise), ``x1 (B, *D)`` (data), optional ``labels (B,)`` of the data
-and a generator, and returns the pairs ``(x0', x1, labels)``: the data and its labels stay in place and
+Every coupling takes ``x0 (B, *D)`` (noise), ``x1 (B, *D)`` (data), optional labels ``y (B,)`` of the data
+and a generator, and returns the pairs ``(x0', x1, y)``: the data and its labels stay in place and
 the noise is reordered (``exact-ot``) or resampled from a plan (``sinkhorn``), so the data marginal of
 every batch is exact. The cost is the squared Euclidean distance of the flattened points.
 
 With labels, ``exact-ot`` and ``sinkhorn`` pair only within a class: noise slot ``i`` belongs to the
-class of the data point drawn with it (``labels[i]``), which is a uniformly random subset of the
+class of the data point drawn with it (``y[i]``), which is a uniformly random subset of the
 i.i.d. noise, so the noise each class receives is still distributed as ``p_init``. (Pairing across
 classes would hand each class the noise nearest its own data: a class-conditional model would then
 be trained from a biased prior.) Labelled datasets (``digits``, ``images`` with labels) give them with the
@@ -39,16 +39,16 @@ from flowkit.params import param
 Method = Literal["auto", "emd", "scipy"]
 
 
-def check_batch(x0: Tensor, x1: Tensor, labels: Tensor | None, name: str) -> None:
-    """Raise :class:`FlowkitError` unless ``x0`` and ``x1`` are ``(B, *D)`` alike and ``labels`` ``(B,)``."""
+def check_batch(x0: Tensor, x1: Tensor, y: Tensor | None, name: str) -> None:
+    """Raise :class:`FlowkitError` unless ``x0`` and ``x1`` are ``(B, *D)`` alike and ``y`` ``(B,)``."""
     if x0.shape != x1.shape or x0.dim() < 2:
         raise FlowkitError(
             f"coupling '{name}': noise and data must have the same shape (B, *D), got "
             f"{tuple(x0.shape)} and {tuple(x1.shape)}"
         )
-    if labels is not None and tuple(labels.shape) != (x1.shape[0],):
+    if y is not None and tuple(y.shape) != (x1.shape[0],):
         raise FlowkitError(
-            f"coupling '{name}': labels must have shape (B,) = ({x1.shape[0]},), got {tuple(labels.shape)}"
+            f"coupling '{name}': labels y must have shape (B,) = ({x1.shape[0]},), got {tuple(y.shape)}"
         )
 
 
@@ -64,11 +64,11 @@ def squared_distances(x1: Tensor, x0: Tensor) -> Tensor:
     return cost.clamp_min_(0.0)
 
 
-def class_blocks(labels: Tensor | None, n: int) -> list[Tensor] | None:
-    """Index sets ``(n_c,)`` of each class present in ``labels`` (``None`` without labels)."""
-    if labels is None:
+def class_blocks(y: Tensor | None, n: int) -> list[Tensor] | None:
+    """Index sets ``(n_c,)`` of each class present in ``y`` (``None`` without labels)."""
+    if y is None:
         return None
-    return [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
+    return [torch.nonzero(y == c).flatten() for c in torch.unique(y)]
 
 
 def have_pot() -> bool:
@@ -104,11 +104,11 @@ class Independent(Coupling):
         self,
         x0: Tensor,
         x1: Tensor,
-        labels: Tensor | None = None,
+        y: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(x0, x1, labels)`` unchanged."""
-        return x0, x1, labels
+        """``(x0, x1, y)`` unchanged."""
+        return x0, x1, y
 
 
 class ExactOT(Coupling):
@@ -145,17 +145,17 @@ class ExactOT(Coupling):
     #: training loop's worker thread, a step ahead.
     background = True
 
-    def permutation(self, x0: Tensor, x1: Tensor, labels: Tensor | None = None) -> Tensor:
+    def permutation(self, x0: Tensor, x1: Tensor, y: Tensor | None = None) -> Tensor:
         """Indices ``perm (B,)`` (on ``x0``'s device) such that ``x0[perm]`` is paired with ``x1``."""
-        return self.solve(x0, x1, labels).to(x0.device)
+        return self.solve(x0, x1, y).to(x0.device)
 
-    def solve(self, x0: Tensor, x1: Tensor, labels: Tensor | None = None) -> Tensor:
+    def solve(self, x0: Tensor, x1: Tensor, y: Tensor | None = None) -> Tensor:
         """The optimal ``perm (B,)``, int64 on the host (thread-safe: reads its inputs, draws nothing)."""
-        check_batch(x0, x1, labels, "exact-ot")
+        check_batch(x0, x1, y, "exact-ot")
         # float64 on the host, where the solver runs: float32 costs would misorder near-ties.
         host = [x.detach().to("cpu", torch.float64) for x in (x1, x0)]
         cost = squared_distances(host[0], host[1]).numpy()
-        blocks = class_blocks(labels, x1.shape[0])
+        blocks = class_blocks(y, x1.shape[0])
         if blocks is None:
             perm = torch.from_numpy(assignment(cost, self.method))
         else:
@@ -171,21 +171,21 @@ class ExactOT(Coupling):
         solution: Tensor,
         x0: Tensor,
         x1: Tensor,
-        labels: Tensor | None = None,
+        y: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(x0[perm], x1, labels)`` for ``perm = solve(x0, x1, labels)``."""
-        return x0[solution.to(x0.device)], x1, labels
+        """``(x0[perm], x1, y)`` for ``perm = solve(x0, x1, y)``."""
+        return x0[solution.to(x0.device)], x1, y
 
     def __call__(
         self,
         x0: Tensor,
         x1: Tensor,
-        labels: Tensor | None = None,
+        y: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(x0[perm], x1, labels)`` for the optimal ``perm`` (within each class, given labels)."""
-        return self.pair(self.solve(x0, x1, labels), x0, x1, labels)
+        """``(x0[perm], x1, y)`` for the optimal ``perm`` (within each class, given labels ``y``)."""
+        return self.pair(self.solve(x0, x1, y), x0, x1, y)
 
 
 def sinkhorn_log_plan(
@@ -266,10 +266,10 @@ class Sinkhorn(Coupling):
     #: Iterations the last batch needed.
     last_iterations: int = 0
 
-    def log_plan(self, x0: Tensor, x1: Tensor, labels: Tensor | None = None) -> Tensor:
+    def log_plan(self, x0: Tensor, x1: Tensor, y: Tensor | None = None) -> Tensor:
         """``log pi (B, B)``: rows are data points, columns noise; each row sums to ``1/B``."""
         cost = squared_distances(x1.detach().float(), x0.detach().float())
-        mask = None if labels is None else labels[:, None] == labels[None, :]
+        mask = None if y is None else y[:, None] == y[None, :]
         p = self.params
         log_plan, self.last_iterations = sinkhorn_log_plan(cost, p.epsilon, p.iterations, p.tolerance, mask)
         return log_plan
@@ -278,26 +278,26 @@ class Sinkhorn(Coupling):
         self,
         x0: Tensor,
         x1: Tensor,
-        labels: Tensor | None = None,
+        y: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(x0[idx], x1, labels)`` with ``idx_j ~ pi(. | x1_j)``."""
-        return self.pair(self.solve(x0, x1, labels), x0, x1, labels, generator)
+        """``(x0[idx], x1, y)`` with ``idx_j ~ pi(. | x1_j)``."""
+        return self.pair(self.solve(x0, x1, y), x0, x1, y, generator)
 
-    def solve(self, x0: Tensor, x1: Tensor, labels: Tensor | None = None) -> Tensor:
+    def solve(self, x0: Tensor, x1: Tensor, y: Tensor | None = None) -> Tensor:
         """The plan's log, ``log pi (B, B)`` (:meth:`log_plan`); draws nothing."""
-        check_batch(x0, x1, labels, "sinkhorn")
-        return self.log_plan(x0, x1, labels)
+        check_batch(x0, x1, y, "sinkhorn")
+        return self.log_plan(x0, x1, y)
 
     def pair(
         self,
         solution: Tensor,
         x0: Tensor,
         x1: Tensor,
-        labels: Tensor | None = None,
+        y: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(x0[idx], x1, labels)`` with ``idx_j ~ pi(. | x1_j)`` for ``solution = log pi``: one
+        """``(x0[idx], x1, y)`` with ``idx_j ~ pi(. | x1_j)`` for ``solution = log pi``: one
         Gumbel-max draw per data point from ``generator``."""
         log_plan = solution
         uniform = torch.rand(
@@ -305,4 +305,4 @@ class Sinkhorn(Coupling):
         )
         gumbel = -torch.log(-torch.log(uniform.clamp_min_(1e-20)))
         index = torch.argmax(log_plan + gumbel, dim=1)
-        return x0[index], x1, labels
+        return x0[index], x1, y

@@ -6,7 +6,7 @@ import attrs
 from torch import Tensor
 
 from flowkit.errors import FlowkitError
-from flowkit.interfaces import BuildContext, Model, Network
+from flowkit.interfaces import BuildContext, Model, Network, call_network, network_inputs
 from flowkit.params import component
 
 
@@ -34,12 +34,14 @@ class VelocityScore(Network):
                 )
         self.velocity = params.velocity
         self.score = params.score
+        # what forward (the velocity head) takes; each head is called with its own inputs
+        self.inputs = network_inputs(self.velocity)
 
     @classmethod
     def from_params(cls, params: VelocityScore.Params, context: BuildContext) -> VelocityScore:
         """The heads are already built (for ``context.data_shape``) by the config loader."""
         return cls(params)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, **inputs: Tensor) -> Tensor:
         """The velocity head, ``(B, *D)``."""
-        return self.velocity(x, t)
+        return call_network(self.velocity, x, t, **inputs)

@@ -22,7 +22,7 @@ the same basis for every ``t``: a call costs ``O(B K d^2)`` with no per-sample m
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import attrs
 import numpy as np
@@ -316,8 +316,9 @@ class MixtureOracle(AnalyticModel):
         # t-dependent factors are computed once, shape (1, K, d), and broadcast.
         t = t.expand(batch) if t.numel() > 1 and t.stride(0) != 0 else t[:1]
         t = t.to(device=x.device, dtype=torch.float64)
-        alpha = self.schedule.alpha(t)[:, None, None]  # (B, 1, 1)
-        beta = self.schedule.beta(t)[:, None, None]
+        c = self.schedule.coefficients(t).tensors(t)
+        alpha = cast(Tensor, c.alpha)[:, None, None]  # (B, 1, 1)
+        beta = cast(Tensor, c.beta)[:, None, None]
         # U_k^T (x - alpha m_k) for every k: (B, K, d)
         rotated = torch.addcmul((x @ self.bases).view(batch, -1, dim), alpha, self.rotated_means, value=-1)
         variance = torch.addcmul(beta * beta, alpha * alpha, self.eigenvalues)  # eigenvalues of A_k
@@ -357,8 +358,9 @@ class MixtureOracle(AnalyticModel):
         """Marginal velocity ``alpha'_t E[z|x] - beta'_t beta_t grad log p_t(x)``, shape ``(B, d)``."""
         c = self._components(x, t)
         posterior = torch.softmax(c["logits"], dim=1)
-        d_alpha = self.schedule.d_alpha(c["t"])[:, None, None]
-        d_beta = self.schedule.d_beta(c["t"])[:, None, None]
+        rates = self.schedule.coefficients(c["t"]).tensors(c["t"])
+        d_alpha = cast(Tensor, rates.d_alpha)[:, None, None]
+        d_beta = cast(Tensor, rates.d_beta)[:, None, None]
         # alpha' (alpha S_k A_k^{-1} r) + beta' beta A_k^{-1} r, per component, in its eigenbasis
         per_component = (d_alpha * c["alpha"] * self.eigenvalues + d_beta * c["beta"]) * c["whitened"]
         mean_part = d_alpha[:, :, 0] * (posterior @ self.means)

@@ -18,7 +18,7 @@ never divide by a vanishing ``beta_t``; losses use them. The ``x`` forms of the 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import torch
@@ -95,7 +95,7 @@ class GaussianPath(GaussianProbabilityPath):
         self.conversion_t_min = float(self.params.conversion_t_min)
         start = torch.tensor([self.t_range[0]], dtype=torch.float64)
         # Clamp only schedules whose alpha vanishes at the start (OT, cosine), not VP/VE (alpha_0 > 0).
-        self.conversion_clamps = bool(self.schedule.alpha(start).abs().item() < 1e-6)
+        self.conversion_clamps = abs(float(self.schedule.coefficients(start).alpha)) < 1e-6
 
     # -- the schedule ------------------------------------------------------------------------------
 
@@ -110,17 +110,18 @@ class GaussianPath(GaussianProbabilityPath):
         """Standard deviation of ``p_init = N(0, prior_std^2 I)`` (``sigma_max`` for VE)."""
         return float(self.schedule.prior_std)
 
-    def broadcast_coefficients(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _tensor_coefficients(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(alpha, beta, alpha', beta')`` at ``t (B,)`` as tensors shaped ``(B, 1, ..., 1)`` to
-        broadcast over ``like (B, *D)``, from the schedule's four functions."""
+        broadcast over ``like (B, *D)``. Constants are made tensors (:meth:`Coefficients.tensors`): the
+        formulas below divide by them, and ``float / tensor`` is not ``tensor / tensor`` bitwise."""
         self._check_shapes(like, t)
         t = t.to(dtype=like.dtype)
-        s = self.schedule
+        c = self.schedule.coefficients(t).tensors(t).broadcast(like)
         return (
-            per_sample(s.alpha(t), like),
-            per_sample(s.beta(t), like),
-            per_sample(s.d_alpha(t), like),
-            per_sample(s.d_beta(t), like),
+            cast(Tensor, c.alpha),
+            cast(Tensor, c.beta),
+            cast(Tensor, c.d_alpha),
+            cast(Tensor, c.d_beta),
         )
 
     def noise_is_prior(self) -> bool:
@@ -128,7 +129,8 @@ class GaussianPath(GaussianProbabilityPath):
         ``|beta_0 - 1| < 1e-2`` at the start of ``t_range`` (OT with small ``sigma_min``, cosine, VP;
         not VE, whose ``x_0 = z + sigma_max noise``). Only then may a coupling pair noise and data."""
         start = torch.tensor([self.t_range[0]], dtype=torch.float64)
-        alpha, beta = float(self.schedule.alpha(start)), float(self.schedule.beta(start))
+        c = self.schedule.coefficients(start)
+        alpha, beta = float(c.alpha), float(c.beta)
         return abs(alpha) < 1e-2 and abs(beta - 1.0) < 1e-2
 
     # -- sampling ------------------------------------------------------------------------------------
@@ -164,7 +166,7 @@ class GaussianPath(GaussianProbabilityPath):
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
         elif noise.shape != z.shape:
             raise FlowkitError(f"noise has shape {tuple(noise.shape)}, expected that of z {tuple(z.shape)}")
-        alpha, beta, _, _ = self.broadcast_coefficients(t, z)
+        alpha, beta, _, _ = self._tensor_coefficients(t, z)
         return alpha * z + beta * noise, noise
 
     def sample_with_target(
@@ -187,24 +189,24 @@ class GaussianPath(GaussianProbabilityPath):
 
         Regular at every ``t`` where the schedule's derivatives are (no division by ``beta_t``).
         """
-        _, _, d_alpha, d_beta = self.broadcast_coefficients(t, z)
+        _, _, d_alpha, d_beta = self._tensor_coefficients(t, z)
         return d_alpha * z + d_beta * noise
 
     def target_score_from_noise(self, noise: Tensor, t: Tensor) -> Tensor:
         """``grad log p_t(x|z) = -noise / beta_t``; ``(B, *D)``."""
-        _, beta, _, _ = self.broadcast_coefficients(t, noise)
+        _, beta, _, _ = self._tensor_coefficients(t, noise)
         return -noise / beta
 
     def target_velocity(self, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """``u_t(x|z) = alpha'_t z + beta'_t / beta_t (x - alpha_t z)``, ``(B, *D)``; ``t`` in ``t_range``."""
         self._check_t_range(t, "target_velocity")
-        alpha, beta, d_alpha, d_beta = self.broadcast_coefficients(t, x)
+        alpha, beta, d_alpha, d_beta = self._tensor_coefficients(t, x)
         return d_alpha * z + d_beta / beta * (x - alpha * z)
 
     def target_score(self, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """``grad_x log p_t(x|z) = -(x - alpha_t z) / beta_t^2``, ``(B, *D)``; ``t`` in ``t_range``."""
         self._check_t_range(t, "target_score")
-        alpha, beta, _, _ = self.broadcast_coefficients(t, x)
+        alpha, beta, _, _ = self._tensor_coefficients(t, x)
         return -(x - alpha * z) / (beta * beta)
 
     # -- score <-> velocity ------------------------------------------------------------------------
@@ -214,7 +216,7 @@ class GaussianPath(GaussianProbabilityPath):
 
         Singular where ``alpha_t = 0``; :meth:`velocity_from_score` clamps ``t`` there. ``(B, *D)``.
         """
-        alpha, beta, d_alpha, d_beta = self.broadcast_coefficients(t, x)
+        alpha, beta, d_alpha, d_beta = self._tensor_coefficients(t, x)
         return d_alpha / alpha * (x + beta * beta * score) - d_beta * beta * score
 
     def velocity_to_score(self, x: Tensor, velocity: Tensor, t: Tensor) -> Tensor:
@@ -230,7 +232,7 @@ class GaussianPath(GaussianProbabilityPath):
         computed as ``alpha (u - k x) - (alpha' - k alpha) x`` (OT: ``t (u - x) - (1 - t) x``), accurate
         to a few float32 roundings; other schedules use ``alpha u - alpha' x``.
         """
-        alpha, beta, d_alpha, d_beta = self.broadcast_coefficients(t, x)
+        alpha, beta, d_alpha, d_beta = self._tensor_coefficients(t, x)
         split = getattr(self.schedule, "d_alpha_split", None)
         if split is None:
             numerator = alpha * velocity - d_alpha * x
@@ -273,7 +275,8 @@ class GaussianPath(GaussianProbabilityPath):
 
 
 class ScoreAsVelocity(VectorField):
-    """A score model seen as a vector field through a Gaussian path: ``forward(x (B, *D), t (B,))``.
+    """A score model seen as a vector field through a Gaussian path: ``forward(x (B, *D), t (B,),
+    **inputs)``, the inputs (e.g. labels ``y``) passed on to the score by keyword.
 
     Evaluates at ``path.conversion_time(t)`` (see :class:`GaussianPath`).
     """
@@ -283,13 +286,14 @@ class ScoreAsVelocity(VectorField):
         self.score = score
         self.path = path
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, **inputs: Tensor) -> Tensor:
         t = self.path.conversion_time(t)
-        return self.path.score_to_velocity(x, self.score(x, t), t)
+        return self.path.score_to_velocity(x, self.score(x, t, **inputs), t)
 
 
 class VelocityAsScore(ScoreModel):
-    """A vector field seen as the score of its marginal path: ``forward(x (B, *D), t (B,))``."""
+    """A vector field seen as the score of its marginal path: ``forward(x (B, *D), t (B,), **inputs)``,
+    the inputs (e.g. labels ``y``) passed on to the field by keyword."""
 
     def __init__(self, velocity: nn.Module, path: GaussianPath) -> None:
         super().__init__()
@@ -304,5 +308,5 @@ class VelocityAsScore(ScoreModel):
         """The score given the velocity's value at ``(x, t)``: no second network evaluation."""
         return self.path.velocity_to_score(x, velocity, t)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.path.velocity_to_score(x, self.velocity(x, t), t)
+    def forward(self, x: Tensor, t: Tensor, **inputs: Tensor) -> Tensor:
+        return self.path.velocity_to_score(x, self.velocity(x, t, **inputs), t)

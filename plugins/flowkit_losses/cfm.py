@@ -7,14 +7,14 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import CapabilityError
-from flowkit.interfaces import Coupling, PreparedBatch, ProbabilityPath, TimeDistribution
+from flowkit.interfaces import Coupling, PreparedBatch, ProbabilityPath, TimeDistribution, call_network
 from flowkit.params import component
 from flowkit_losses.common import (
     NetworkVelocity,
     TimeSampledLoss,
     TSampling,
     active_coupling,
-    call_network,
+    call_model,
     logit_mean_field,
     logit_std_field,
     mean_squared,
@@ -72,15 +72,14 @@ class CFMLoss(TimeSampledLoss):
         z: Tensor,
         generator: torch.Generator | None = None,
         y: Tensor | None = None,
-        labels: Tensor | None = None,
     ) -> Tensor:
-        """Scalar loss on data ``z (B, *D)`` (with ``labels (B,)`` for a class-aware coupling; ``y (B,)``:
-        the labels a conditional model is given, paired with the data): draws ``t (B,)`` and the noise,
-        pairs them by the coupling, then calls :meth:`loss_at`."""
+        """Scalar loss on data ``z (B, *D)`` (with its labels ``y (B,)`` for a conditional model, which
+        a class-aware coupling pairs by): draws ``t (B,)`` and the noise, pairs them by the coupling,
+        then calls :meth:`loss_at`."""
         coupling = active_coupling(self.params.coupling)
         if coupling is None:
             return super().__call__(model, path, z, generator, y=y)
-        batch = self.prepare(path, z, generator, y=y, labels=labels)
+        batch = self.prepare(path, z, generator, y=y)
         return self.loss_on(model, path, batch, batch.solve(), generator)
 
     def pairs_ahead(self) -> bool:
@@ -94,19 +93,17 @@ class CFMLoss(TimeSampledLoss):
         z: Tensor,
         generator: torch.Generator | None = None,
         y: Tensor | None = None,
-        labels: Tensor | None = None,
     ) -> PreparedBatch:
         """Draws ``t (B,)`` then the noise ``(B, *D)`` from ``generator`` (as :meth:`__call__` does);
         ``solve()`` is the coupling's :meth:`~flowkit.interfaces.Coupling.solve` of noise and data (by
-        the conditional model's ``y``, else by ``labels``)."""
+        the labels ``y``, where there are some)."""
         coupling = active_coupling(self.params.coupling)
         t = self.sample_times(z.shape[0], path, generator, z.device, z.dtype)
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        by = y if y is not None else labels
-        draws = {"z": z, "t": t, "noise": noise, "y": y, "by": by}
+        draws = {"z": z, "t": t, "noise": noise, "y": y}
         if coupling is None:
             return PreparedBatch(draws, lambda: None)
-        return PreparedBatch(draws, lambda: coupling.solve(noise, z, by))
+        return PreparedBatch(draws, lambda: coupling.solve(noise, z, y))
 
     def loss_on(
         self,
@@ -121,13 +118,9 @@ class CFMLoss(TimeSampledLoss):
         d = batch.draws
         z, t, noise, y = d["z"], d["t"], d["noise"], d["y"]
         coupling = active_coupling(self.params.coupling)
-        paired = y
-        if coupling is not None:
-            noise, z, paired = coupling.pair(solution, noise, z, d["by"], generator)
-        if y is None:
-            return self.loss_at(model, path, z, t, noise, generator)
-        # a conditional model: the condition travels with its data point (class-aware pairing by it)
-        return self.loss_at(model, path, z, t, noise, generator, y=paired if paired is not None else y)
+        if coupling is not None:  # the labels travel with their data point (class-aware pairing by them)
+            noise, z, y = coupling.pair(solution, noise, z, y, generator)
+        return self.loss_at(model, path, z, t, noise, generator, y=y)
 
     def model_role(self, network: nn.Module, path: ProbabilityPath) -> nn.Module:
         """The network as a :class:`~flowkit.interfaces.VectorField` (``forward = network``)."""
@@ -147,5 +140,5 @@ class CFMLoss(TimeSampledLoss):
         randomness than ``noise`` draws it from ``generator``. ``y (B,)``: labels of a conditional model."""
         x, target = path.sample_with_target(z, t, noise, generator)
         if type(model) is NetworkVelocity:  # skip the wrapper's own module call in the hot loop
-            model = model.network
-        return mean_squared(call_network(model, x, t, y), target)
+            return mean_squared(call_network(model.network, x, t, y=y), target)
+        return mean_squared(call_model(model, x, t, y), target)

@@ -25,6 +25,7 @@ from flowkit.interfaces import (
     ScoreModel,
     TimeDistribution,
     VectorField,
+    call_network,
 )
 from flowkit.params import component, param
 from flowkit_losses.times import LogitNormalTime, UniformTime
@@ -113,8 +114,6 @@ class TimeSampledLoss(Loss):
         ``t (B,)`` then ``eps (B, *D)`` from ``generator``."""
         t = self.sample_times(z.shape[0], path, generator, z.device, z.dtype)
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        if y is None:
-            return self.loss_at(model, path, z, t, noise, generator)
         return self.loss_at(model, path, z, t, noise, generator, y=y)
 
     @abc.abstractmethod
@@ -149,32 +148,34 @@ def mean_squared(a: Tensor, b: Tensor) -> Tensor:
     return torch.nn.functional.mse_loss(a, b)  # one fused node forward and backward
 
 
-def call_network(network: nn.Module, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-    """``network(x, t)``, or ``network(x, t, y)`` with labels ``y (B,)``: an unconditional network
-    is never given a third argument."""
-    return network(x, t) if y is None else network(x, t, y)
+def call_model(model: nn.Module, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+    """A role ``model`` (what :meth:`Loss.model_role` returned) at ``(x, t)``, given the labels
+    ``y (B,)`` by keyword where there are some (the role passes them on to its network)."""
+    return model(x, t) if y is None else model(x, t, y=y)
 
 
 class NetworkVelocity(VectorField):
-    """A network playing the velocity: ``forward(x (B, *D), t (B,), y (B,) = None) = network(x, t[, y])``."""
+    """A network playing the velocity: ``forward(x (B, *D), t (B,), **inputs) = network(x, t, **inputs)``
+    (the network's declared inputs, by keyword: :func:`flowkit.interfaces.call_network`)."""
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        return call_network(self.network, x, t, y)
+    def forward(self, x: Tensor, t: Tensor, **inputs: Tensor) -> Tensor:
+        return call_network(self.network, x, t, **inputs)
 
 
 class NetworkScore(ScoreModel):
-    """A network playing the score directly: ``forward(x (B, *D), t (B,), y = None) = network(x, t[, y])``."""
+    """A network playing the score directly: ``forward(x (B, *D), t (B,), **inputs)
+    = network(x, t, **inputs)``."""
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        return call_network(self.network, x, t, y)
+    def forward(self, x: Tensor, t: Tensor, **inputs: Tensor) -> Tensor:
+        return call_network(self.network, x, t, **inputs)
 
 
 class NoisePredictionScore(NoisePredictor):
@@ -193,12 +194,12 @@ class NoisePredictionScore(NoisePredictor):
         self.network = network
         self.path = path
 
-    def predict_noise(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """The network's noise prediction, ``(B, *D)`` (given labels ``y (B,)`` where conditional)."""
+    def predict_noise(self, x: Tensor, t: Tensor, **inputs: Tensor) -> Tensor:
+        """The network's noise prediction, ``(B, *D)`` (given its declared ``inputs``, e.g. labels ``y``)."""
         c = self.path.schedule.coefficients(t.to(x.dtype)).broadcast(x)
         variance = c.alpha * c.alpha + c.beta * c.beta
         scale = torch.rsqrt(variance) if isinstance(variance, Tensor) else variance**-0.5
-        return call_network(self.network, x * scale, t, y)
+        return call_network(self.network, x * scale, t, **inputs)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.path.target_score_from_noise(self.predict_noise(x, t, y), t)
+    def forward(self, x: Tensor, t: Tensor, **inputs: Tensor) -> Tensor:
+        return self.path.target_score_from_noise(self.predict_noise(x, t, **inputs), t)

@@ -24,7 +24,7 @@ from flowkit_losses.common import (
     TimeSampledLoss,
     TSampling,
     active_coupling,
-    call_network,
+    call_model,
     logit_mean_field,
     logit_std_field,
     mean_squared,
@@ -114,15 +114,14 @@ class DSMLoss(TimeSampledLoss):
         conditional model."""
         x = path.sample(z, t, noise, generator)
         if self.params.weighting == "noise":
-            if isinstance(model, NoisePredictionScore):
-                return mean_squared(model.predict_noise(x, t, y), noise)
             if isinstance(model, NoisePredictor):
-                return mean_squared(model.predict_noise(x, t), noise)
+                inputs = {} if y is None else {"y": y}
+                return mean_squared(model.predict_noise(x, t, **inputs), noise)
             assert isinstance(path, GaussianProbabilityPath)
             beta = per_sample(path.schedule.coefficients(t.to(x.dtype)).beta, x)
-            return mean_squared(beta * call_network(model, x, t, y), -noise)
+            return mean_squared(beta * call_model(model, x, t, y), -noise)
         if isinstance(path, GaussianProbabilityPath):
             target = path.target_score_from_noise(noise, t)
         else:
             target = path.target_score(x, z, t)
-        return mean_squared(call_network(model, x, t, y), target)
+        return mean_squared(call_model(model, x, t, y), target)

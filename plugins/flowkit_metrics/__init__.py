@@ -20,4 +20,4 @@ def flowkit_evaluate_metrics(run, samples, reference):
     from flowkit_metrics.images import image_metrics
 
     seed = run.table("run").seed if run.table("run") is not None else 0
-    return image_metrics(run.dataset, samples.samples, samples.labels, seed)
+    return image_metrics(run.dataset, samples.samples, samples.y, seed)

@@ -26,14 +26,19 @@ def _check_hidden(instance: object, attribute: attrs.Attribute, value: list[int]
 
 
 class MLP(Network):
-    """``forward(x (B, *D), t (B,)) -> (B, *D)``: a plain MLP on ``[flatten(x), time features]``.
+    """``forward(x (B, *D), t (B,)) -> (B, *O)``: a plain MLP on ``[flatten(x), time features]``.
 
     The input is the flattened ``x`` concatenated with ``t`` (``time_features = 0``) or with ``t`` and
     ``2 * time_features`` Fourier features ``sin(pi 2^k t), cos(pi 2^k t)``, ``k = 0..time_features-1``
     (frequencies doubling from one half period over ``[0, 1]``). Layers: ``Linear`` and the activation
-    for each width in ``hidden``, then a ``Linear`` back to ``prod(D)``, reshaped to ``(B, *D)``.
+    for each width in ``hidden``, then a ``Linear`` to ``prod(O)``, reshaped to ``(B, *O)``, where
+    ``O`` is the loss's output shape (``context.output_shape``: ``D`` for a velocity or a score).
     The parameter count is ``sum(in * out + out)`` over those linear layers, with
     ``in = prod(D) + 1 + 2 * time_features`` for the first.
+
+    With ``class_conditional = true`` on labelled data (``K`` classes) it declares the input ``y``
+    (``forward(x, t, y=y)``, ``y (B,)`` int64, ``y = K`` the null class) and appends the one-hot ``y``
+    (``K + 1`` values) to the first layer's input.
     """
 
     @attrs.define(frozen=True)
@@ -54,13 +59,31 @@ class MLP(Network):
             "overflows float32).",
             validator=[attrs.validators.ge(0), attrs.validators.le(32)],
         )
+        class_conditional: bool = param(
+            False,
+            doc="Condition on the dataset's class labels, where it has them (input y, plus a null "
+            "class for guidance).",
+        )
 
-    def __init__(self, params: Params | None = None, *, data_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        params: Params | None = None,
+        *,
+        data_shape: tuple[int, ...],
+        output_shape: tuple[int, ...] | None = None,
+        num_classes: int = 0,
+    ) -> None:
         super().__init__(params)
         shape = tuple(int(size) for size in data_shape)
         if not shape or any(size <= 0 for size in shape):
             raise FlowkitError(f"mlp needs a non-empty event shape of positive sizes, got {data_shape!r}")
         self.data_shape = shape
+        self.output_shape = shape if output_shape is None else tuple(int(size) for size in output_shape)
+        if not self.output_shape or any(size <= 0 for size in self.output_shape):
+            raise FlowkitError(f"mlp needs an output shape of positive sizes, got {output_shape!r}")
+        self.num_classes = int(num_classes) if self.params.class_conditional else 0
+        if self.num_classes:
+            self.inputs = ("y",)
         dim = math.prod(shape)
         p = self.params
         if p.time_features > 0:
@@ -71,24 +94,31 @@ class MLP(Network):
             )
         else:
             self.frequencies = None
-        widths = [dim + 1 + 2 * p.time_features, *p.hidden]
+        labels = self.num_classes + 1 if self.num_classes else 0
+        widths = [dim + 1 + 2 * p.time_features + labels, *p.hidden]
         layers: list[nn.Module] = []
         for width_in, width_out in itertools.pairwise(widths):
             layers += [nn.Linear(width_in, width_out), ACTIVATIONS[p.activation]()]
-        layers.append(nn.Linear(widths[-1], dim))
+        layers.append(nn.Linear(widths[-1], math.prod(self.output_shape)))
         self.net = nn.Sequential(*layers)
 
     @classmethod
     def from_params(cls, params: Params, context: BuildContext) -> MLP:
-        """Build for the data's event shape ``context.data_shape``."""
-        return cls(params, data_shape=context.data_shape)
+        """Build for the data's event shape ``context.data_shape``, predicting ``context.output_shape``,
+        conditioned on the dataset's classes where asked and it has labels."""
+        classes = context.dataset.num_classes if context.dataset is not None else 0
+        return cls(
+            params, data_shape=context.data_shape, output_shape=context.output_shape, num_classes=classes
+        )
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x (B, *D)``, ``t (B,)`` -> ``(B, *D)``."""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """``x (B, *D)``, ``t (B,)`` (labels ``y (B,)`` where conditional) -> ``(B, *O)``."""
         t = t.to(x.dtype)[:, None]
-        if self.frequencies is None:
-            inputs = torch.cat([x.reshape(x.shape[0], -1), t], dim=1)
-        else:
+        parts = [x.reshape(x.shape[0], -1), t]
+        if self.frequencies is not None:
             angles = t * self.frequencies.to(x.dtype)
-            inputs = torch.cat([x.reshape(x.shape[0], -1), t, torch.sin(angles), torch.cos(angles)], dim=1)
-        return self.net(inputs).reshape(x.shape)
+            parts += [torch.sin(angles), torch.cos(angles)]
+        if self.num_classes:
+            labels = y if y is not None else torch.full((x.shape[0],), self.num_classes, device=x.device)
+            parts.append(nn.functional.one_hot(labels, self.num_classes + 1).to(x.dtype))
+        return self.net(torch.cat(parts, dim=1)).reshape((x.shape[0], *self.output_shape))

@@ -111,7 +111,12 @@ class UNet(Network):
     Widths ``channels * channel_mults[i]`` at level ``i`` (resolution ``H / 2^i``, rounded up);
     ``blocks`` residual blocks per level going down, ``blocks + 1`` coming up (one per skip); a middle
     of block, attention, block. ``y = num_classes`` (or no ``y``) is the null class. With
-    ``class_conditional = true`` and labelled data, ``num_classes`` is the dataset's.
+    ``class_conditional = true`` and labelled data, ``num_classes`` is the dataset's and the network
+    declares the input ``y`` (``forward(x, t, y=y)``).
+
+    The output has the loss's output shape ``context.output_shape``: the data's ``(C, H, W)``, or
+    ``(C, H, W, K)`` (e.g. logits of ``K`` categories per pixel), which the last convolution gives as
+    ``C * K`` channels.
     """
 
     @attrs.define(frozen=True)
@@ -149,7 +154,12 @@ class UNet(Network):
         )
 
     def __init__(
-        self, params: Params | None = None, *, data_shape: tuple[int, ...], num_classes: int = 0
+        self,
+        params: Params | None = None,
+        *,
+        data_shape: tuple[int, ...],
+        num_classes: int = 0,
+        output_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__(params)
         p = self.params
@@ -166,7 +176,15 @@ class UNet(Network):
                     f"{p.groups} and heads = {p.heads}; choose channels as a multiple of both"
                 )
         self.data_shape = tuple(int(s) for s in data_shape)
+        self.output_shape = self.data_shape if output_shape is None else tuple(int(s) for s in output_shape)
+        if self.output_shape[:3] != self.data_shape or len(self.output_shape) > 4:
+            raise ConfigError(
+                f"[model]: unet predicts the data's shape {self.data_shape} or (C, H, W, K), but the loss "
+                f"asks for {self.output_shape}; use a loss with one of these output shapes, or an mlp"
+            )
         self.num_classes = int(num_classes) if p.class_conditional else 0
+        if self.num_classes:
+            self.inputs = ("y",)
         c_img, size = self.data_shape[0], self.data_shape[1]
         emb = 4 * p.channels
         self.time_mlp = nn.Sequential(nn.Linear(p.channels, emb), nn.SiLU(), nn.Linear(emb, emb))
@@ -206,14 +224,18 @@ class UNet(Network):
             if i > 0:
                 self.upsample.append(nn.Conv2d(width, width, 3, padding=1))
         self.norm_out = nn.GroupNorm(p.groups, width)
-        self.conv_out = nn.Conv2d(width, c_img, 3, padding=1)
+        self.conv_out = nn.Conv2d(
+            width, math.prod(self.output_shape) // (size * self.data_shape[2]), 3, padding=1
+        )
         _zero(self.conv_out)
 
     @classmethod
     def from_params(cls, params: Params, context: BuildContext) -> UNet:
         """Build for ``context.data_shape``, conditioned on the dataset's classes where it has labels."""
         classes = context.dataset.num_classes if context.dataset is not None else 0
-        return cls(params, data_shape=context.data_shape, num_classes=classes)
+        return cls(
+            params, data_shape=context.data_shape, num_classes=classes, output_shape=context.output_shape
+        )
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """``x (B, C, H, W)``, ``t (B,)``, labels ``y (B,)`` int64 (``None``: the null class)
@@ -238,4 +260,9 @@ class UNet(Network):
                 h = attention(block(torch.cat([h, skip], dim=1), emb))
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, size=skips[-1].shape[-2:], mode="nearest"))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        if len(self.output_shape) == 3:
+            return out
+        # (B, C K, H, W) -> (B, C, H, W, K): the K values of a pixel's channel last
+        batch, (c_img, height, width, k) = out.shape[0], self.output_shape
+        return out.reshape(batch, c_img, k, height, width).permute(0, 1, 3, 4, 2)

@@ -17,7 +17,7 @@ the pipeline is built) an SDE, and an ODE that is not the flow of a Gaussian pat
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import attrs
 import torch
@@ -93,7 +93,8 @@ class DPMSolverPlusPlus(GridSimulator):
     def _coefficients(self, path: GaussianProbabilityPath, ts: Tensor, like: Tensor) -> tuple[Tensor, ...]:
         """Per-step ``beta_t / beta_s``, ``alpha_t (1 - e^{-h})`` and ``1 / (2 r)``, each ``(T,)``."""
         t = ts.to(dtype=_coefficient_dtype(like))
-        alpha, beta = path.schedule.alpha(t), path.schedule.beta(t)
+        c = path.schedule.coefficients(t).tensors(t)
+        alpha, beta = cast(Tensor, c.alpha), cast(Tensor, c.beta)
         lam = alpha.log() - beta.log()  # -inf where alpha = 0
         h = lam[1:] - lam[:-1]
         scale_x = beta[1:] / beta[:-1]
@@ -227,7 +228,8 @@ class EDMSampler(GridSimulator):
 
         def coefficients(t: float) -> tuple[float, float]:
             at = torch.tensor([t], dtype=torch.float64)
-            return float(schedule.alpha(at)), float(schedule.beta(at))
+            c = schedule.coefficients(at)
+            return float(c.alpha), float(c.beta)
 
         def advance(flow: ODE, i: int, x: Tensor) -> Tensor:
             assert isinstance(flow, ProbabilityFlowODE)  # counted() keeps the type

@@ -7,6 +7,7 @@ A grid is an increasing float64 tensor of ``steps + 1`` times whose first and la
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import attrs
 import torch
@@ -73,7 +74,8 @@ class PowerGrid(TimeGrid):
 def noise_levels(schedule: Schedule, t: Tensor) -> Tensor:
     """``sigma_t = beta_t / alpha_t`` at ``t (T,)`` in float64, ``(T,)``; ``inf`` where ``alpha_t = 0``."""
     t = t.to(torch.float64)
-    return schedule.beta(t) / schedule.alpha(t)
+    c = schedule.coefficients(t).tensors(t)
+    return cast(Tensor, c.beta) / cast(Tensor, c.alpha)
 
 
 def times_of_sigmas(schedule: Schedule, sigmas: Tensor, t_start: float, t_end: float) -> Tensor:
