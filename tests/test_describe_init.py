@@ -37,7 +37,7 @@ def test_describe_shows_nested_components_literals_and_lists():
     assert '  schedule          schedule  "ot"     Schedule of alpha_t and beta_t' in path
     assert 'Example:\n  [path]\n  kind = "gaussian"\n  schedule = "ot"\n' in path
     mlp = invoke("describe", "model", "mlp").stdout
-    assert "hidden         list[int]" in mlp and "[256, 256, 256]" in mlp
+    assert "hidden             list[int]" in mlp and "[256, 256, 256]" in mlp
     assert '"silu" | "relu" | "gelu" | "tanh"' in mlp
 
 
