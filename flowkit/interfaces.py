@@ -56,7 +56,6 @@ from flowkit.paths import (
 from flowkit.records import (
     Coefficients,
     NoParams,
-    PreparedBatch,
     Progress,
     Registrar,
     Role,
@@ -82,7 +81,6 @@ __all__ = [
     "Network",
     "NoParams",
     "NoisePredictor",
-    "PreparedBatch",
     "ProbabilityFlowODE",
     "ProbabilityPath",
     "Progress",
@@ -165,6 +163,15 @@ class Loss(Component):
         that trains a velocity and a score at once (two heads) returns both."""
         return {self.trains: self.model_role(network, path)}
 
+    @property
+    def coupling(self) -> Coupling | None:
+        """The coupling the training loop pairs each batch's noise with its data by, before it calls
+        the loss (``None``, the default: the loss draws its own noise). The loop draws ``x0 ~ p_init``
+        with the path's ``sample_prior``, pairs it by the coupling (its ``solve`` a step ahead on a
+        worker thread where ``background``) and passes the pairs as ``z`` and ``x0``; how long the
+        pairing takes is the loop's concern, never the loss's."""
+        return None
+
     @abc.abstractmethod
     def __call__(
         self, model: nn.Module, path: ProbabilityPath, z: Tensor, generator: torch.Generator | None = None
@@ -174,41 +181,11 @@ class Loss(Component):
 
         For labelled data the training loop calls it with a keyword ``y = labels (B,)`` (int64, the
         null class where dropped), which the loss passes on as ``model(x, t, y)``; a loss that takes
-        no ``y`` keyword cannot train conditionally. Unlabelled data: no ``y`` is passed."""
+        no ``y`` keyword cannot train conditionally. Unlabelled data: no ``y`` is passed.
 
-    # A step in two stages, so that the training loop can pair the next batch while this one trains.
-
-    def pairs_ahead(self) -> bool:
-        """Whether a step is worth splitting into :meth:`prepare` (the draws), ``PreparedBatch.solve``
-        (heavy work needing no generator, run by the training loop on a worker thread while the
-        previous step trains) and :meth:`loss_on`. ``False`` (the default): the loop calls the loss
-        as a whole and starts no thread."""
-        return False
-
-    def prepare(
-        self,
-        path: ProbabilityPath,
-        z: Tensor,
-        generator: torch.Generator | None = None,
-        y: Tensor | None = None,
-    ) -> PreparedBatch:
-        """Make this batch's draws from ``generator`` (on the training thread) and return them with
-        the work left before the loss (see :class:`PreparedBatch`). Only where :meth:`pairs_ahead`."""
-        raise CapabilityError(f"loss '{self.registered_name}' does not split a step (pairs_ahead)")
-
-    def loss_on(
-        self,
-        model: nn.Module,
-        path: ProbabilityPath,
-        batch: PreparedBatch,
-        solution: Any,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """The scalar loss of ``batch`` (from :meth:`prepare`) given ``solution = batch.solve()``; draws
-        what it still needs from ``generator``. With one generator ``g`` for both,
-        ``loss_on(model, path, b, b.solve(), g)`` for ``b = prepare(path, z, g)`` is ``self(model, path,
-        z, g)``, bitwise."""
-        raise CapabilityError(f"loss '{self.registered_name}' does not split a step (pairs_ahead)")
+        Where the loss declares a :attr:`coupling`, the loop also passes ``x0 (B, *D)``: the noise
+        already paired with ``z`` (row ``i`` of each a pair), which the loss uses in place of noise of
+        its own; without a coupling no ``x0`` is passed."""
 
 
 class Coupling(Component):
@@ -224,8 +201,8 @@ class Coupling(Component):
     A coupling may split a call into :meth:`solve` (the deterministic, expensive part: draws nothing,
     thread-safe) and :meth:`pair` (applies the solution; any random choice). ``background = True``
     says that :meth:`solve` is worth running on a worker thread beside the training step (it
-    releases the GIL for most of its time); a loss then pairs each batch a step ahead
-    (:meth:`Loss.pairs_ahead`). The defaults do all the work in :meth:`pair` (``__call__``).
+    releases the GIL for most of its time); the training loop then solves each batch a step ahead
+    (:attr:`Loss.coupling`). The defaults do all the work in :meth:`pair` (``__call__``).
     """
 
     independent: ClassVar[bool] = False
@@ -425,7 +402,7 @@ def kind_of(interface: type) -> str | None:
 # The kinds and records defined in the modules below are public here: errors, the docs and reprs name
 # them by the path a plugin imports them from (``flowkit.interfaces.Schedule``).
 for _public in (
-    Component, NoParams, Coefficients, PreparedBatch, Samples, Registrar, Dataset, Schedule,
+    Component, NoParams, Coefficients, Samples, Registrar, Dataset, Schedule,
     ProbabilityPath, GaussianProbabilityPath, VectorField, ScoreModel, NoisePredictor, ODE,
     ProbabilityFlowODE, SDE, TimeGrid, Simulator, TimeDistribution,
 ):  # fmt: skip
