@@ -17,13 +17,14 @@ Every registered component derives from :class:`Component`. Its parameters are a
 may set; the config loader validates a table against it, and the docs are generated from it. A kind's
 interface is the base class a registered class must derive from (:data:`KINDS`).
 
-This module is where to start reading, and it holds the models, losses, couplings, metrics and device
-backends; the rest of the contract lives in modules below it, each re-exported here (import every name
+This module is where to start reading, and it holds the models, losses, couplings and metrics; the
+rest of the contract lives in modules below it, each re-exported here (import every name
 from ``flowkit.interfaces``):
 
 * :mod:`flowkit.paths`: datasets, schedules, probability paths, the velocity and score fields, and the
   distribution of training times (:class:`TimeDistribution`, the kind ``time``);
 * :mod:`flowkit.dynamics`: dynamics (ODE, SDE), time grids and simulators;
+* :mod:`flowkit.devices`: the device backend (:class:`DeviceBackend`);
 * :mod:`flowkit.building`: the :class:`Component` base and role conversion;
 * :mod:`flowkit.records`: plain records (:class:`Coefficients`, :class:`Samples`, ...).
 """
@@ -31,8 +32,6 @@ from ``flowkit.interfaces``):
 from __future__ import annotations
 
 import abc
-import contextlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -41,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.building import Component, convert_role
+from flowkit.devices import DeviceBackend
 from flowkit.dynamics import ODE, SDE, ProbabilityFlowODE, Simulator, TimeGrid, check_pair
 from flowkit.errors import CapabilityError
 from flowkit.paths import (
@@ -57,7 +57,6 @@ from flowkit.records import (
     Coefficients,
     LossValue,
     NoParams,
-    PreparedBatch,
     Progress,
     Registrar,
     Role,
@@ -87,7 +86,6 @@ __all__ = [
     "Network",
     "NoParams",
     "NoisePredictor",
-    "PreparedBatch",
     "ProbabilityFlowODE",
     "ProbabilityPath",
     "Progress",
@@ -244,6 +242,15 @@ class Loss(Component):
         that trains a velocity and a score at once (two heads) returns both."""
         return {self.trains: self.model_role(network, path)}
 
+    @property
+    def coupling(self) -> Coupling | None:
+        """The coupling the training loop pairs each batch's noise with its data by, before it calls
+        the loss (``None``, the default: the loss draws its own noise). The loop draws ``x0 ~ p_init``
+        with the path's ``sample_prior``, pairs it by the coupling (its ``solve`` a step ahead on a
+        worker thread where ``background``) and passes the pairs as ``z`` and ``x0``; how long the
+        pairing takes is the loop's concern, never the loss's."""
+        return None
+
     @abc.abstractmethod
     def __call__(
         self,
@@ -260,41 +267,11 @@ class Loss(Component):
 
         ``y (B,)``: the labels of labelled data (int64, the null class where dropped), given by the
         training loop only to a conditional model; the loss passes them on by keyword,
-        ``model(x, t, y=y)``. ``None``: unlabelled data, or an unconditional model."""
+        ``model(x, t, y=y)``. ``None``: unlabelled data, or an unconditional model.
 
-    # A step in two stages, so that the training loop can pair the next batch while this one trains.
-
-    def pairs_ahead(self) -> bool:
-        """Whether a step is worth splitting into :meth:`prepare` (the draws), ``PreparedBatch.solve``
-        (heavy work needing no generator, run by the training loop on a worker thread while the
-        previous step trains) and :meth:`loss_on`. ``False`` (the default): the loop calls the loss
-        as a whole and starts no thread."""
-        return False
-
-    def prepare(
-        self,
-        path: ProbabilityPath,
-        z: Tensor,
-        generator: torch.Generator | None = None,
-        y: Tensor | None = None,
-    ) -> PreparedBatch:
-        """Make this batch's draws from ``generator`` (on the training thread) and return them with
-        the work left before the loss (see :class:`PreparedBatch`). Only where :meth:`pairs_ahead`."""
-        raise CapabilityError(f"loss '{self.registered_name}' does not split a step (pairs_ahead)")
-
-    def loss_on(
-        self,
-        model: nn.Module,
-        path: ProbabilityPath,
-        batch: PreparedBatch,
-        solution: Any,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """The scalar loss of ``batch`` (from :meth:`prepare`) given ``solution = batch.solve()``; draws
-        what it still needs from ``generator``. With one generator ``g`` for both,
-        ``loss_on(model, path, b, b.solve(), g)`` for ``b = prepare(path, z, g)`` is ``self(model, path,
-        z, g)``, bitwise."""
-        raise CapabilityError(f"loss '{self.registered_name}' does not split a step (pairs_ahead)")
+        Where the loss declares a :attr:`coupling`, the loop also passes ``x0 (B, *D)``: the noise
+        already paired with ``z`` (row ``i`` of each a pair), which the loss uses in place of noise of
+        its own; without a coupling no ``x0`` is passed."""
 
 
 class Coupling(Component):
@@ -310,8 +287,8 @@ class Coupling(Component):
     A coupling may split a call into :meth:`solve` (the deterministic, expensive part: draws nothing,
     thread-safe) and :meth:`pair` (applies the solution; any random choice). ``background = True``
     says that :meth:`solve` is worth running on a worker thread beside the training step (it
-    releases the GIL for most of its time); a loss then pairs each batch a step ahead
-    (:meth:`Loss.pairs_ahead`). The defaults do all the work in :meth:`pair` (``__call__``).
+    releases the GIL for most of its time); the training loop then solves each batch a step ahead
+    (:attr:`Loss.coupling`). The defaults do all the work in :meth:`pair` (``__call__``).
     """
 
     independent: ClassVar[bool] = False
@@ -346,7 +323,7 @@ class Coupling(Component):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Evaluation and devices
+# Evaluation
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -361,50 +338,6 @@ class Metric(Component):
         """Bytes of working memory for ``n`` vs ``m`` points of ``dim`` values (0: negligible); the
         engine refuses an ``[evaluate]`` whose need exceeds the device's memory."""
         return 0
-
-
-class DeviceBackend(Component):
-    """Where tensors live and how the hot loops run (device, precision, compilation).
-
-    ``from_params`` raises a :class:`flowkit.errors.FlowkitError` when the device is not available, so
-    a run fails before any work starts. The engine calls :meth:`prepare_module` on the model before
-    training or sampling, and :meth:`compile_sampler` only for a simulator that is ``capturable``.
-    """
-
-    @property
-    @abc.abstractmethod
-    def device(self) -> torch.device:
-        """The torch device tensors and modules live on."""
-
-    def generator(self, seed: int) -> torch.Generator:
-        """A generator on this device seeded with ``seed``."""
-        return torch.Generator(device=self.device).manual_seed(seed)
-
-    def prepare_module(self, module: nn.Module) -> nn.Module:
-        """Move a module to the device and return the module to call (compiled, where asked). The
-        returned module shares ``module``'s parameters."""
-        return module.to(self.device)
-
-    def autocast(self) -> contextlib.AbstractContextManager[None]:
-        """Context for the forward pass of training (mixed precision, where enabled)."""
-        return contextlib.nullcontext()
-
-    @property
-    def captures_samplers(self) -> bool:
-        """Whether :meth:`compile_sampler` captures (so the engine reports progress once, at the end)."""
-        return False
-
-    def compile_sampler(self, fn: Callable[[Tensor], Tensor], example: Tensor) -> Callable[[Tensor], Tensor]:
-        """Optionally capture a fixed-step sampler ``fn(x0) -> x1`` (e.g. as a CUDA graph)."""
-        return fn
-
-    def synchronize(self) -> None:
-        """Wait for queued work (for timing)."""
-
-    def memory_available(self) -> int | None:
-        """Bytes of memory free for tensors on :attr:`device`, ``None`` when unknown. The engine
-        refuses, at build time, batch and sample sizes whose estimated need exceeds it."""
-        return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -522,8 +455,8 @@ def kind_of(interface: type) -> str | None:
 # The kinds and records defined in the modules below are public here: errors, the docs and reprs name
 # them by the path a plugin imports them from (``flowkit.interfaces.Schedule``).
 for _public in (
-    Component, NoParams, Coefficients, PreparedBatch, Samples, Registrar, Dataset, Schedule,
+    Component, NoParams, Coefficients, Samples, Registrar, Dataset, Schedule,
     LossValue, StageContext, ProbabilityPath, GaussianProbabilityPath, VectorField, ScoreModel,
-    NoisePredictor, ODE, ProbabilityFlowODE, SDE, TimeGrid, Simulator, TimeDistribution,
+    NoisePredictor, ODE, ProbabilityFlowODE, SDE, TimeGrid, Simulator, TimeDistribution, DeviceBackend,
 ):  # fmt: skip
     _public.__module__ = __name__

@@ -1,11 +1,11 @@
 """Records of the contract: plain values that components and hooks pass around.
 
 Nothing here is a component: the broadcasting helper :func:`per_sample`, a schedule's
-:class:`Coefficients`, a batch prepared a step ahead (:class:`PreparedBatch`), what sampling produces
-(:class:`Samples`), what a loss may return besides a tensor (:class:`LossValue`), what a component's
-``setup`` receives when a stage starts (:class:`StageContext`, with the run's seeds by
-:func:`stage_seed`) and what ``flowkit_register`` receives (:class:`Registrar`). It imports no other
-flowkit module, so every contract module may use it; :mod:`flowkit.interfaces` re-exports each name.
+:class:`Coefficients`, what sampling produces (:class:`Samples`), what a loss may return besides a
+tensor (:class:`LossValue`), what a component's ``setup`` receives when a stage starts
+(:class:`StageContext`, with the run's seeds by :func:`stage_seed`) and what ``flowkit_register``
+receives (:class:`Registrar`). It imports no other flowkit module, so every contract module may use it;
+:mod:`flowkit.interfaces` re-exports each name.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol, overload
+from typing import Literal, Protocol, overload
 
 import attrs
 import torch
@@ -69,21 +69,6 @@ class Coefficients:
 @attrs.define(frozen=True)
 class NoParams:
     """Parameters of a component that takes none."""
-
-
-@attrs.frozen
-class PreparedBatch:
-    """A batch whose random draws are made and whose pairing is still to do (:meth:`Loss.prepare`).
-
-    ``draws`` is what the loss drew (its own layout, read back by :meth:`Loss.loss_on`; the data's
-    labels under the key ``"y"``, as everywhere in the contract); ``solve()``
-    is the rest of the pairing. ``solve`` may run on another thread while the training thread works
-    on other tensors: it draws no random numbers, changes none of the draws and no state the
-    training step reads, and returns the ``solution`` :meth:`Loss.loss_on` takes (a host solver
-    that releases the GIL then runs beside the training step)."""
-
-    draws: dict[str, Any]
-    solve: Callable[[], Any]
 
 
 @attrs.frozen

@@ -300,17 +300,24 @@ def one_process_reference(
         (
             backend.generator(rank_seed(pipe.run.seed, "data", r)),
             backend.generator(rank_seed(pipe.run.seed, "loss", r)),
+            backend.generator(rank_seed(pipe.run.seed, "noise", r)),
         )
         for r in range(ranks)
     ]
+    coupling = loop.loss_fn.coupling
     means: list[float] = []
     window: list[torch.Tensor] = []
     for step in range(1, cfg.steps + 1):
         loop.optimizer.zero_grad(set_to_none=True)
         losses = []
-        for data_gen, loss_gen in gens:
+        for data_gen, loss_gen, noise_gen in gens:
             z = pipe.dataset.sample(cfg.batch_size // ranks, generator=data_gen, device=loop.device)
-            loss = loop.loss_fn(loop.role, pipe.path, z, generator=loss_gen)
+            paired = {}
+            if coupling is not None:  # what the batch producer does: x0 from the noise stream, paired
+                x0 = pipe.path.sample_prior(tuple(z.shape), generator=noise_gen, device=loop.device)
+                x0, z, _ = coupling(x0, z, None, loss_gen)
+                paired = {"x0": x0}
+            loss = loop.loss_fn(loop.role, pipe.path, z, generator=loss_gen, **paired)
             (loss / ranks).backward()
             losses.append(loss.detach())
         loop.optimizer.step()
@@ -515,7 +522,7 @@ def test_exact_ot_under_a_one_rank_process_group_is_bitwise_the_plain_run(tmp_pa
         build_pipeline(file, [*SETTINGS, *EXACT_OT], manager), manager, out=str(tmp_path / "g"), quiet=True
     )
     state = load_checkpoint(grouped.directory / "checkpoint-0000060.pt")
-    assert set(state["rank_generators"][0]) == {"data", "loss", "paired"}
+    assert set(state["rank_generators"][0]) == {"data", "noise", "loss"}
     dist.stop()
     plain = run_pipeline(
         build_pipeline(file, [*SETTINGS, *EXACT_OT], manager), manager, out=str(tmp_path / "p"), quiet=True
@@ -526,7 +533,7 @@ def test_exact_ot_under_a_one_rank_process_group_is_bitwise_the_plain_run(tmp_pa
 @pytest.mark.slow
 def test_two_ranks_pair_ahead_each_its_own_batch_as_one_process_pairs_them(tmp_path, manager):
     """``--nproc 2`` with exact-ot: every rank pairs its share a step ahead; one process pairing each
-    rank's share inside the step (``one_process_reference``, the loss called whole) gets the same."""
+    rank's share inside the step (``one_process_reference``) gets the same."""
     file = _pipeline_file(tmp_path)
     file.write_text(file.read_text().replace('kind = "cfm"', 'kind = "cfm"\ncoupling = "exact-ot"'))
     sets = [arg for setting in SETTINGS for arg in ("--set", setting)]
@@ -536,14 +543,14 @@ def test_two_ranks_pair_ahead_each_its_own_batch_as_one_process_pairs_them(tmp_p
     )
     assert done.returncode == 0, done.stderr[-3000:]
     means, weights = one_process_reference(file, 2, manager)
-    assert build_pipeline(file, SETTINGS, manager).loss.pairs_ahead()
+    assert TrainLoop(build_pipeline(file, SETTINGS, manager)).ahead
     assert _losses(out) == pytest.approx(means, abs=TOLERANCE, rel=0)
     got = _model(out)
     for which in ("model", "raw"):
         worst = max(float((got[which][k] - weights[which][k]).abs().max()) for k in weights[which])
         assert worst <= TOLERANCE, f"{which} weights differ by {worst}"
     state = load_checkpoint(out / "checkpoint-0000060.pt")
-    assert [set(g) for g in state["rank_generators"]] == [{"data", "loss", "paired"}] * 2
+    assert [set(g) for g in state["rank_generators"]] == [{"data", "noise", "loss"}] * 2
 
 
 @pytest.mark.slow

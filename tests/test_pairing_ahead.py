@@ -1,4 +1,5 @@
-"""Pairing a step ahead: the exact-OT solve of batch k + 1 runs on a worker thread while step k trains.
+"""Pairing a step ahead: the batch producer pairs noise and data for the loss; the exact-OT solve of
+batch k + 1 runs on a worker thread while step k trains.
 
 What must hold whatever the threads' timing: the pairs are the synchronous pairing of the same draws
 (bitwise), the same seed gives the same weights and samples, an interrupted and resumed run is the
@@ -106,18 +107,40 @@ def trained(manager, spec: dict[str, Any], steps: int, delays: list[float] | Non
 
 
 # ---------------------------------------------------------------------------------------------------
-# The contract: prepare / solve / loss_on is the loss
+# The contract: a loss declares its coupling and receives the paired noise as x0
 # ---------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("coupling", ["exact-ot", "sinkhorn", "independent"])
-@pytest.mark.parametrize("conditional", [False, True])
-def test_prepare_solve_loss_on_is_the_loss_bitwise(manager, coupling, conditional):
+def test_cfm_declares_its_coupling_and_the_loop_solves_ahead_only_where_it_is_background(manager, coupling):
     pipe = build_pipeline(pipeline(loss={"kind": "cfm", "coupling": coupling}), (), manager)
+    declared = pipe.loss.coupling
+    if coupling == "independent":
+        assert declared is None
+    else:
+        assert declared is pipe.loss.params.coupling and declared.registered_name == coupling
+    loop = TrainLoop(pipe)
+    assert loop.ahead is (coupling == "exact-ot")
+    assert (loop.noise_gen is None) is (coupling == "independent")
+
+
+def test_dsm_declares_no_coupling_and_sb_cfm_declares_its_plan(manager):
+    dsm = build_pipeline(pipeline(loss={"kind": "dsm"}), (), manager)
+    assert dsm.loss.coupling is None
+    sb = build_pipeline(
+        pipeline(path=BRIDGE, model={"kind": "velocity-score"}, loss={"kind": "sb-cfm"}), (), manager
+    )
+    assert sb.loss.coupling is not None and sb.loss.coupling.params.epsilon == pytest.approx(0.08)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_cfm_given_x0_uses_it_as_the_noise_and_draws_only_the_times(manager, conditional):
+    """With ``x0`` the loss is ``loss_at`` on that noise: the pairing is the loop's, not the loss's."""
+    pipe = build_pipeline(pipeline(), (), manager)
     loss, role, path = pipe.loss, pipe.context.roles["velocity"], pipe.path
-    z = torch.randn(24, 2) + 1.0
+    z, x0 = torch.randn(24, 2) + 1.0, torch.randn(24, 2)
     y = torch.arange(24) % 3 if conditional else None
-    model = role
+    model: Any = role
     if conditional:  # a stand-in conditional network: the labels shift the output
         net = role.network
 
@@ -126,11 +149,10 @@ def test_prepare_solve_loss_on_is_the_loss_bitwise(manager, coupling, conditiona
 
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     kwargs = {"y": y} if conditional else {}
-    whole = loss(model, path, z, generator=g1, **kwargs)
-    batch = loss.prepare(path, z, generator=g2, **kwargs)
-    assert torch.equal(loss.loss_on(model, path, batch, batch.solve(), generator=g2), whole)
+    given = loss(model, path, z, generator=g1, x0=x0, **kwargs)
+    t = loss.sample_times(24, path, g2)
+    assert torch.equal(given, loss.loss_at(model, path, z, t, x0, g2, **kwargs))
     assert torch.equal(g1.get_state(), g2.get_state())
-    assert loss.pairs_ahead() is (coupling == "exact-ot")
 
 
 def test_exact_ot_solve_is_the_permutation_and_pair_applies_it():
@@ -149,7 +171,7 @@ def test_exact_ot_solve_is_the_permutation_and_pair_applies_it():
 
 
 def test_the_loop_trains_on_the_synchronous_pairing_of_the_same_draws(manager):
-    """Replays the data and loss streams one step at a time and pairs each batch with scipy's
+    """Replays the data, noise and loss streams one step at a time and pairs each batch with scipy's
     assignment: every step's pairs must be exactly what the loss was given."""
     loop = TrainLoop(build_pipeline(pipeline(), (), manager))
     assert loop.ahead
@@ -166,12 +188,13 @@ def test_the_loop_trains_on_the_synchronous_pairing_of_the_same_draws(manager):
         pass
     pipe, seed = loop.pipeline, loop.pipeline.run.seed
     data_gen = pipe.device.generator(rank_seed(seed, "data", 0))  # the streams, from the start
+    noise_gen = pipe.device.generator(rank_seed(seed, "noise", 0))
     loss_gen = pipe.device.generator(rank_seed(seed, "loss", 0))
     assert len(given) == 12
     for step, (z, t, noise) in enumerate(given, start=1):
         data = pipe.dataset.sample(32, generator=data_gen)
+        drawn = pipe.path.sample_prior((32, 2), generator=noise_gen)
         times = loop.loss_fn.sample_times(32, pipe.path, loss_gen)
-        drawn = torch.randn(data.shape, generator=loss_gen)
         cost = squared_distances(data.double(), drawn.double()).numpy()
         _, cols = linear_sum_assignment(cost)
         assert torch.equal(z, data) and torch.equal(t, times), f"step {step}: other draws"
@@ -227,12 +250,12 @@ def test_resume_from_a_state_taken_with_a_batch_paired_ahead_is_bitwise(manager,
     states = []
     for step, _, _ in first.run(12):
         if step == 5:
-            assert first._next is not None  # the batch of step 6 is drawn and being paired
+            assert first.batches._next is not None  # the batch of step 6 is drawn and being paired
             states.append(first.state_dict())
             break
     assert pairing_threads() == []  # abandoning the iteration closed the worker
     state = states[0]
-    assert set(state["generators"]) == {"data", "loss", "paired"}
+    assert set(state["generators"]) == {"data", "noise", "loss"}
     resumed = TrainLoop(build_pipeline(spec, (), manager))
     assert resumed.load_state_dict(state) == 5
     for _ in resumed.run(12):
@@ -353,6 +376,6 @@ def test_the_independent_coupling_starts_no_thread_and_saves_what_it_did(tmp_pat
     state = torch.load(done.directory / "checkpoint-0000030.pt", weights_only=True)
     assert set(state["generators"]) == {"data", "loss"}
     loop = TrainLoop(build_pipeline(file, OVERRIDES, manager))
-    assert not loop.ahead and loop.paired_gen is None
+    assert not loop.ahead and loop.noise_gen is None
     samples = np.load(done.directory / "samples.npy")
     assert np.isfinite(samples).all()

@@ -9,25 +9,21 @@ checked in one read at every log step and before every checkpoint, which names t
 first non-finite loss. A checkpoint is written only after that check and a check of the weights, so
 no checkpoint ever holds non-finite weights.
 
-A loss whose pairing is worth running beside the training step (:meth:`~flowkit.interfaces.Loss.pairs_ahead`:
-``cfm`` with ``coupling = "exact-ot"``) is run a step ahead: during step ``k`` the training thread
-draws batch ``k + 1`` (from the same data and loss generators, in the same order as one step at a
-time) and hands its solve to one worker thread, so the host solver runs on another core while step
-``k`` trains; step ``k + 1`` waits only for what is left of it. What the loss draws after the pairing
-comes from a third generator (``paired``), so a checkpoint holds the data and loss generators as they
-were before the batch drawn ahead, and a resumed run draws that batch again, bitwise. See
+Each batch comes from the batch producer (:mod:`flowkit.engine.batches`): the data, the labels and,
+where the loss declares a coupling (:attr:`~flowkit.interfaces.Loss.coupling`), the noise paired with
+the data, solved a step ahead on a worker thread where the coupling's solve is worth it. See
 ``docs/design.md``, "Pairing a step ahead".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from flowkit.engine.batches import PAIRING_THREAD, BatchProducer, PairingError
 from flowkit.engine.checkpoints import FORMAT
 from flowkit.engine.distributed import (
     average_gradients,
@@ -38,11 +34,10 @@ from flowkit.engine.distributed import (
     rank_seed,
     wrap_model,
 )
-from flowkit.engine.guidance import num_classes
 from flowkit.engine.optim import WeightAverage, adamw, lr_factor
 from flowkit.engine.scalars import LossScalars
 from flowkit.errors import CapabilityError, FlowkitError
-from flowkit.interfaces import LossValue, PreparedBatch
+from flowkit.interfaces import LossValue
 
 if TYPE_CHECKING:
     from flowkit.engine.records import Pipeline
@@ -57,30 +52,7 @@ class Diverged(FlowkitError):
         self.what = what
 
 
-class PairingError(FlowkitError):
-    """The pairing of a batch (``PreparedBatch.solve``, on the worker thread or not) raised ``cause``."""
-
-    def __init__(self, step: int, loss: str, cause: BaseException) -> None:
-        super().__init__(
-            f"training step {step}: pairing noise and data failed (loss '{loss}'): "
-            f"{type(cause).__name__}: {cause}"
-        )
-        self.step = step
-        self.cause = cause
-
-
-#: The name (prefix) of the one worker thread that pairs the next batch while a step trains.
-PAIRING_THREAD = "flowkit-pairing"
-
-
-class _Ahead:
-    """A batch drawn a step ahead: its draws, its solve under way, and the data and loss generator
-    states from before its draws (what a checkpoint saves, and what :meth:`TrainLoop.close` restores)."""
-
-    __slots__ = ("batch", "future", "generators")
-
-    def __init__(self, batch: PreparedBatch, future: Future[Any], generators: tuple[Tensor, Tensor]) -> None:
-        self.batch, self.future, self.generators = batch, future, generators
+__all__ = ["PAIRING_THREAD", "Diverged", "PairingError", "TrainLoop"]
 
 
 class TrainLoop:
@@ -103,8 +75,8 @@ class TrainLoop:
     A loss may return a :class:`~flowkit.interfaces.LossValue`: its ``loss`` is backpropagated and its
     scalars are logged as ``loss/<name>`` (:attr:`last_scalars`, at every log step).
 
-    Where the loss pairs ahead (:attr:`ahead`), :meth:`step` draws the next batch and starts its
-    pairing on a worker thread (:data:`PAIRING_THREAD`) before it trains; :meth:`close` (or ``with
+    Where the loss's coupling is solved ahead (:attr:`ahead`), :meth:`step` draws the next batch and
+    starts its solve on a worker thread (:data:`PAIRING_THREAD`) before it trains; :meth:`close` (or ``with
     TrainLoop(...) as loop``) stops the thread and puts the generators back to before that batch.
     :meth:`run` and the train stage (:func:`flowkit.engine.train.train_with`) close it on every way
     out. Otherwise no thread is started.
@@ -149,18 +121,12 @@ class TrainLoop:
         self.last_scalars: dict[str, float] = {}
         seed = pipeline.run.seed
         rank = self.world.rank
-        self.data_gen = self.backend.generator(rank_seed(seed, "data", rank))
         self.loss_gen = self.backend.generator(rank_seed(seed, "loss", rank))
-        #: Whether each batch is drawn and paired a step ahead, on a worker thread (``Loss.pairs_ahead``).
-        #: Set it to ``False`` to pair each batch inside its own step, on this thread: the same draws
-        #: from the same streams, so the same training, bitwise; only no thread.
-        self.ahead = loss.pairs_ahead()
-        # What the loss draws after the pairing (a plan's random choice, a path's own noise) comes
-        # from a stream of its own, so the data and loss streams are drawn batch after batch.
-        self.paired_gen = self.backend.generator(rank_seed(seed, "paired", rank)) if self.ahead else None
-        self._split = self.ahead  # the step in two stages (the thread or not: TrainLoop.ahead)
-        self._next: _Ahead | None = None  # the batch of step current_step + 1, drawn ahead
-        self._worker: ThreadPoolExecutor | None = None
+        #: Each step's batch: data, labels and, where the loss declares a coupling, the paired noise.
+        self.batches = BatchProducer(pipeline, self.batch_size, rank, self.loss_gen)
+        self.data_gen = self.batches.data_gen
+        #: The source points a coupling pairs (``None`` where the loss declares no coupling).
+        self.noise_gen = self.batches.noise_gen
         #: The last step completed (0 before the first).
         self.current_step = 0
         #: The mean loss of the last log step (``None`` before the first).
@@ -168,13 +134,24 @@ class TrainLoop:
         self._window: list[Tensor] = []  # losses since the last log step
         self._checked = 0  # how many of them were checked finite
         #: Classes of a conditional model (0: unconditional); labels are drawn with the data then.
-        self.num_classes = num_classes(pipeline)
+        self.num_classes = self.batches.num_classes
         # Dropout draws from torch's global generator: each step seeds it (inside a fork) from the run
         # seed and the step number, so the run neither depends on nor changes the global state, and a
         # resumed run draws the same masks.
         self.stochastic = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.network.modules())
         self._rng_devices = [self.device] if self.device.type == "cuda" else []
         self.network.train()
+
+    @property
+    def ahead(self) -> bool:
+        """Whether each batch is drawn and its coupling solved a step ahead, on a worker thread
+        (``Coupling.background``). Set it to ``False`` to pair each batch inside its own step, on this
+        thread: the same draws from the same streams, so the same training, bitwise; only no thread."""
+        return self.batches.ahead
+
+    @ahead.setter
+    def ahead(self, value: bool) -> None:
+        self.batches.ahead = value
 
     @property
     def lr(self) -> float:
@@ -184,7 +161,7 @@ class TrainLoop:
     def step(self, ahead: bool = True) -> Tensor:
         """One optimisation step; returns the loss as a detached scalar tensor (no device sync).
 
-        Where the loss pairs ahead, ``ahead = True`` also draws the next step's batch and starts its
+        Where the coupling is solved ahead, ``ahead = True`` also draws the next step's batch and starts its
         pairing on the worker thread (``False``: the last step; nothing is left running)."""
         if not self.stochastic:
             return self._step(ahead)
@@ -194,13 +171,10 @@ class TrainLoop:
             return self._step(ahead)
 
     def _step(self, ahead: bool) -> Tensor:
+        z, keywords = self.batches.next(self.current_step + 1, ahead)
         value: Tensor | LossValue
-        if self._split:
-            value = self._paired_loss(ahead and self.ahead)
-        else:
-            z, labels = self._batch()
-            with self.backend.autocast():
-                value = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen, **labels)
+        with self.backend.autocast():
+            value = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen, **keywords)
         loss = self.scalars.take(value)  # a LossValue's scalars are kept for the log step
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -215,65 +189,11 @@ class TrainLoop:
             self.ema.update()
         return loss.detach()
 
-    def _paired_loss(self, ahead: bool) -> Tensor:
-        """This step's loss on a batch paired ahead (or now, on the first step and after a resume or
-        :meth:`close`); with ``ahead``, draws the next batch and submits its solve first."""
-        step = self.current_step + 1
-        current, self._next = self._next, None
-        if current is None:
-            batch = self._draw()
-            solution = self._solution(batch.solve, step)
-        else:
-            batch = current.batch
-            solution = self._solution(current.future.result, step)
-        if ahead:
-            before = (self.data_gen.get_state(), self.loss_gen.get_state())
-            following = self._draw()
-            if self._worker is None:
-                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=PAIRING_THREAD)
-            self._next = _Ahead(following, self._worker.submit(following.solve), before)
-        with self.backend.autocast():
-            return self.loss_fn.loss_on(
-                self.role, self.pipeline.path, batch, solution, generator=self.paired_gen
-            )
-
-    def _draw(self) -> PreparedBatch:
-        """The next batch, drawn on this thread: the data (data generator), then the loss's draws
-        (loss generator), in the order of a step that is not split."""
-        z, labels = self._batch()
-        with self.backend.autocast():
-            return self.loss_fn.prepare(self.pipeline.path, z, generator=self.loss_gen, **labels)
-
-    def _batch(self) -> tuple[Tensor, dict[str, Tensor]]:
-        """This rank's next batch from the data generator: ``z (B, *D)`` and the keyword arguments
-        that give a conditional model's loss its labels (``{"y": y (B,)}``; ``{}`` without labels, so
-        an unconditional loss is called as it always was)."""
-        if self.num_classes:
-            z, y = self.labelled_batch()
-            return z, {"y": y}
-        z = self.pipeline.dataset.sample(self.batch_size, generator=self.data_gen, device=self.device)
-        return z, {}
-
-    def _solution(self, solve: Callable[[], Any], step: int) -> Any:
-        """``solve()``'s result (computed by the worker, or here); an exception as :class:`PairingError`."""
-        try:
-            return solve()
-        except Exception as exc:
-            name = self.loss_fn.registered_name or type(self.loss_fn).__name__
-            raise PairingError(step, name, exc) from exc
-
     def close(self) -> None:
         """Stop the pairing worker, if any (waiting for a solve under way). A batch drawn ahead is
-        dropped and the data and loss generators go back to before its draws, so the loop is as if
+        dropped and the data and noise generators go back to before its draws, so the loop is as if
         it had run one step at a time: the next :meth:`step` draws that batch again. Idempotent."""
-        current, self._next = self._next, None
-        if current is not None:
-            current.future.cancel()
-            self.data_gen.set_state(current.generators[0])
-            self.loss_gen.set_state(current.generators[1])
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.shutdown(wait=True, cancel_futures=True)
+        self.batches.close()
 
     def __enter__(self) -> TrainLoop:
         return self
@@ -282,15 +202,8 @@ class TrainLoop:
         self.close()
 
     def labelled_batch(self) -> tuple[Tensor, Tensor]:
-        """``(z (B, *D), y (B,))``: a batch with its labels, each replaced by the null class
-        ``num_classes`` with probability ``[train] label_dropout`` (drawn from the data generator)."""
-        z, y = self.pipeline.dataset.sample_labelled(
-            self.batch_size, generator=self.data_gen, device=self.device
-        )
-        if self.cfg.label_dropout > 0:
-            drop = torch.rand(y.shape, generator=self.data_gen, device=self.device) < self.cfg.label_dropout
-            y = y.masked_fill(drop, self.num_classes)
-        return z, y
+        """``(z (B, *D), y (B,))``: a batch with its labels (see :meth:`BatchProducer.labelled_batch`)."""
+        return self.batches.labelled_batch()
 
     def run(self, total: int) -> Iterator[tuple[int, Tensor, float | None]]:
         """The steps after :attr:`current_step` up to ``total``, yielding ``(step, loss, mean)`` after
@@ -359,13 +272,7 @@ class TrainLoop:
         self.check_weights()
         state = self.weights(self.current_step)
         # As of the steps taken: a batch drawn ahead is drawn again by the resumed run.
-        if self._next is not None:
-            data, loss = self._next.generators
-        else:
-            data, loss = self.data_gen.get_state(), self.loss_gen.get_state()
-        mine = {"data": data, "loss": loss}
-        if self.paired_gen is not None:
-            mine["paired"] = self.paired_gen.get_state()
+        mine = {**self.batches.streams(), "loss": self.loss_gen.get_state()}
         # Every rank's generators, in rank order, on rank 0 (the one that writes the checkpoint).
         every = gather_to_main(mine, self.world) or [mine]
         state.update(
@@ -425,18 +332,12 @@ class TrainLoop:
         saved = state.get("rank_generators") or [state["generators"]]  # one-process checkpoints
         rank = self.world.rank
         seed = self.pipeline.run.seed
-        if rank < len(saved):
-            self.data_gen.set_state(saved[rank]["data"])
-            self.loss_gen.set_state(saved[rank]["loss"])
-            if self.paired_gen is not None and "paired" in saved[rank]:
-                self.paired_gen.set_state(saved[rank]["paired"])
-            elif self.paired_gen is not None:  # saved by a loop that did not pair ahead
-                self.paired_gen.manual_seed(rank_seed(seed, "paired", rank, resumed_at=step))
-            return
-        self.data_gen.manual_seed(rank_seed(seed, "data", rank, resumed_at=step))
-        self.loss_gen.manual_seed(rank_seed(seed, "loss", rank, resumed_at=step))
-        if self.paired_gen is not None:
-            self.paired_gen.manual_seed(rank_seed(seed, "paired", rank, resumed_at=step))
+        mine = saved[rank] if rank < len(saved) else None
+        self.batches.load_streams(mine, seed, rank, step)
+        if mine is not None:
+            self.loss_gen.set_state(mine["loss"])
+        else:
+            self.loss_gen.manual_seed(rank_seed(seed, "loss", rank, resumed_at=step))
 
     def finish(self) -> None:
         """Put the weights sampling should use (the EMA, where enabled) into the network."""

@@ -8,8 +8,9 @@
   and score ``-(x_t - mu_t) / (sigma^2 t (1 - t)) = -eps / (sigma sqrt(t (1 - t)))``.
 * :class:`SBCFMLoss` (``sb-cfm``): pairs each batch by the entropic plan with ``epsilon = 2 sigma^2``
   (then the path's marginals are those of the Schrödinger bridge from ``p_init`` to ``p_data`` with
-  reference ``sigma W``), and trains a velocity head and a score head (model ``velocity-score``), so
-  the model samples with the flow ODE and with the SDE
+  reference ``sigma W``; the training loop pairs each batch by it, see ``Loss.coupling``), and
+  trains a velocity head and a score head (model ``velocity-score``), so the model samples with the
+  flow ODE and with the SDE
   ``dX = [u + sigma^2 / 2 s] dt + sigma dW`` (``dynamics = { kind = "extension-sde", sigma = SIGMA }``).
 """
 
@@ -190,6 +191,8 @@ class SBCFMLoss(Loss):
             200, doc="Most Sinkhorn iterations per batch.", validator=attrs.validators.gt(0)
         )
 
+    #: The entropic plan (set up by :meth:`check`); declared as the loss's coupling, so the training
+    #: loop pairs each batch by it.
     coupling: Sinkhorn | None = None
 
     def check(self, path: ProbabilityPath) -> None:
@@ -232,17 +235,21 @@ class SBCFMLoss(Loss):
         z: Tensor,
         generator: torch.Generator | None = None,
         y: Tensor | None = None,
+        x0: Tensor | None = None,
     ) -> Tensor:
-        """Scalar loss on data ``z (B, *D)``; ``model`` is the velocity head. Draws ``t``, the noise,
-        the plan's pairs and the bridge noise from ``generator``, in that order."""
+        """Scalar loss on data ``z (B, *D)``; ``model`` is the velocity head. Draws ``t``, then the
+        bridge noise from ``generator``. The noise is ``x0 (B, *D)``, paired with ``z`` by the plan
+        (:attr:`coupling`) in the training loop; without it (called outside the loop) the noise and
+        the plan's pairs are drawn here from ``generator``, after ``t``."""
         self.check(path)
         assert isinstance(path, BrownianBridgePath) and self.coupling is not None
         network = model.network if isinstance(model, HeadVelocity) else model
         lo, hi = path.t_range
         t = lo + (hi - lo) * torch.rand((z.shape[0],), generator=generator, device=z.device, dtype=z.dtype)
-        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        noise, z, y = self.coupling(noise, z, y, generator)
-        x, velocity, eps = path.sample_with_score(z, t, noise, generator)
+        if x0 is None:
+            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            x0, z, y = self.coupling(noise, z, y, generator)
+        x, velocity, eps = path.sample_with_score(z, t, x0, generator)
         loss = nn.functional.mse_loss(call_network(head(network, "velocity"), x, t, y=y), velocity)
         if self.params.score_weight > 0:
             score = call_network(head(network, "score"), x, t, y=y)

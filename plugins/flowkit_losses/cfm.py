@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import CapabilityError
-from flowkit.interfaces import Coupling, PreparedBatch, ProbabilityPath, TimeDistribution, call_network
+from flowkit.interfaces import Coupling, ProbabilityPath, TimeDistribution, call_network
 from flowkit.params import component
 from flowkit_losses.common import (
     NetworkVelocity,
@@ -33,10 +33,12 @@ class CFMLoss(TimeSampledLoss):
     ``path.target_velocity(x, z, t)``. It has the same gradient as flow matching against the marginal
     field. Works on any path.
 
-    ``coupling`` pairs the drawn noise with the data before ``x`` is drawn (``independent``: as drawn;
-    ``exact-ot``: minibatch OT-CFM; ``sinkhorn``: entropic). Only a path whose noise is ``x_0 ~ p_init``
-    itself (:meth:`~flowkit.interfaces.ProbabilityPath.noise_is_prior`: OT and cosine Gaussian paths,
-    VP, the Brownian bridge) can be coupled; :meth:`check` refuses the others when the pipeline is built.
+    ``coupling`` pairs the noise with the data before ``x`` is drawn (``independent``: as drawn;
+    ``exact-ot``: minibatch OT-CFM; ``sinkhorn``: entropic); the loss only declares it
+    (:attr:`coupling`), the training loop pairs each batch and passes the paired noise as ``x0``.
+    Only a path whose noise is ``x_0 ~ p_init`` itself
+    (:meth:`~flowkit.interfaces.ProbabilityPath.noise_is_prior`: OT and cosine Gaussian paths, VP,
+    the Brownian bridge) can be coupled; :meth:`check` refuses the others when the pipeline is built.
     """
 
     trains = "velocity"
@@ -65,6 +67,12 @@ class CFMLoss(TimeSampledLoss):
             'or vp, or [path] kind = "brownian-bridge")'
         )
 
+    @property
+    def coupling(self) -> Coupling | None:
+        """The coupling of ``params.coupling`` (``None`` for the independent one): the training loop
+        pairs each batch by it and passes the paired noise as ``x0``."""
+        return active_coupling(self.params.coupling)
+
     def __call__(
         self,
         model: nn.Module,
@@ -72,54 +80,22 @@ class CFMLoss(TimeSampledLoss):
         z: Tensor,
         generator: torch.Generator | None = None,
         y: Tensor | None = None,
+        x0: Tensor | None = None,
     ) -> Tensor:
-        """Scalar loss on data ``z (B, *D)`` (with its labels ``y (B,)`` for a conditional model, which
-        a class-aware coupling pairs by): draws ``t (B,)`` and the noise, pairs them by the coupling,
-        then calls :meth:`loss_at`."""
-        coupling = active_coupling(self.params.coupling)
-        if coupling is None:
-            return super().__call__(model, path, z, generator, y=y)
-        batch = self.prepare(path, z, generator, y=y)
-        return self.loss_on(model, path, batch, batch.solve(), generator)
+        """Scalar loss on data ``z (B, *D)`` (``y (B,)``: the labels a conditional model is given);
+        draws ``t (B,)`` from ``generator``, then calls :meth:`loss_at`.
 
-    def pairs_ahead(self) -> bool:
-        """Whether the coupling's solve is worth running a step ahead on a worker (``exact-ot``)."""
-        coupling = active_coupling(self.params.coupling)
-        return coupling is not None and coupling.background
-
-    def prepare(
-        self,
-        path: ProbabilityPath,
-        z: Tensor,
-        generator: torch.Generator | None = None,
-        y: Tensor | None = None,
-    ) -> PreparedBatch:
-        """Draws ``t (B,)`` then the noise ``(B, *D)`` from ``generator`` (as :meth:`__call__` does);
-        ``solve()`` is the coupling's :meth:`~flowkit.interfaces.Coupling.solve` of noise and data (by
-        the labels ``y``, where there are some)."""
-        coupling = active_coupling(self.params.coupling)
+        The noise is ``x0 (B, *D)`` where given: already paired with ``z`` by the training loop (see
+        :attr:`coupling`). Without it the noise is drawn from ``generator``, and a coupling (called
+        outside the training loop) pairs it here, by ``y`` where there are labels: the same loss."""
         t = self.sample_times(z.shape[0], path, generator, z.device, z.dtype)
-        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        draws = {"z": z, "t": t, "noise": noise, "y": y}
-        if coupling is None:
-            return PreparedBatch(draws, lambda: None)
-        return PreparedBatch(draws, lambda: coupling.solve(noise, z, y))
-
-    def loss_on(
-        self,
-        model: nn.Module,
-        path: ProbabilityPath,
-        batch: PreparedBatch,
-        solution: object,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """The loss on the pairs of a batch from :meth:`prepare`: the coupling's ``pair`` (any random
-        choice of it from ``generator``), then :meth:`loss_at` (a path's own draws from ``generator``)."""
-        d = batch.draws
-        z, t, noise, y = d["z"], d["t"], d["noise"], d["y"]
-        coupling = active_coupling(self.params.coupling)
-        if coupling is not None:  # the labels travel with their data point (class-aware pairing by them)
-            noise, z, y = coupling.pair(solution, noise, z, y, generator)
+        if x0 is not None:
+            noise = x0
+        else:
+            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            coupling = self.coupling
+            if coupling is not None:  # the labels travel with their data point (class-aware pairing by them)
+                noise, z, y = coupling(noise, z, y, generator)
         return self.loss_at(model, path, z, t, noise, generator, y=y)
 
     def model_role(self, network: nn.Module, path: ProbabilityPath) -> nn.Module:
