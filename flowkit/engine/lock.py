@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -68,6 +69,11 @@ def take(directory: Path, command: str) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         holder = _read_holder(fd)
+        for _ in range(50):  # the holder took the lock a moment ago: give it time to write its name
+            if holder:
+                break
+            time.sleep(0.02)
+            holder = _read_holder(fd)
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise RunLocked(held_message(directory, holder)) from None
