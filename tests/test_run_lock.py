@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -177,10 +176,12 @@ def test_two_resumes_started_together_one_proceeds_the_other_is_told_who_holds_t
         for _ in range(2)
     ]
     try:
-        for _ in range(24000):  # the one refused ends while the other waits holding the run
-            if any(p.poll() is not None for p in procs):
+        for turn in range(24000):  # the one refused ends while the other waits holding the run
+            try:
+                procs[turn % 2].wait(timeout=0.005)
                 break
-            time.sleep(0.005)
+            except subprocess.TimeoutExpired:
+                continue
         go.touch()
         outputs = [p.communicate(timeout=300) for p in procs]
     finally:
