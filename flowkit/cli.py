@@ -132,10 +132,10 @@ def _rank_failure(exc: Exception) -> str | None:
     return rank_failure(exc)
 
 
-def _one_process(command: str) -> None:
-    from flowkit.engine.launch import one_process
+def _own_run(command: str, run_dir: str, into: str | None, writes: bool = True) -> Any:
+    from flowkit.engine.launch import own_run
 
-    one_process(command)
+    return own_run(command, run_dir, into, writes)
 
 
 @main.command()
@@ -238,8 +238,8 @@ def sample_command(
     """
     from flowkit.engine import sample_run
 
-    _one_process("sample")
-    target, record = sample_run(run_dir, state.manager(), n=n, overrides=overrides, out=out, note=_warn)
+    with _own_run("sample", run_dir, out):
+        target, record = sample_run(run_dir, state.manager(), n=n, overrides=overrides, out=out, note=_warn)
     click.echo(
         f"{record['n']} samples ({record['simulator']}, {record['steps']} steps, nfe = {record['nfe']}) "
         f"from {record['weights']}"
@@ -272,10 +272,10 @@ def evaluate_command(
     """
     from flowkit.engine import evaluate_run
 
-    _one_process("evaluate")
-    target, metrics = evaluate_run(
-        run_dir, state.manager(), overrides, samples_file=samples_file, out=out, note=_warn
-    )
+    with _own_run("evaluate", run_dir, out):
+        target, metrics = evaluate_run(
+            run_dir, state.manager(), overrides, samples_file=samples_file, out=out, note=_warn
+        )
     if as_json:
         click.echo(json.dumps(metrics, indent=2, sort_keys=True))
     elif metrics.get("distance") is None:
@@ -411,29 +411,28 @@ def likelihood(
     from flowkit.engine.components import set_up
     from flowkit.engine.likelihood import evaluate_likelihood, load_points, run_settings
 
-    _one_process("likelihood")
     if save is not None and Path(save).exists():
         raise FlowkitError(f"--save {save}: the file exists; choose another name (it is never overwritten)")
-    manager = state.manager()
-    done = open_run(run_dir, manager)
-    pipeline = done.pipeline.pipeline
-    source = str(Path(run_dir) / "pipeline.toml")
-    settings = run_settings(pipeline, manager.registry, overrides, source)
-    data = None
-    if data_file is not None:
-        data = load_points(data_file, tuple(pipeline.dataset.shape))
-        data = data[:count] if count is not None else data
-    elif count is not None:
-        import attrs
+    with _own_run("likelihood", run_dir, save, writes=save is not None):
+        manager = state.manager()
+        done = open_run(run_dir, manager)
+        pipeline = done.pipeline.pipeline
+        source = str(Path(run_dir) / "pipeline.toml")
+        settings = run_settings(pipeline, manager.registry, overrides, source)
+        data = None
+        if data_file is not None:
+            data = load_points(data_file, tuple(pipeline.dataset.shape))
+            data = data[:count] if count is not None else data
+        elif count is not None:
+            import attrs
 
-        settings = attrs.evolve(settings, n=count)
-    set_up(pipeline, "likelihood", Path(run_dir))
-    report = evaluate_likelihood(pipeline, settings, data, source=data_file or "held-out data")
-    if save is not None:
-        import numpy as np
+            settings = attrs.evolve(settings, n=count)
+        set_up(pipeline, "likelihood", Path(run_dir))
+        report = evaluate_likelihood(pipeline, settings, data, source=data_file or "held-out data")
+        if save is not None:  # claimed exclusively: never overwrites, even a file made meanwhile
+            from flowkit.engine.rundir import write_new_array
 
-        with open(save, "xb") as handle:  # "x": never overwrite, even a file made meanwhile
-            np.save(handle, report.log_prob.numpy())
+            write_new_array(Path(save), report.log_prob.numpy())
     metrics = report.metrics
     if as_json:
         click.echo(json.dumps(metrics, sort_keys=True))

@@ -22,6 +22,8 @@ from typing import Any
 
 import attrs
 
+from flowkit.config_numbers import digits_error, largest_size
+from flowkit.config_text import describe_type, describe_value
 from flowkit.errors import CapabilityError, ConfigError, FlowkitError, RegistryError, suggest
 from flowkit.interfaces import BuildContext, Component, kind_of
 from flowkit.params import COMPONENT
@@ -95,6 +97,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise digits_error(str(path), text, exc) from None
     except RecursionError:
         raise ConfigError(
             f"{path}: invalid pipeline: lists or tables nest too deeply (at most {MAX_DEPTH} levels)"
@@ -147,6 +151,8 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
         if raw[:1] in _TOML_STARTS:  # meant as a list, table or quoted string: say what is wrong
             raise ConfigError(f"--set {shown}: invalid TOML value: {exc}") from None
         value = raw  # a bare word: data.kind=circles
+    except ValueError as exc:
+        raise digits_error(f"--set {shown}", raw, exc, key) from None
     except RecursionError:
         raise ConfigError(f"--set {shown}: the value is nested too deeply") from None
     check_depth(value, Location("--set", parts))
@@ -196,7 +202,7 @@ def apply_overrides(
             if not isinstance(child, dict):
                 where = _dotted(parts[: i + 1])
                 raise ConfigError(
-                    f"{source}: --set {text}: '{where}' is a value ({_describe_value(child)}), not a table"
+                    f"{source}: --set {text}: '{where}' is a value ({describe_value(child)}), not a table"
                 )
             node = child
         node[parts[-1]] = value
@@ -227,7 +233,7 @@ class Structurer:
     def structure(self, cls: type, table: Any, loc: Location) -> Any:
         """Build an instance of the attrs class ``cls`` from the TOML table at ``loc``."""
         if not isinstance(table, Mapping):
-            raise loc.error(f"expected a table, found {_describe_value(table)}")
+            raise loc.error(f"expected a table, found {describe_value(table)}")
         fields = attrs.fields(cls)
         hints = _type_hints(cls)
         names = [f.name for f in fields]
@@ -242,7 +248,7 @@ class Structurer:
             if field.name in table:
                 values[field.name] = self.convert(table[field.name], tp, where, field)
             elif field.default is attrs.NOTHING:
-                raise where.error(f"missing required key ({_describe_type(tp)})")
+                raise where.error(f"missing required key ({describe_type(tp)})")
             elif _is_component(field, tp, self.registry):
                 default = (
                     field.default.factory() if isinstance(field.default, attrs.Factory) else field.default  # type: ignore[arg-type]
@@ -272,13 +278,13 @@ class Structurer:
                     errors.append(exc)
             if len(options) == 1:
                 raise errors[0]
-            raise loc.error(f"expected {_describe_type(tp)}, found {_describe_value(value)}")
+            raise loc.error(f"expected {describe_type(tp)}, found {describe_value(value)}")
         if origin is typing.Literal:
             if value in args and not isinstance(value, bool):
                 return value
             choices = ", ".join(repr(a) for a in args)
             hint = suggest(value, [str(a) for a in args]) if isinstance(value, str) else ""
-            raise loc.error(f"expected one of {choices}, found {_describe_value(value)}.{hint}".rstrip("."))
+            raise loc.error(f"expected one of {choices}, found {describe_value(value)}.{hint}".rstrip("."))
         if tp is bool:
             if isinstance(value, bool):
                 return value
@@ -311,7 +317,7 @@ class Structurer:
             return self.structure(tp, value, loc)
         else:
             return value
-        raise loc.error(f"expected {_describe_type(tp)}, found {_describe_value(value)}")
+        raise loc.error(f"expected {describe_type(tp)}, found {describe_value(value)}")
 
     def build(self, kind: str, spec: Any, loc: Location) -> Component:
         """Build the ``kind`` component described by ``spec`` (a name, or a table with ``kind``)."""
@@ -321,9 +327,7 @@ class Structurer:
         if shorthand:
             spec = {"kind": spec}
         if not isinstance(spec, Mapping):
-            raise loc.error(
-                f"expected a {kind}: a name or a table with 'kind', found {_describe_value(spec)}"
-            )
+            raise loc.error(f"expected a {kind}: a name or a table with 'kind', found {describe_value(spec)}")
         known = self.registry.names(kind)
         if "kind" not in spec:
             raise loc.child("kind").error(
@@ -332,7 +336,7 @@ class Structurer:
         name = spec["kind"]
         kind_loc = loc if shorthand else loc.child("kind")
         if not isinstance(name, str):
-            raise kind_loc.error(f"expected the name of a {kind} (a string), found {_describe_value(name)}")
+            raise kind_loc.error(f"expected the name of a {kind} (a string), found {describe_value(name)}")
         try:
             entry = self.registry.get(kind, name)
         except RegistryError as exc:
@@ -345,16 +349,15 @@ class Structurer:
             raise
         except FlowkitError as exc:
             raise type(exc)(f"{loc.source}: {target} ({kind} '{name}'): {exc}") from exc
-        except (MemoryError, RuntimeError) as exc:  # e.g. a network too large for the machine
-            if (
-                not isinstance(exc, MemoryError)
-                and "alloc" not in str(exc)
-                and "out of memory" not in str(exc)
-            ):
+        except (MemoryError, RuntimeError, OverflowError) as exc:  # e.g. a network too large to build
+            text = str(exc)
+            if isinstance(exc, RuntimeError) and not any(w in text for w in ("alloc", "memory", "overflow")):
                 raise
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = (text.strip().splitlines() or [type(exc).__name__])[0]
+            target += largest_size(params)  # the size to lower, when the parameters hold one
+            what = "is too large to address" if "overflow" in text.lower() else "ran out of memory"
             raise ConfigError(
-                f"{loc.source}: {target} ({kind} '{name}'): building it ran out of memory ({first[:160]}); "
+                f"{loc.source}: {target} ({kind} '{name}'): building it {what} ({first[:160]}); "
                 "make it smaller"
             ) from None
         component.registered_kind = kind
@@ -427,51 +430,6 @@ def _type_hints(cls: type) -> dict[str, Any]:
                 tp = Any
         hints[field.name] = tp
     return hints
-
-
-def _describe_type(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is bool:
-        return "true or false"
-    if tp is int:
-        return "an integer"
-    if tp is float:
-        return "a number"
-    if tp is str:
-        return "a string"
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (list, tuple, Sequence):
-        return f"a list of {_plural(args[0]) if args else 'values'}"
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe_type(a) for a in args if a is not type(None))
-    if isinstance(tp, type) and kind_of(tp):
-        return f"a {kind_of(tp)} (a name or a table with 'kind')"
-    if attrs.has(tp):
-        return "a table"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _plural(tp: Any) -> str:
-    return {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(tp, _describe_type(tp))
-
-
-def _describe_value(value: Any) -> str:
-    kinds = {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }
-    kind = next((v for k, v in kinds.items() if type(value) is k), type(value).__name__)
-    shown = repr(value) if not isinstance(value, dict) else "{...}"
-    if isinstance(value, str):
-        shown = f'"{value}"'
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    return f"{shown} ({kind})"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as importlib_metadata
-import inspect
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +25,11 @@ import pluggy
 from flowkit import hookspecs
 from flowkit.errors import PluginError, RegistryError, suggest
 from flowkit.interfaces import KINDS, Component
+from flowkit.plugin_records import ComponentEntry as ComponentEntry
+from flowkit.plugin_records import FlowkitPluginWarning as FlowkitPluginWarning
+from flowkit.plugin_records import PluginInfo as PluginInfo
+from flowkit.plugin_records import PluginProblem as PluginProblem
+from flowkit.plugin_records import TableEntry as TableEntry
 
 #: Environment variable with comma-separated plugin names to block (like ``-p no:NAME``).
 DISABLE_ENV = "FLOWKIT_DISABLE_PLUGINS"
@@ -39,58 +43,6 @@ STAGES = {
 }
 #: Plugins that cannot be blocked: the core's own hook specifications live under ``flowkit``.
 PROTECTED = frozenset({"flowkit", *STAGES})
-
-
-class FlowkitPluginWarning(UserWarning):
-    """A plugin could not be loaded or registered something invalid; the rest keeps working."""
-
-
-@attrs.define
-class PluginInfo:
-    """One loaded (or failed) plugin: its entry-point name and the distribution that ships it."""
-
-    name: str
-    dist: str = "(not installed)"
-    version: str = ""
-    module: str = ""
-
-    def describe(self) -> str:
-        """``"plugin 'name' (dist version)"`` for messages."""
-        if not self.name:
-            return "a direct registry.add call"
-        return f"plugin '{self.name}' ({self.dist} {self.version})".replace(" )", ")")
-
-
-@attrs.define
-class PluginProblem:
-    """Something a plugin got wrong, with the cause."""
-
-    plugin: PluginInfo
-    message: str
-
-
-@attrs.define
-class ComponentEntry:
-    """A registered component: its kind, name, class and the plugin that registered it."""
-
-    kind: str
-    name: str
-    cls: type[Component]
-    plugin: PluginInfo
-
-    @property
-    def doc(self) -> str:
-        """First line of the class docstring."""
-        return (inspect.getdoc(self.cls) or "").split("\n", 1)[0]
-
-
-@attrs.define
-class TableEntry:
-    """A pipeline table a plugin declared: ``[name]``, validated against the attrs class ``cls``."""
-
-    name: str
-    cls: type
-    plugin: PluginInfo
 
 
 class ComponentRegistry:
@@ -193,6 +145,14 @@ class ComponentRegistry:
             )
             return
         self._config_tables[name] = TableEntry(name, params, plugin)
+
+    def _drop(self, plugin: str) -> None:
+        """Remove what ``plugin`` registered (it broke while registering)."""
+        for table in self._tables.values():
+            for name in [n for n, e in table.items() if e.plugin.name == plugin]:
+                del table[name]
+        for name in [n for n, e in self._config_tables.items() if e.plugin.name == plugin]:
+            del self._config_tables[name]
 
     def _fail(self, message: str) -> None:
         if self._collect is None:
@@ -361,10 +321,9 @@ class PluginManager:
                 continue
             try:
                 obj = ep.load()
-            except Exception as exc:  # a broken plugin must not take the others down
-                self._problem(
-                    info, f"{info.describe()} failed to import {ep.value!r}: {type(exc).__name__}: {exc}"
-                )
+            except BaseException as exc:  # a broken plugin must not take the others down
+                _interrupt(exc)
+                self._problem(info, f"{info.describe()} failed to import {ep.value!r}: {_raised(exc)}")
                 continue
             yield info, obj
 
@@ -382,7 +341,8 @@ class PluginManager:
             return
         try:
             self.pm.register(obj, name=info.name)
-        except Exception as exc:  # pluggy validates hook signatures here
+        except BaseException as exc:  # pluggy validates hook signatures here
+            _interrupt(exc)
             self._problem(info, f"{info.describe()} could not be registered: {exc}")
             return
         self.plugins[info.name] = info
@@ -410,12 +370,14 @@ class PluginManager:
             for impl in impls:
                 try:
                     impl.function(registry=registry)
-                except Exception as exc:
-                    problems.append(
-                        PluginProblem(
-                            info, f"{info.describe()} raised in flowkit_register: {type(exc).__name__}: {exc}"
-                        )
-                    )
+                except BaseException as exc:  # blocked: half its components and its hooks would run
+                    _interrupt(exc)
+                    message = f"{info.describe()} raised in flowkit_register: {_raised(exc)}; it was blocked"
+                    problems.append(PluginProblem(info, message))
+                    self.registry._drop(info.name)
+                    self.pm.unregister(obj)
+                    self.plugins.pop(info.name, None)
+                    break
         for problem in problems:
             self._problem(problem.plugin, problem.message)
 
@@ -477,6 +439,17 @@ def parse_block_options(options: Sequence[str]) -> list[str]:
             raise PluginError(f"-p {option}: expected 'no:NAME' to block the plugin NAME")
         names.append(option[3:])
     return names
+
+
+def _interrupt(exc: BaseException) -> None:
+    """Re-raise Ctrl-C; anything else a plugin raises while loading (``SystemExit`` included: its
+    ``sys.exit`` must not end every command without a word) is reported as its problem."""
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
+
+
+def _raised(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _qualname(obj: Any) -> str:

@@ -127,7 +127,10 @@ def test_a_data_path_that_is_a_directory(write_pipeline, tmp_path):
             "evaluate.floor_repeats=9223372036854775808",
             "[evaluate] key 'floor_repeats' (from --set): invalid",
         ),
-        ("model.hidden=[100000, 100000]", "[model] (model 'mlp'): building it ran out of memory ("),
+        (
+            "model.hidden=[100000, 100000]",
+            "[model] key 'hidden' (model 'mlp'): building it ran out of memory (",
+        ),
         ("sample.n=10000000000", "[sample] key 'n': 10000000000 samples (16 trajectories of 8 steps) need"),
     ],
 )

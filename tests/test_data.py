@@ -225,8 +225,8 @@ def test_file_dataset_errors_name_the_file(tmp_path):
     )
     np.save(f / "ints.npy", np.arange(6).reshape(3, 2))
     assert _error(f, "ints.npy") == (
-        f"data file '{f / 'ints.npy'}' holds int64 values; expected floating point samples "
-        "(convert with array.astype(numpy.float32))"
+        f"data file '{f / 'ints.npy'}' holds int64 values; expected floating point samples: float16, "
+        "float32 or float64, either byte order (convert with array.astype(numpy.float32))"
     )
     np.save(f / "flat.npy", np.zeros(5))
     assert _error(f, "flat.npy") == (

@@ -25,6 +25,7 @@ from flowkit import hookimpl
 from flowkit.engine import build_pipeline, evaluate_run, resume_run, run_pipeline, sample_run
 from flowkit.engine.checkpoints import FORMAT, list_checkpoints, load_state, newest_checkpoint
 from flowkit.engine.interrupts import Interrupted
+from flowkit.engine.lock import RunLocked, hold_run
 from flowkit.engine.rundir import read_status, write_atomic
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.testing import make_manager
@@ -265,8 +266,11 @@ def test_resume_refuses_what_it_cannot_continue(reference, tmp_path, manager):
     (live / "status.json").write_text(
         json.dumps({"state": "running", "pid": os.getpid(), "host": os.uname().nodename})
     )
-    with pytest.raises(FlowkitError, match=rf"{live}: the run is still running \(process {os.getpid()}"):
+    with hold_run(live, "flowkit run live.toml"), pytest.raises(RunLocked) as err:
         resume_run(live, manager)
+    assert str(err.value).startswith(
+        f"{live}: the run is in use by `flowkit run live.toml` (process {os.getpid()}"
+    )
 
 
 def test_extending_a_finished_run_writes_a_new_directory(reference, tmp_path, manager):

@@ -8,6 +8,7 @@ runs (the engine, and so torch, is not loaded for ``flowkit --help``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -17,7 +18,9 @@ import torch
 
 from flowkit.config import read_toml
 from flowkit.engine import distributed as dist
+from flowkit.engine.lock import hold_run
 from flowkit.engine.records import Pipeline
+from flowkit.engine.run import command_line
 from flowkit.errors import FlowkitError
 
 
@@ -58,6 +61,20 @@ def one_process(command: str) -> None:
             f"flowkit {command} runs in one process, but torchrun started {size} (WORLD_SIZE); "
             f"run `flowkit {command}` without torchrun"
         )
+
+
+def own_run(
+    command: str, run_dir: str, into: str | None, writes: bool = True
+) -> contextlib.AbstractContextManager[None]:
+    """For ``flowkit sample``, ``evaluate`` and ``likelihood``: refuse several processes
+    (:func:`one_process`), and hold the run's lock while the command runs when it ``writes`` into the
+    run directory (``into``, the file it writes: ``None`` for a new file of the run, else a path)."""
+    one_process(command)
+    root = Path(run_dir)
+    inside = into is None or Path(into).absolute().parent == root.absolute()
+    if not writes or not inside or not root.is_dir():  # a missing directory: the command names it
+        return contextlib.nullcontext()
+    return hold_run(root, command_line())
 
 
 def strip_nproc(argv: Sequence[str]) -> list[str]:

@@ -8,6 +8,7 @@ The restored training state reaches the train stage through the run record
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from flowkit.engine import status
 from flowkit.engine.build import build_pipeline
 from flowkit.engine.checkpoints import newest_checkpoint, save_state
 from flowkit.engine.distributed import current_world, from_main
+from flowkit.engine.lock import hold_run
 from flowkit.engine.loop import TrainLoop
 from flowkit.engine.records import PipelineRun
 from flowkit.engine.run import WorkerHooks, command_line, execute, execute_worker
-from flowkit.engine.rundir import read_status, run_directory, write_toml
+from flowkit.engine.rundir import read_status, remove_temporaries, run_directory, write_toml
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.registry import PluginManager
 
@@ -49,8 +51,14 @@ def resume_run(
     if world.distributed and not world.is_main:
         return _resume_worker(directory, manager, quiet)
     sent: list[bool] = []
+    command = command if command is not None else command_line()
     try:
-        return _resume(directory, manager, overrides, out, quiet, command, warn, sent)
+        root = Path(directory)
+        if not root.is_dir():
+            raise FlowkitError(f"{root}: no such run directory")
+        with contextlib.ExitStack() as held:
+            held.enter_context(hold_run(root, command))  # before anything is read: one owner at a time
+            return _resume(root, manager, overrides, out, quiet, command, warn, sent, held)
     except FlowkitError as exc:
         if world.distributed and not sent:  # the other ranks wait for what to resume: tell them why not
             from_main(_raise(exc), world)
@@ -81,17 +89,18 @@ def _resume_worker(directory: str | Path, manager: PluginManager, quiet: bool) -
 
 
 def _resume(
-    directory: str | Path,
+    root: Path,
     manager: PluginManager,
     overrides: Sequence[str],
     out: str | None,
     quiet: bool,
-    command: str | None,
+    command: str,
     warn: Any,
     sent: list[bool],
+    held: contextlib.ExitStack,
 ) -> PipelineRun:
-    root = Path(directory)
     recorded = _resumable_status(root)
+    remove_temporaries(root)  # what a write cut short by a kill left behind
     _check_resume_overrides(root, overrides)
     pipeline = build_pipeline(root / "pipeline.toml", overrides, manager)
     record = read_toml(root / "pipeline.toml").get("flowkit", {})
@@ -118,11 +127,12 @@ def _resume(
             )
             raise FlowkitError(f"{root}: the run is done; nothing to resume.{more}")
         target = run_directory(pipeline.run.out, pipeline.source, out if out is not None else str(root))
+        held.enter_context(hold_run(target, command))
     elif out is not None:
         raise ConfigError(f"--out: {root} is not finished; it is resumed in place (drop --out)")
     else:
         target = root
-    history.append(f"step {step}: {command if command is not None else command_line()}")
+    history.append(f"step {step}: {command}")
     resolved = pipeline.resolved(manager, str(record.get("command", "")) if isinstance(record, dict) else "")
     resolved["flowkit"]["source"] = str(record.get("source", resolved["flowkit"]["source"]))
     resolved["flowkit"]["history"] = history
@@ -150,16 +160,13 @@ def _resume(
 
 
 def _resumable_status(root: Path) -> dict[str, Any] | None:
-    if not root.is_dir():
-        raise FlowkitError(f"{root}: no such run directory")
     if not (root / "pipeline.toml").is_file() or (root / "pipeline.toml").stat().st_size == 0:
         raise FlowkitError(f"{root}: not a run directory (no resolved pipeline.toml)")
     found = read_status(root)
     if found is not None and found["state"] == "running":
-        raise FlowkitError(
-            f"{root}: the run is still running (process {found.get('pid')} on {found.get('host')}); "
-            "stop it first (Ctrl-C, or kill -TERM: both save a checkpoint)"
-        )
+        # This process holds the run's lock, so the process that wrote `running` has ended, whatever
+        # its pid now names (another process may have it): the run was killed.
+        found = {**found, "state": "killed"}
     return found
 
 

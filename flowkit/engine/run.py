@@ -24,6 +24,7 @@ from flowkit.engine import status
 from flowkit.engine.components import set_up
 from flowkit.engine.distributed import current_world, from_main, leave_together
 from flowkit.engine.interrupts import Interrupted, SignalGuard, signal_name
+from flowkit.engine.lock import hold_run
 from flowkit.engine.records import Pipeline, PipelineRun
 from flowkit.engine.rundir import run_directory, write_json, write_toml
 from flowkit.interfaces import Samples
@@ -50,9 +51,10 @@ def run_pipeline(
         return execute_worker(PipelineRun(pipeline, directory, WorkerHooks(manager.hook), quiet=True))
     run = PipelineRun(pipeline, directory, manager.hook, quiet=quiet)
     command = command if command is not None else command_line()
-    write_toml(directory / "pipeline.toml", pipeline.resolved(manager, command))
-    status.running(directory, "train" if pipeline.model.trainable else "sample", 0)
-    return execute(run)
+    with hold_run(directory, command):  # until the run ends: no resume or sample meanwhile
+        write_toml(directory / "pipeline.toml", pipeline.resolved(manager, command))
+        status.running(directory, "train" if pipeline.model.trainable else "sample", 0)
+        return execute(run)
 
 
 def command_line() -> str:
@@ -90,7 +92,9 @@ def execute(run: PipelineRun, trained: bool = False) -> PipelineRun:
                 raise
             raise _interrupted_outside_steps(run, stage, exc) from None
         except BaseException as exc:
-            status.failed(run.directory, stage, exc, _trained_step(run))
+            # before the first stage (a reporter refusing its log): nothing new was trained
+            step = run.resumed_from if stage == "start" else _trained_step(run)
+            status.failed(run.directory, stage, exc, step)
             raise
         finally:
             run.signals = None

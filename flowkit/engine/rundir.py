@@ -3,27 +3,28 @@
 A run directory holds ``pipeline.toml`` (resolved), ``status.json`` (what state the run is in),
 ``model.pt`` (sampling weights), ``checkpoint-NNNNNNN.pt`` (the whole training state, see
 :mod:`flowkit.engine.checkpoints`), ``samples.npy``, ``metrics.json`` and what reporter plugins write.
-Every file is written to a temporary file in the same directory, flushed and fsynced, moved into place
-with ``os.replace`` and the directory fsynced: a crash or a power cut leaves either the old file or the
-new one under the real name, never a truncated one.
+Every file is written by :func:`flowkit.files.write_atomic`: to a temporary file in the same directory,
+flushed and fsynced, moved into place with ``os.replace`` and the directory fsynced: a crash, a power
+cut or a full disk leaves either the old file or the new one under the real name, never a truncated
+one. Only the process holding the run's lock (:mod:`flowkit.engine.lock`) writes there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import json
 import os
 import socket
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from flowkit.errors import FlowkitError
+from flowkit.files import TEMPORARY, cannot_write
+from flowkit.files import reason as _reason
+from flowkit.files import write_atomic as write_atomic  # where the engine's modules find it
 
 #: The status file of a run directory.
 STATUS_FILE = "status.json"
@@ -72,49 +73,17 @@ def _claim(directory: Path) -> bool:
         ) from None
 
 
-def _reason(exc: OSError) -> str:
-    """``permission denied``, ``no such file or directory``, ...: the OS's reason, without the path."""
-    text = exc.strerror or str(exc)
-    return text[0].lower() + text[1:] if text else "unknown error"
-
-
-def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Write ``path`` through ``write(handle)``: into a temporary file beside it (flushed and fsynced),
-    moved into place with ``os.replace``, then the directory fsynced so the rename itself is durable."""
-    directory = path.parent
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise FlowkitError(f"cannot write {path}: {_reason(exc)}") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise FlowkitError(f"cannot write {path}: {_reason(exc)}") from None
-        raise
-    _fsync_directory(directory)
-    return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows, where directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some file systems refuse fsync on a directory; the data is written
-        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
+def remove_temporaries(directory: Path) -> list[Path]:
+    """Remove the temporary files of writes cut short in ``directory`` (by a kill or a power cut):
+    flowkit's own ``.NAME.XXXXXXXX.tmp`` files, never a link or anything else. Called by the process
+    that holds the run's lock, so no write of another process is under way."""
+    removed = []
+    for entry in directory.iterdir():
+        if TEMPORARY.match(entry.name) and entry.is_file() and not entry.is_symlink():
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
@@ -159,10 +128,22 @@ def claim_file(path: Path) -> Path:
     try:
         created = _create(path)
     except OSError as exc:
-        raise FlowkitError(f"cannot write {path}: {_reason(exc)}") from None
+        raise FlowkitError(cannot_write(path, exc)) from None
     if not created:
         raise _taken(path)
     return path
+
+
+def write_new_array(path: Path, array: np.ndarray) -> Path:
+    """Write ``array`` to ``path``, which must not exist (claimed as :func:`claim_file` does); nothing
+    is left at ``path`` when the write fails."""
+    claim_file(path)
+    try:
+        return write_array(path, array)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
 
 
 def unused_file(directory: Path, stem: str, suffix: str) -> Path:

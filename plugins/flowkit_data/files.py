@@ -14,6 +14,8 @@ from flowkit.interfaces import BuildContext, Dataset
 from flowkit.params import param
 
 SUFFIXES = (".npy", ".pt")
+#: The dtypes a ``.npy`` data file may hold.
+ACCEPTED = "float16, float32 or float64"
 
 
 class FileDataset(Dataset):
@@ -85,6 +87,15 @@ def _resolve(path: str, base_dir: str | Path | None) -> Path:
     return file
 
 
+def _dtype_name(dtype: np.dtype) -> str:
+    """``int64``, ``float128 (long double)``, ``complex64``, ``a structured dtype [('x', '<f4')]``."""
+    if dtype.fields is not None:
+        return f"a structured dtype {dtype.descr}"
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        return f"{dtype.name} (long double)"
+    return dtype.name
+
+
 def _load(file: Path) -> Tensor:
     """Read and check the array in ``file``; return it as a float32 CPU tensor ``(N, *D)``."""
     if file.suffix not in SUFFIXES:
@@ -99,12 +110,13 @@ def _load(file: Path) -> Tensor:
         except (ValueError, OSError, EOFError) as error:  # an empty file raises EOFError
             reason = str(error) or type(error).__name__
             raise FlowkitError(f"data file '{file}' is not a readable .npy array: {reason}") from error
-        if array.dtype.kind != "f":
+        if array.dtype.kind != "f" or array.dtype.itemsize > 8:  # long double: torch has no such type
             raise FlowkitError(
-                f"data file '{file}' holds {array.dtype} values; expected floating point samples "
-                "(convert with array.astype(numpy.float32))"
+                f"data file '{file}' holds {_dtype_name(array.dtype)} values; expected floating point "
+                f"samples: {ACCEPTED}, either byte order (convert with array.astype(numpy.float32))"
             )
-        data = torch.from_numpy(np.ascontiguousarray(array))
+        # a big-endian file (written on another machine) becomes native: torch reads native only
+        data = torch.from_numpy(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")))
     else:
         try:
             data = torch.load(file, map_location="cpu", weights_only=True)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from flowkit import hookimpl
+from flowkit import files, hookimpl
 from flowkit.params import param
 
 if TYPE_CHECKING:
@@ -61,14 +61,16 @@ def flowkit_run_start(run: Run) -> None:
     log = run.directory / "metrics.jsonl"
     resumed = run.resumed_from
     kept = []
-    if resumed is not None and log.is_file():  # a resumed run keeps the lines up to its checkpoint
-        for line in log.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= resumed:
-                    kept.append(line + "\n")
-            except (ValueError, AttributeError):  # a line cut short by a kill: dropped
-                continue
-    log.write_text("".join(kept), encoding="utf-8")
+    # A link, a directory or a damaged file is refused by name, never written through or over.
+    text = files.read_text(log, "metrics log") if resumed is not None else None
+    for line in (text or "").splitlines():  # a resumed run keeps the lines up to its checkpoint
+        try:
+            if json.loads(line).get("step", 0) <= resumed:
+                kept.append(line + "\n")
+        except (ValueError, AttributeError, TypeError):  # a line cut short by a kill: dropped
+            continue
+    data = "".join(kept).encode("utf-8")
+    files.write_atomic(log, lambda handle: handle.write(data))
 
 
 @hookimpl
@@ -97,8 +99,7 @@ def flowkit_log(run: Run, step: int, metrics: dict[str, Any]) -> None:
     if bar is not None and "loss" in metrics:
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
     if settings(run).log:
-        with open(run.directory / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+        files.append_text(run.directory / "metrics.jsonl", json.dumps({"step": step, **metrics}) + "\n")
 
 
 @hookimpl
