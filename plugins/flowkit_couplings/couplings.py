@@ -141,7 +141,7 @@ class ExactOT(Coupling):
             ("emd" if have_pot() else "scipy") if method == "auto" else method
         )
 
-    #: The solve (a host solver that releases the GIL: measured, see the module docstring) runs on the
+    #: The solve (a host solver that releases the GIL; ``benchmarks/reference/couplings.md``) runs on the
     #: training loop's worker thread, a step ahead.
     background = True
 

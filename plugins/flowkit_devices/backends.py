@@ -44,10 +44,8 @@ def default_threads() -> int:
 
     "May use" is ``os.sched_getaffinity(0)`` (taskset, cgroups' cpusets), else ``os.cpu_count()``. A
     thread per CPU is fastest on an idle machine, but then any other busy process stalls every parallel
-    region: on 2 cores, one competing busy process made the bundled examples train 10-25x slower with
-    2 threads and at most 1.05x slower with 1, which was only 1.3x slower than 2 on the idle machine
-    (``benchmarks/bench_threads.py``; "Threads under load" in ``benchmarks/README.md``). Half the
-    CPUs leaves room for one such process.
+    region, so half the CPUs leaves room for one such process (the measurements behind this choice:
+    ``benchmarks/reference/threads.md``).
     """
     try:
         cpus = len(os.sched_getaffinity(0))
