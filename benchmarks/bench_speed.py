@@ -119,6 +119,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpeedConfig, Path]:
         help="print two runs' ratios side by side and exit (their JSONs, complete or from a stopped run)",
     )
     a = p.parse_args(argv)
+    if a.out.is_dir():  # the JSON is replaced atomically, which a folder cannot be
+        p.error(f"--out {a.out}: a folder; give the JSON file to write, e.g. --out {a.out / 'speed.json'}")
     if a.compare:
         first, second = (read_json(f) for f in a.compare)
         print(compare(first, second))

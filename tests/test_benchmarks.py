@@ -57,6 +57,17 @@ def test_raw_moons_match_flowkit_moons():
     torch.testing.assert_close(raw, flowkit)
 
 
+def test_a_folder_as_the_speed_output_is_refused_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench_speed.parse_args(["--out", str(tmp_path)])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--out {tmp_path}: a folder; give the JSON file to write, e.g. --out {tmp_path / 'speed.json'}"
+        in err
+    )
+
+
 @pytest.fixture(scope="module")
 def speed():
     cfg = bench_speed.quick_config()
