@@ -25,8 +25,9 @@ from flowkit.engine.components import set_up
 from flowkit.engine.distributed import current_world, from_main, leave_together
 from flowkit.engine.interrupts import Interrupted, SignalGuard, signal_name
 from flowkit.engine.lock import hold_run
+from flowkit.engine.manifest import write_resolved
 from flowkit.engine.records import Pipeline, PipelineRun
-from flowkit.engine.rundir import run_directory, write_json, write_toml
+from flowkit.engine.rundir import run_directory, write_json
 from flowkit.interfaces import Samples
 from flowkit.registry import PluginManager
 
@@ -52,7 +53,7 @@ def run_pipeline(
     run = PipelineRun(pipeline, directory, manager.hook, quiet=quiet)
     command = command if command is not None else command_line()
     with hold_run(directory, command):  # until the run ends: no resume or sample meanwhile
-        write_toml(directory / "pipeline.toml", pipeline.resolved(manager, command))
+        write_resolved(directory / "pipeline.toml", pipeline.resolved(manager, command))
         status.running(directory, "train" if pipeline.model.trainable else "sample", 0)
         return execute(run)
 
