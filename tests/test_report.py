@@ -116,7 +116,14 @@ def test_blocking_the_reporters_leaves_the_run_intact(write_pipeline, tmp_path):
     result = invoke("-p", "no:report", "run", pipeline, "--out", out)
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
-    assert _files(out) == {"pipeline.toml", "status.json", "samples.npy", "metrics.json", "run.lock"}
+    assert _files(out) == {
+        "pipeline.toml",
+        "status.json",
+        "samples.npy",
+        "metrics.json",
+        "run.lock",
+        "manifest.json",
+    }
 
 
 class Capture:

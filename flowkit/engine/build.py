@@ -19,6 +19,7 @@ from flowkit.config import Location, Structurer, apply_overrides, load_source
 from flowkit.engine.distributed import check_world
 from flowkit.engine.guidance import build_guidance, check_conditioning
 from flowkit.engine.limits import check_sizes
+from flowkit.engine.manifest import check_resolved
 from flowkit.engine.records import Pipeline
 from flowkit.engine.sections import (
     REQUIRED,
@@ -53,6 +54,8 @@ def build_pipeline(
     Trains nothing. Every error names the file (``<dict>`` for a dict), the table and the key.
     """
     manager = manager or PluginManager()
+    if not isinstance(source, Mapping):  # a run's resolved pipeline.toml is checked against its digest
+        check_resolved(Path(source))
     raw, name = load_source(source)
     raw, overridden = apply_overrides(raw, overrides, name)
     plugin_tables = _plugin_tables(manager)

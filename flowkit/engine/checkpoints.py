@@ -7,20 +7,24 @@ the weights sampling uses (``model``: the EMA where enabled) and the raw ones.
 
 Loading uses ``torch.load(weights_only=True)``: tensors and plain containers only, so a tampered file
 can never execute code. Anything that is not such a file gives a one-line :class:`FlowkitError`.
+Checkpoints and ``model.pt`` are written with their digest recorded in the run directory's manifest
+and checked against it when read (:mod:`flowkit.engine.manifest`); :func:`newest_checkpoint` also
+checks every field against the pipeline (:mod:`flowkit.engine.checkpoint_fields`) before one is used.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from flowkit.engine.rundir import write_atomic
+from flowkit.engine.manifest import forget, mismatch, write_recorded
 from flowkit.errors import FlowkitError
 
 #: Format tag of a checkpoint file (a ``model.pt`` has none: it is weights only).
@@ -44,20 +48,37 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> Path:
-    """``state`` (tensors and plain containers) to ``path``, atomically and durably."""
-    return write_atomic(path, lambda handle: torch.save(state, handle))
+    """``state`` (tensors and plain containers) to ``path``, atomically and durably, with its digest
+    recorded in the run directory's manifest."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_recorded(path, buffer.getvalue())
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
     """The dict saved in ``path``, on the CPU, loaded weights-only (never executing code).
 
-    Raises a one-line :class:`FlowkitError` for a missing, truncated, foreign or tampered file.
+    Raises a one-line :class:`FlowkitError` for a missing, truncated, foreign or tampered file, and
+    for one whose bytes are not those recorded in its run directory's manifest (the most telling
+    reason first: a file that does not even load says so).
     """
     path = Path(path)
     if not path.is_file():
         raise FlowkitError(f"{path}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FlowkitError(f"{path}: cannot read it: {exc.strerror or type(exc).__name__}") from None
+    state = _parse(path, data)
+    why = mismatch(path, data)  # the bytes parsed are the bytes checked
+    if why is not None:
+        raise FlowkitError(f"{path}: {why}")
+    return state
+
+
+def _parse(path: Path, data: bytes) -> dict[str, Any]:
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FlowkitError(
@@ -94,13 +115,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def newest_checkpoint(directory: Path) -> tuple[dict[str, Any] | None, Path | None, list[str]]:
+def newest_checkpoint(
+    directory: Path, check: Callable[[dict[str, Any], Path], None] | None = None
+) -> tuple[dict[str, Any] | None, Path | None, list[str]]:
     """The newest valid checkpoint of ``directory``: ``(state, path, skipped)``, where ``skipped``
-    says, one line each, why newer files were passed over. ``(None, None, skipped)`` when none is valid."""
+    says, one line each, why newer files were passed over. ``(None, None, skipped)`` when none is valid.
+    ``check(state, path)`` raises a :class:`FlowkitError` for a checkpoint that does not fit (its
+    fields against the pipeline: :func:`flowkit.engine.checkpoint_fields.check_fields`)."""
     skipped: list[str] = []
     for _step, path in reversed(list_checkpoints(directory)):
         try:
-            return load_checkpoint(path), path, skipped
+            state = load_checkpoint(path)
+            if check is not None:
+                check(state, path)
+            return state, path, skipped
         except FlowkitError as exc:
             skipped.append(str(exc))
     return None, None, skipped
@@ -114,6 +142,7 @@ def prune_checkpoints(directory: Path, keep: int) -> list[Path]:
     for _step, path in list_checkpoints(directory)[:-keep]:
         path.unlink(missing_ok=True)
         removed.append(path)
+    forget(directory, [path.name for path in removed])
     return removed
 
 

@@ -16,13 +16,15 @@ from typing import Any
 from flowkit.config import parse_override, read_toml
 from flowkit.engine import status
 from flowkit.engine.build import build_pipeline
-from flowkit.engine.checkpoints import newest_checkpoint, save_state
+from flowkit.engine.checkpoint_fields import check_fields
+from flowkit.engine.checkpoints import list_checkpoints, newest_checkpoint, save_state
 from flowkit.engine.distributed import current_world, from_main
 from flowkit.engine.lock import hold_run
 from flowkit.engine.loop import TrainLoop
+from flowkit.engine.manifest import adopt, write_resolved
 from flowkit.engine.records import PipelineRun
 from flowkit.engine.run import WorkerHooks, command_line, execute, execute_worker
-from flowkit.engine.rundir import read_status, remove_temporaries, run_directory, write_toml
+from flowkit.engine.rundir import read_status, remove_temporaries, run_directory
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.registry import PluginManager
 
@@ -102,11 +104,18 @@ def _resume(
     recorded = _resumable_status(root)
     remove_temporaries(root)  # what a write cut short by a kill left behind
     _check_resume_overrides(root, overrides)
-    pipeline = build_pipeline(root / "pipeline.toml", overrides, manager)
+    # A run of a flowkit before manifests: its files are taken as they are (unverified, as that flowkit
+    # did) and recorded, so that from now on they are verified like the ones this resume writes.
+    adopt(root, ["pipeline.toml", "model.pt", *(path.name for _, path in list_checkpoints(root))])
+    pipeline = build_pipeline(root / "pipeline.toml", overrides, manager)  # its digest checked first
     record = read_toml(root / "pipeline.toml").get("flowkit", {})
     history = list(record.get("history", [])) if isinstance(record, dict) else []
     trainable = pipeline.model.trainable and pipeline.train is not None
-    state, path, skipped = newest_checkpoint(root) if trainable else (None, None, [])
+
+    def check(state: dict[str, Any], path: Path) -> None:
+        check_fields(state, path, pipeline)
+
+    state, path, skipped = newest_checkpoint(root, check) if trainable else (None, None, [])
     for line in skipped:
         (warn or (lambda text: None))(f"skipped {line}")
     step = int(state["step"]) if state is not None else 0
@@ -136,7 +145,7 @@ def _resume(
     resolved = pipeline.resolved(manager, str(record.get("command", "")) if isinstance(record, dict) else "")
     resolved["flowkit"]["source"] = str(record.get("source", resolved["flowkit"]["source"]))
     resolved["flowkit"]["history"] = history
-    write_toml(target / "pipeline.toml", resolved)
+    write_resolved(target / "pipeline.toml", resolved)
     trained = trainable and step >= total
     if current_world().distributed:  # the other ranks resume the same pipeline from the same state
         plan = {"pipeline": resolved, "state": state, "step": step, "target": str(target)}

@@ -21,12 +21,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from flowkit.engine import status
+from flowkit.engine.checkpoints import list_checkpoints
 from flowkit.engine.components import set_up
 from flowkit.engine.distributed import current_world, from_main, leave_together
 from flowkit.engine.interrupts import Interrupted, SignalGuard, signal_name
 from flowkit.engine.lock import hold_run
+from flowkit.engine.manifest import write_resolved
 from flowkit.engine.records import Pipeline, PipelineRun
-from flowkit.engine.rundir import run_directory, write_json, write_toml
+from flowkit.engine.rundir import run_directory, write_json
 from flowkit.interfaces import Samples
 from flowkit.registry import PluginManager
 
@@ -52,7 +54,7 @@ def run_pipeline(
     run = PipelineRun(pipeline, directory, manager.hook, quiet=quiet)
     command = command if command is not None else command_line()
     with hold_run(directory, command):  # until the run ends: no resume or sample meanwhile
-        write_toml(directory / "pipeline.toml", pipeline.resolved(manager, command))
+        write_resolved(directory / "pipeline.toml", pipeline.resolved(manager, command))
         status.running(directory, "train" if pipeline.model.trainable else "sample", 0)
         return execute(run)
 
@@ -149,10 +151,18 @@ def _interrupted_outside_steps(run: PipelineRun, stage: str, exc: Interrupted) -
     weights = run.directory / "model.pt"
     if stage in ("start", "train") and run.pipeline.model.trainable and not weights.is_file():
         step = run.resumed_from or 0
-        message = (
-            f"{run.source}: interrupted by {name} before training step {step + 1}; nothing new was "
-            f"trained. Continue with: {resume}"
-        )
+        newest = list_checkpoints(run.directory)
+        if newest and newest[-1][0] > step:  # trained by a stage that did not say so (a plugin's)
+            step, path = newest[-1]
+            message = (
+                f"{run.source}: interrupted by {name} while training; the newest checkpoint is {path} "
+                f"(step {step}). Continue with: {resume}"
+            )
+        else:  # true only now: no checkpoint is newer than where this run (re)started
+            message = (
+                f"{run.source}: interrupted by {name} before training step {step + 1}; nothing new was "
+                f"trained. Continue with: {resume}"
+            )
         status.stopped(run.directory, "interrupted", "train", step, message, resume)
         return Interrupted(message, exc.signum, recorded=True)
     where = "evaluating" if stage == "evaluate" else "sampling"

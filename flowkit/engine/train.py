@@ -66,6 +66,10 @@ def train_with(run: PipelineRun, loop: TrainLoop) -> None:
             _save_weights(run, loop.weights(cfg.steps), "model.pt")
     except Diverged as exc:
         raise _diverged(run, loop, exc) from None
+    except Interrupted as exc:
+        if exc.recorded:
+            raise
+        raise _cut_short(run, loop, exc) from None  # a second signal: it stops at once
     finally:
         loop.close()  # the pairing worker, if any: on every way out
         if guard is not None:
@@ -123,6 +127,50 @@ def _interrupted(run: PipelineRun, signum: int, step: int, path: str) -> Interru
             run.directory, "interrupted", "train", step, message, resume, checkpoint=Path(path).name
         )
     return Interrupted(message, signum, recorded=True)
+
+
+def _cut_short(run: PipelineRun, loop: TrainLoop, exc: Interrupted) -> Interrupted:
+    """A signal that stopped training at once (a second Ctrl-C, not waiting for the step's checkpoint):
+    what was trained, what was saved and what is lost, as they are — "nothing new was trained" only
+    when no step was completed since the run (re)started."""
+    resume = status.resume_command(run.directory)
+    name, done, start = signal_name(exc.signum), loop.current_step, run.resumed_from or 0
+    total = loop.cfg.steps
+    saved = [(step, path) for step, path in list_checkpoints(run.directory) if step <= done]
+    checkpoint = saved[-1] if saved else None
+    if done <= start:
+        message = (
+            f"{run.source}: interrupted by {name} before training step {start + 1}; nothing new was "
+            f"trained. Continue with: {resume}"
+        )
+    elif checkpoint is not None and checkpoint[0] == done:
+        message = (
+            f"{run.source}: interrupted by {name} at training step {done} of {total}; the training "
+            f"state is saved in {checkpoint[1]}. Continue with: {resume}"
+        )
+    else:
+        since = checkpoint[0] if checkpoint is not None else 0
+        kept = (
+            f"it continues from {checkpoint[1]} (step {since})"
+            if checkpoint is not None
+            else "no checkpoint was written, so it starts again from step 0"
+        )
+        message = (
+            f"{run.source}: interrupted by {name} at training step {done} of {total} before a checkpoint "
+            f"of it was written (a second signal stops at once); steps {since + 1} to {done} are lost and "
+            f"{kept}. Continue with: {resume}"
+        )
+    if current_world().is_main:
+        status.stopped(
+            run.directory,
+            "interrupted",
+            "train",
+            checkpoint[0] if checkpoint is not None else 0,
+            message,
+            resume,
+            checkpoint=checkpoint[1].name if checkpoint is not None else None,
+        )
+    return Interrupted(message, exc.signum, recorded=True)
 
 
 def _diverged(run: PipelineRun, loop: TrainLoop, exc: Diverged) -> FlowkitError:

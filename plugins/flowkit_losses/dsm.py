@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import attrs
@@ -91,6 +92,8 @@ class DSMLoss(TimeSampledLoss):
                 f"loss 'dsm' with weighting = \"noise\" needs a Gaussian path (its noise scale beta_t), "
                 f'but path \'{name}\' is not one; use weighting = "score" or [path] kind = "gaussian"'
             )
+        if isinstance(path, GaussianProbabilityPath):
+            _check_ends(path)
 
     def model_role(self, network: nn.Module, path: ProbabilityPath) -> nn.Module:
         """A :class:`~flowkit.interfaces.ScoreModel`: ``-network / beta_t`` ("noise") or ``network``."""
@@ -125,3 +128,25 @@ class DSMLoss(TimeSampledLoss):
         else:
             target = path.target_score(x, z, t)
         return mean_squared(call_model(model, x, t, y), target)
+
+
+def _check_ends(path: GaussianProbabilityPath) -> None:
+    """Refuse, at build time, a schedule whose ``beta_t`` is 0 (or whose coefficients are not finite) at
+    an end of its ``t_range``: the score DSM trains is ``-eps / beta_t`` and the sampler's score model
+    divides by ``beta_t``, so training would run to the end and then give only non-finite samples
+    (a ``Linear`` schedule, ``beta_t = 1 - t``, left with the default ``t_range = (0, 1)``)."""
+    lo, hi = path.t_range
+    ends = torch.tensor([lo, hi], dtype=torch.float64)
+    c = path.schedule.coefficients(ends).tensors(ends)
+    name = path.schedule.registered_name or type(path.schedule).__name__
+    for i, t in enumerate((lo, hi)):
+        values = [
+            float(v[i]) if isinstance(v, Tensor) else float(v) for v in (c.alpha, c.beta, c.d_alpha, c.d_beta)
+        ]
+        if not all(math.isfinite(v) for v in values) or not values[1] > 0:
+            raise CapabilityError(
+                f"loss 'dsm': schedule '{name}' has beta_t = {values[1]:g} at t = {t:g}, an end of its "
+                f"t_range [{lo:g}, {hi:g}]; the score dsm trains divides by beta_t, so the samples would "
+                f"not be finite: give the schedule a t_range where beta_t > 0 (e.g. t_range = "
+                f'(0.0, 1.0 - 1e-5)) or use [loss] kind = "cfm"'
+            )
