@@ -31,6 +31,16 @@ class Component(abc.ABC):
         super().__init__()
         self.params = params if params is not None else type(self).Params()
 
+    @property
+    def display_name(self) -> str:
+        """The name a message gives the component: its registered name, else its class's."""
+        return self.registered_name or type(self).__name__
+
+    def registered_as(self, kind: str | None, name: str | None) -> None:
+        """Take the registry's identity ``(kind, name)``: the config loader's stamp on what it builds,
+        and what a wrapper or a rebuilt copy takes from the component it stands for."""
+        self.registered_kind, self.registered_name = kind, name
+
     @classmethod
     def from_params(cls, params: Any, context: Any) -> Component:
         """Build the component from its validated ``params``. Override to use the ``context``, the

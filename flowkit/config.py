@@ -360,8 +360,7 @@ class Structurer:
                 f"{loc.source}: {target} ({kind} '{name}'): building it {what} ({first[:160]}); "
                 "make it smaller"
             ) from None
-        component.registered_kind = kind
-        component.registered_name = name
+        component.registered_as(kind, name)
         return component
 
 

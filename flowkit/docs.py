@@ -115,7 +115,7 @@ def toml_value(value: Any) -> str:
             return "{}"
         return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, Component):
-        return toml_value(value.registered_name or type(value).__name__)
+        return toml_value(value.display_name)
     return repr(value)
 
 

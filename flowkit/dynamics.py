@@ -125,7 +125,7 @@ class Simulator(Component):
                 f"component), but got a {type(dynamics).__name__}; build the dynamics from the "
                 f'[sample] table (e.g. dynamics = "flow")'
             )
-        name = dynamics.registered_name or type(dynamics).__name__
+        name = dynamics.display_name
         kind = "SDE" if isinstance(dynamics, SDE) else "ODE"
         if self.solves is ODE and isinstance(dynamics, SDE):
             raise CapabilityError(

@@ -27,8 +27,7 @@ class _CountedODE(ODE):
     def __init__(self, dynamics: ODE) -> None:
         super().__init__(dynamics.params)
         self.dynamics = dynamics
-        self.registered_kind = dynamics.registered_kind
-        self.registered_name = dynamics.registered_name
+        self.registered_as(dynamics.registered_kind, dynamics.registered_name)
         self.constraint = dynamics.constraint
         self.count = 0
 

@@ -87,7 +87,7 @@ class BatchProducer:
         #: Classes of a conditional model (0: unconditional); labels are drawn with the data then.
         self.num_classes = num_classes(pipeline)
         self.label_dropout = pipeline.train.label_dropout
-        self._loss_name = pipeline.loss.registered_name or type(pipeline.loss).__name__
+        self._loss_name = pipeline.loss.display_name
         self._next: _Ahead | None = None  # the batch of the next step, drawn ahead
         self._worker: ThreadPoolExecutor | None = None
 

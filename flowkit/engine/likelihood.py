@@ -157,7 +157,7 @@ def log_likelihood(
     ``probes`` per point are drawn from ``generator`` on ``x``'s device.
     """
     if isinstance(dynamics, SDE):
-        name = dynamics.registered_name or type(dynamics).__name__
+        name = dynamics.display_name
         raise CapabilityError(
             f"dynamics '{name}' is an SDE, which has no change-of-variables likelihood; compute the "
             f'likelihood of its probability-flow ODE (dynamics = "flow")'
@@ -211,7 +211,7 @@ def check_settings(settings: LikelihoodSection, path: Any, shape: tuple[int, ...
     cannot integrate the ODE, a path without a prior log-density. Raises :class:`CapabilityError`."""
     dynamics = settings.dynamics
     if isinstance(dynamics, SDE):
-        name = dynamics.registered_name or type(dynamics).__name__
+        name = dynamics.display_name
         raise CapabilityError(
             f"dynamics '{name}' is an SDE, which has no change-of-variables likelihood; use the "
             f'probability-flow ODE, dynamics = "flow"'

@@ -116,7 +116,7 @@ class TrainLoop:
         if self.world.distributed and not self.averages_gradients:  # DDP's backward averages them
             self.role = loss.model_role(wrap_model(pipeline.network, self.world), pipeline.path)
         #: The extra scalars the loss reports, since the last log step (:class:`LossScalars`).
-        self.scalars = LossScalars(loss.registered_name or type(loss).__name__)
+        self.scalars = LossScalars(loss.display_name)
         #: ``{"loss/<name>": mean}`` of the last log step (``{}``: the loss reports none).
         self.last_scalars: dict[str, float] = {}
         seed = pipeline.run.seed

@@ -197,7 +197,7 @@ class SBCFMLoss(Loss):
 
     def check(self, path: ProbabilityPath) -> None:
         """Refuse any path but a Brownian bridge with ``sigma > 0``; set up the coupling."""
-        name = path.registered_name or type(path).__name__
+        name = path.display_name
         if not isinstance(path, BrownianBridgePath):
             raise CapabilityError(
                 f"loss 'sb-cfm' trains on the Brownian-bridge path, but path '{name}' is not one; use "
@@ -211,7 +211,7 @@ class SBCFMLoss(Loss):
         if self.coupling is None or self.coupling.params.epsilon != 2.0 * path.sigma**2:
             params = Sinkhorn.Params(epsilon=2.0 * path.sigma**2, iterations=self.params.iterations)
             self.coupling = Sinkhorn(params)
-            self.coupling.registered_kind, self.coupling.registered_name = "coupling", "sinkhorn"
+            self.coupling.registered_as("coupling", "sinkhorn")
 
     def roles(self, network: nn.Module, path: ProbabilityPath) -> dict[str, nn.Module]:
         """``{"velocity": the velocity head, "score": the score head}``."""

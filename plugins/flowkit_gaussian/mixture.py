@@ -281,13 +281,13 @@ class MixtureOracle(AnalyticModel):
     def from_components(cls, dataset: Any, path: Any) -> MixtureOracle:
         """The oracle of ``dataset`` (with ``mixture_parameters()``) under ``path`` (a Gaussian path)."""
         if not callable(getattr(dataset, "mixture_parameters", None)):
-            name = getattr(dataset, "registered_name", None) or type(dataset).__name__
+            name = getattr(dataset, "registered_name", None) or type(dataset).__name__  # may be None
             raise CapabilityError(
                 f"model 'mixture-oracle' needs data with known mixture parameters, but [data] is "
                 f"'{name}'; use [data] kind = \"gaussian-mixture\""
             )
         if not isinstance(path, GaussianProbabilityPath):
-            name = getattr(path, "registered_name", None) or type(path).__name__
+            name = getattr(path, "registered_name", None) or type(path).__name__  # may be None
             raise CapabilityError(
                 f"model 'mixture-oracle' needs a Gaussian path (its alpha_t and beta_t), but [path] is "
                 f"'{name}'; use [path] kind = \"gaussian\""

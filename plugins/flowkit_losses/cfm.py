@@ -59,7 +59,7 @@ class CFMLoss(TimeSampledLoss):
         coupling = active_coupling(self.params.coupling)
         if coupling is None or path.noise_is_prior():
             return
-        name = path.registered_name or type(path).__name__
+        name = path.display_name
         raise CapabilityError(
             f"coupling '{coupling.registered_name}' pairs noise x_0 ~ p_init with data, but on path "
             f"'{name}' the noise is not x_0 (x_0 depends on the data point, e.g. alpha_0 = 1 for VE); "

@@ -98,7 +98,7 @@ class TimeSampledLoss(Loss):
         """``n`` training times on ``path.t_range``, shape ``(n,)``: ``u`` drawn from the time
         distribution, mapped to ``lo + (hi - lo) u``."""
         lo, hi = path.t_range
-        times = time_distribution(self.params, self.registered_name or type(self).__name__)
+        times = time_distribution(self.params, self.display_name)
         unit = times.sample(n, generator, device or torch.device("cpu"), dtype)
         return lo + (hi - lo) * unit
 

@@ -72,7 +72,7 @@ class DSMLoss(TimeSampledLoss):
         """Raise :class:`CapabilityError` when ``path`` gives no score (or no noise scale, for "noise"),
         or when a coupling other than ``independent`` is set."""
         time_distribution(self.params, "dsm")  # refuses time and t_sampling both set
-        name = path.registered_name or type(path).__name__
+        name = path.display_name
         coupling = active_coupling(self.params.coupling)
         if coupling is not None:
             raise CapabilityError(
@@ -138,7 +138,7 @@ def _check_ends(path: GaussianProbabilityPath) -> None:
     lo, hi = path.t_range
     ends = torch.tensor([lo, hi], dtype=torch.float64)
     c = path.schedule.coefficients(ends).tensors(ends)
-    name = path.schedule.registered_name or type(path.schedule).__name__
+    name = path.schedule.display_name
     for i, t in enumerate((lo, hi)):
         values = [
             float(v[i]) if isinstance(v, Tensor) else float(v) for v in (c.alpha, c.beta, c.d_alpha, c.d_beta)

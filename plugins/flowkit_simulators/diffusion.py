@@ -32,8 +32,8 @@ from flowkit_simulators.timegrids import noise_levels, times_of_sigmas
 
 def _check_flow(simulator: Simulator, dynamics: ODE) -> None:
     """Refuse dynamics other than the probability-flow ODE of a Gaussian path, naming what to change."""
-    name = simulator.registered_name or type(simulator).__name__
-    dyn = getattr(dynamics, "registered_name", None) or type(dynamics).__name__
+    name = simulator.display_name
+    dyn = dynamics.display_name
     if isinstance(dynamics, SDE):
         raise CapabilityError(
             f"simulator '{name}' integrates the probability-flow ODE of a Gaussian path, but dynamics "
