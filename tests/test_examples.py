@@ -16,6 +16,8 @@ TRAINED = ["moons", "cosine", "vp-dsm", "ve-dsm", "cfm-sde", "ot-cfm"]
 EXACT = ["oracle-ode", "oracle-sde"]
 # Conditional image examples: the full run takes minutes (examples/README.md); the suite runs a few steps.
 IMAGES = ["digits"]
+# Few-step generation: sampled with one network evaluation as they stand (examples/README.md).
+ONE_STEP = ["moons-meanflow"]
 # What each trained example must reach even with a quarter of its training (the full runs reach
 # ratios of 0.8-0.9, see examples/README.md): within 3x the noise floor.
 SHORT_TRAINING = ["train.steps=3000", "train.warmup_steps=100"]
@@ -27,13 +29,13 @@ def manager():
 
 
 def test_every_example_is_listed_here():
-    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(TRAINED + EXACT + IMAGES)
+    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(TRAINED + EXACT + IMAGES + ONE_STEP)
 
 
-@pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES)
+@pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP)
 def test_example_builds(name, manager):
     pipe = build_pipeline(EXAMPLES / f"{name}.toml", (), manager)
-    assert pipe.model.trainable == (name in TRAINED + IMAGES)
+    assert pipe.model.trainable == (name in TRAINED + IMAGES + ONE_STEP)
 
 
 def run_example(name, manager, tmp_path, overrides=()):
@@ -53,6 +55,14 @@ def test_oracle_example_is_within_1_5_times_the_noise_floor(name, manager, tmp_p
 def test_trained_example_is_within_3_times_the_noise_floor(name, manager, tmp_path):
     metrics = run_example(name, manager, tmp_path, SHORT_TRAINING)
     assert metrics["train_steps"] == 3000
+    assert metrics["distance"] <= 3.0 * metrics["noise_floor"], metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ONE_STEP)
+def test_one_step_example_is_within_3_times_the_noise_floor_at_one_evaluation(name, manager, tmp_path):
+    metrics = run_example(name, manager, tmp_path, ["train.steps=1500", "train.warmup_steps=100"])
+    assert metrics["train_steps"] == 1500 and metrics["nfe"] == 1
     assert metrics["distance"] <= 3.0 * metrics["noise_floor"], metrics
 
 

@@ -39,6 +39,12 @@ class MLP(Network):
     With ``class_conditional = true`` on labelled data (``K`` classes) it declares the input ``y``
     (``forward(x, t, y=y)``, ``y (B,)`` int64, ``y = K`` the null class) and appends the one-hot ``y``
     (``K + 1`` values) to the first layer's input.
+
+    With ``second_time = true`` it declares the input ``r`` (``forward(x, t, r=r)``, ``r (B,)``: the
+    second time of a two-time model such as MeanFlow's average velocity ``u(x_t, t, r)``) and appends
+    the step ``h = r - t`` after the features of ``t``, with the same Fourier features of ``h``
+    (``1 + 2 * time_features`` more inputs). ``inputs`` is then ``("r",)``, or ``("r", "y")`` when
+    class-conditional too.
     """
 
     @attrs.define(frozen=True)
@@ -64,6 +70,11 @@ class MLP(Network):
             doc="Condition on the dataset's class labels, where it has them (input y, plus a null "
             "class for guidance).",
         )
+        second_time: bool = param(
+            False,
+            doc="Take a second time r (input r, fed as the step r - t): a two-time network, e.g. "
+            "for the meanflow loss.",
+        )
 
     def __init__(
         self,
@@ -82,8 +93,7 @@ class MLP(Network):
         if not self.output_shape or any(size <= 0 for size in self.output_shape):
             raise FlowkitError(f"mlp needs an output shape of positive sizes, got {output_shape!r}")
         self.num_classes = int(num_classes) if self.params.class_conditional else 0
-        if self.num_classes:
-            self.inputs = ("y",)
+        self.inputs = (("r",) if self.params.second_time else ()) + (("y",) if self.num_classes else ())
         dim = math.prod(shape)
         p = self.params
         if p.time_features > 0:
@@ -95,7 +105,8 @@ class MLP(Network):
         else:
             self.frequencies = None
         labels = self.num_classes + 1 if self.num_classes else 0
-        widths = [dim + 1 + 2 * p.time_features + labels, *p.hidden]
+        times = (2 if p.second_time else 1) * (1 + 2 * p.time_features)
+        widths = [dim + times + labels, *p.hidden]
         layers: list[nn.Module] = []
         for width_in, width_out in itertools.pairwise(widths):
             layers += [nn.Linear(width_in, width_out), ACTIVATIONS[p.activation]()]
@@ -111,14 +122,24 @@ class MLP(Network):
             params, data_shape=context.data_shape, output_shape=context.output_shape, num_classes=classes
         )
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """``x (B, *D)``, ``t (B,)`` (labels ``y (B,)`` where conditional) -> ``(B, *O)``."""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, r: Tensor | None = None) -> Tensor:
+        """``x (B, *D)``, ``t (B,)`` (labels ``y (B,)`` where conditional, the second time ``r (B,)``
+        where two-time) -> ``(B, *O)``."""
         t = t.to(x.dtype)[:, None]
-        parts = [x.reshape(x.shape[0], -1), t]
-        if self.frequencies is not None:
-            angles = t * self.frequencies.to(x.dtype)
-            parts += [torch.sin(angles), torch.cos(angles)]
+        parts = [x.reshape(x.shape[0], -1), *self._time_features(t)]
+        if self.params.second_time:
+            if r is None:
+                raise FlowkitError("mlp with second_time = true needs the second time r (forward(x, t, r=r))")
+            parts += self._time_features(r.to(x.dtype)[:, None] - t)
         if self.num_classes:
             labels = y if y is not None else torch.full((x.shape[0],), self.num_classes, device=x.device)
             parts.append(nn.functional.one_hot(labels, self.num_classes + 1).to(x.dtype))
         return self.net(torch.cat(parts, dim=1)).reshape((x.shape[0], *self.output_shape))
+
+    def _time_features(self, t: Tensor) -> list[Tensor]:
+        """``t (B, 1)`` and, with ``time_features``, its Fourier features: ``(B, 1 + 2 * time_features)``
+        in parts."""
+        if self.frequencies is None:
+            return [t]
+        angles = t * self.frequencies.to(t.dtype)
+        return [t, torch.sin(angles), torch.cos(angles)]

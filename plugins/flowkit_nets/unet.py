@@ -112,7 +112,9 @@ class UNet(Network):
     ``blocks`` residual blocks per level going down, ``blocks + 1`` coming up (one per skip); a middle
     of block, attention, block. ``y = num_classes`` (or no ``y``) is the null class. With
     ``class_conditional = true`` and labelled data, ``num_classes`` is the dataset's and the network
-    declares the input ``y`` (``forward(x, t, y=y)``).
+    declares the input ``y`` (``forward(x, t, y=y)``). With ``second_time = true`` it declares the
+    input ``r`` too (a second time, ``forward(x, t, r=r)``): the sinusoidal features of the step
+    ``r - t`` through an MLP of their own are added to the time embedding.
 
     The output has the loss's output shape ``context.output_shape``: the data's ``(C, H, W)``, or
     ``(C, H, W, K)`` (e.g. logits of ``K`` categories per pixel), which the last convolution gives as
@@ -152,6 +154,11 @@ class UNet(Network):
             doc="Condition on the dataset's class labels, where it has them (plus a null class "
             "for guidance).",
         )
+        second_time: bool = param(
+            False,
+            doc="Take a second time r (input r, embedded as the step r - t and added to the time "
+            "embedding): a two-time network, e.g. for the meanflow loss.",
+        )
 
     def __init__(
         self,
@@ -183,8 +190,7 @@ class UNet(Network):
                 f"asks for {self.output_shape}; use a loss with one of these output shapes, or an mlp"
             )
         self.num_classes = int(num_classes) if p.class_conditional else 0
-        if self.num_classes:
-            self.inputs = ("y",)
+        self.inputs = (("r",) if p.second_time else ()) + (("y",) if self.num_classes else ())
         c_img, size = self.data_shape[0], self.data_shape[1]
         emb = 4 * p.channels
         self.time_mlp = nn.Sequential(nn.Linear(p.channels, emb), nn.SiLU(), nn.Linear(emb, emb))
@@ -228,6 +234,10 @@ class UNet(Network):
             width, math.prod(self.output_shape) // (size * self.data_shape[2]), 3, padding=1
         )
         _zero(self.conv_out)
+        # Built last, so that every other layer of a two-time U-Net starts as the one-time one's.
+        self.step_mlp: nn.Module | None = None
+        if p.second_time:
+            self.step_mlp = nn.Sequential(nn.Linear(p.channels, emb), nn.SiLU(), nn.Linear(emb, emb))
 
     @classmethod
     def from_params(cls, params: Params, context: BuildContext) -> UNet:
@@ -237,10 +247,14 @@ class UNet(Network):
             params, data_shape=context.data_shape, num_classes=classes, output_shape=context.output_shape
         )
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """``x (B, C, H, W)``, ``t (B,)``, labels ``y (B,)`` int64 (``None``: the null class)
-        -> ``(B, C, H, W)``."""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, r: Tensor | None = None) -> Tensor:
+        """``x (B, C, H, W)``, ``t (B,)``, labels ``y (B,)`` int64 (``None``: the null class), the
+        second time ``r (B,)`` where ``second_time`` -> ``(B, C, H, W)``."""
         emb = self.time_mlp(time_features(t, self.params.channels).to(x.dtype))
+        if self.step_mlp is not None:
+            if r is None:
+                raise ConfigError("unet with second_time = true needs the second time r (forward(x, t, r=r))")
+            emb = emb + self.step_mlp(time_features(r - t, self.params.channels).to(x.dtype))
         if self.label_emb is not None:
             labels = y if y is not None else torch.full((x.shape[0],), self.num_classes, device=x.device)
             emb = emb + self.label_emb(labels)
