@@ -87,7 +87,7 @@ class MeanFlowJump(FixedStepSimulator):
     def check(self, dynamics: ODE) -> None:
         super().check(dynamics)
         if not callable(getattr(dynamics, "average", None)):
-            name = dynamics.registered_name or type(dynamics).__name__
+            name = dynamics.display_name
             raise CapabilityError(
                 f"simulator 'mean-flow-jump' jumps with an average velocity u(x, t, r), but dynamics "
                 f"'{name}' offers only a drift; use dynamics = \"mean-flow\" (a model trained by "
