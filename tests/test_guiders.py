@@ -230,9 +230,17 @@ def test_cfg_plus_plus_drift_is_cfg_at_the_step_dependent_scale_on_the_ot_path(m
 @pytest.mark.parametrize(
     ("guidance", "message"),
     [
-        ({"kind": "interval", "scale": 1.0, "t_lo": 0.8, "t_hi": 0.2}, r"^<dict>: \[sample.guidance\]: invalid parameters: t_hi = 0.2 must not be below t_lo = 0.8$"),
+        (
+            {"kind": "interval", "scale": 1.0, "t_lo": 0.8, "t_hi": 0.2},
+            r"^<dict>: \[sample.guidance\]: invalid parameters: "
+            r"t_hi = 0.2 must not be below t_lo = 0.8$",
+        ),
         ({"kind": "cfg++", "lam": 1.5}, r"\[sample.guidance\] key 'lam': invalid value 1.5"),
-        ({"kind": "cfg-zero-star", "scale": 1.0, "zero_init_steps": 4}, r"^<dict>: \[sample\] guidance \('cfg-zero-star'\): zero_init_steps = 4 would zero all 4 steps"),
+        (
+            {"kind": "cfg-zero-star", "scale": 1.0, "zero_init_steps": 4},
+            r"^<dict>: \[sample\] guidance \('cfg-zero-star'\): "
+            r"zero_init_steps = 4 would zero all 4 steps",
+        ),
         ({"kind": "cfgg", "scale": 1.0}, r"\[sample.guidance\] key 'kind'.*cfg"),
     ],
 )
