@@ -32,6 +32,7 @@ BUILTIN_PLUGINS = {
     "data",
     "devices",
     "gaussian",
+    "guidance",
     "losses",
     "metrics",
     "nets",
