@@ -329,6 +329,9 @@ class Structurer:
         if not isinstance(spec, Mapping):
             raise loc.error(f"expected a {kind}: a name or a table with 'kind', found {describe_value(spec)}")
         known = self.registry.names(kind)
+        default = getattr(self.registry.interface(kind), "default_name", None)
+        if "kind" not in spec and default is not None:  # a kind with a default: `guidance = { scale = 2 }`
+            spec = {"kind": default, **spec}
         if "kind" not in spec:
             raise loc.child("kind").error(
                 f"missing required key: the {kind} to use (one of: {', '.join(known)})"

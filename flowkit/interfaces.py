@@ -24,6 +24,7 @@ from ``flowkit.interfaces``):
 * :mod:`flowkit.paths`: datasets, schedules, probability paths, the velocity and score fields, and the
   distribution of training times (:class:`TimeDistribution`, the kind ``time``);
 * :mod:`flowkit.dynamics`: dynamics (ODE, SDE), time grids and simulators;
+* :mod:`flowkit.guiders`: guidance at sampling time (:class:`Guider`, the kind ``guider``);
 * :mod:`flowkit.devices`: the device backend (:class:`DeviceBackend`);
 * :mod:`flowkit.building`: the :class:`Component` base and role conversion;
 * :mod:`flowkit.records`: plain records (:class:`Coefficients`, :class:`Samples`, ...).
@@ -43,6 +44,7 @@ from flowkit.building import Component, convert_role
 from flowkit.devices import DeviceBackend
 from flowkit.dynamics import ODE, SDE, ProbabilityFlowODE, Simulator, TimeGrid, check_pair
 from flowkit.errors import CapabilityError
+from flowkit.guiders import Guider, GuiderParams, ScaleParams, classifier_free
 from flowkit.paths import (
     Dataset,
     GaussianProbabilityPath,
@@ -79,6 +81,8 @@ __all__ = [
     "Dataset",
     "DeviceBackend",
     "GaussianProbabilityPath",
+    "Guider",
+    "GuiderParams",
     "Loss",
     "LossValue",
     "Metric",
@@ -93,6 +97,7 @@ __all__ = [
     "Role",
     "Run",
     "Samples",
+    "ScaleParams",
     "Schedule",
     "ScoreModel",
     "Simulator",
@@ -102,6 +107,7 @@ __all__ = [
     "VectorField",
     "call_network",
     "check_pair",
+    "classifier_free",
     "kind_of",
     "network_inputs",
     "per_sample",
@@ -438,6 +444,7 @@ KINDS: dict[str, type] = {
     "dynamics": ODE,
     "simulator": Simulator,
     "timegrid": TimeGrid,
+    "guider": Guider,
     "time": TimeDistribution,
     "metric": Metric,
     "device": DeviceBackend,
@@ -458,5 +465,6 @@ for _public in (
     Component, NoParams, Coefficients, Samples, Registrar, Dataset, Schedule,
     LossValue, StageContext, ProbabilityPath, GaussianProbabilityPath, VectorField, ScoreModel,
     NoisePredictor, ODE, ProbabilityFlowODE, SDE, TimeGrid, Simulator, TimeDistribution, DeviceBackend,
+    Guider,
 ):  # fmt: skip
     _public.__module__ = __name__

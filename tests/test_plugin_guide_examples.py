@@ -34,6 +34,7 @@ from guide_examples.data import CSVPoints, GaussianRing  # noqa: E402
 from guide_examples.devices import PinnedCPU  # noqa: E402
 from guide_examples.dynamics import SwirlFlow, rotate  # noqa: E402
 from guide_examples.grids import CosineGrid  # noqa: E402
+from guide_examples.guiders import RampGuidance  # noqa: E402
 from guide_examples.interpolant import ScaledLinearPath  # noqa: E402
 from guide_examples.losses import AsVelocity, WeightedVelocityLoss  # noqa: E402
 from guide_examples.metrics import MeanGap  # noqa: E402
@@ -52,6 +53,7 @@ COMPONENTS = {
     ("dynamics", "swirl"): SwirlFlow,
     ("timegrid", "cosine"): CosineGrid,
     ("time", "beta"): BetaTime,
+    ("guider", "ramp"): RampGuidance,
     ("metric", "mean-gap"): MeanGap,
     ("device", "pinned-cpu"): PinnedCPU,
 }
@@ -218,6 +220,15 @@ def test_cosine_grid_is_exact_at_the_ends_and_symmetric():
     torch.testing.assert_close(grid - 0.1, (0.9 - grid).flip(0))
     i = torch.arange(9, dtype=torch.float64)
     torch.testing.assert_close(grid, 0.1 + 0.8 * (1 - torch.cos(math.pi * i / 8)) / 2)
+
+
+def test_ramp_guidance_is_cfg_at_the_weight_w_t_to_the_p():
+    cond, uncond = torch.randn(4, 3), torch.randn(4, 3)
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    ramp = RampGuidance(RampGuidance.Params(scale=2.0, power=2.0))
+    weight = (2.0 * t**2)[:, None]
+    torch.testing.assert_close(ramp.combine(cond, uncond, cond, t), (1 + weight) * cond - weight * uncond)
+    assert torch.equal(ramp.combine(cond, uncond, cond, t)[0], cond[0])  # no guidance at the noise
 
 
 def test_mean_gap_is_the_distance_between_means():

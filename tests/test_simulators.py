@@ -301,6 +301,7 @@ def test_plugin_registers_every_component_with_its_kind():
         ("timegrid", "uniform"),
         ("timegrid", "power"),
         ("timegrid", "karras"),
+        ("timegrid", "shift"),
     }
     for (kind, _), cls in added.items():
         assert issubclass(cls, KINDS[kind]) and not inspect.isabstract(cls)

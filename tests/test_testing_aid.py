@@ -33,6 +33,7 @@ BUILTIN_PLUGINS = {
     "devices",
     "flowmaps",
     "gaussian",
+    "guidance",
     "losses",
     "metrics",
     "nets",

@@ -1,13 +1,15 @@
-"""Conditioning at sampling time: the labels asked for and classifier-free guidance (docs/math.md).
+"""Conditioning at sampling time: the labels asked for and guidance (docs/math.md, "Guidance").
 
-A conditional network (``Network.num_classes > 0``) is trained on labelled data, with the null label
+A conditional model (``Network.num_classes > 0``) is trained on labelled data, with the null label
 ``num_classes`` in place of the true one with probability ``[train] label_dropout``. At sampling time
-:class:`GuidedField` wraps the model's velocity or score as the guided field
-``(1 + w) f(x, t | y) - w f(x, t | null)``, and :func:`build_guidance` builds the ``[sample]``
-dynamics on it once, when the pipeline is built; :func:`guided_dynamics` sets the labels before each
-simulation. So every simulator (ODE or SDE, fixed-step or adaptive) samples the guided model without
-knowing of labels, and sampling builds nothing. The labels are a fixed cycle over the asked classes
-(no random draw), so the samples of a class are the same whatever else is asked for the other rows.
+:class:`GuidedField` wraps the model's velocity or score: it evaluates the field with the asked labels
+and with the null label in one batch, and the ``[sample] guidance`` guider (kind ``guider``; ``cfg``:
+``(1 + w) f(x, t | y) - w f(x, t | null)``) combines the two. :func:`build_guidance` builds the
+``[sample]`` dynamics on it once, when the pipeline is built; :func:`guided_dynamics` sets the labels
+(and resets the guider) before each simulation. So every simulator (ODE or SDE, fixed-step or
+adaptive) samples the guided model without knowing of labels, and sampling builds nothing. The labels
+are a fixed cycle over the asked classes (no random draw), so the samples of a class are the same
+whatever else is asked for the other rows.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from flowkit.engine.records import Guidance, Pipeline
-from flowkit.errors import ConfigError
-from flowkit.interfaces import ODE, ScoreModel, VectorField
+from flowkit.engine.records import Guidance, Pipeline, sample_times
+from flowkit.errors import CapabilityError, ConfigError
+from flowkit.interfaces import ODE, Guider, ScoreModel, VectorField, classifier_free
 
 
 def num_classes(pipeline: Pipeline) -> int:
@@ -57,10 +59,18 @@ def check_conditioning(pipeline: Pipeline) -> None:
                 '(or "all", or "null" for unconditional samples)'
             )
     train = pipeline.train
-    if guide.scale > 0 and train is not None and train.label_dropout == 0:
+    if guide.needs_unconditional and train is not None and train.label_dropout == 0:
+        scale = getattr(guide.params, "scale", None)
+        what = f"scale = {scale}" if scale is not None else f"'{guide.registered_name}'"
         raise ConfigError(
-            f"{source}: [sample] guidance scale = {guide.scale} needs the unconditional (null-label) model, "
+            f"{source}: [sample] guidance {what} needs the unconditional (null-label) model, "
             "but [train] label_dropout = 0 never trains it; set [train] label_dropout (e.g. 0.1) or scale = 0"
+        )
+    if guide.stateful and pipeline.capture:
+        raise ConfigError(
+            f"{source}: [sample] guidance: guider '{guide.registered_name}' keeps state across the steps "
+            "of a simulation, which a captured sampler graph cannot; use a backend that does not capture "
+            '(e.g. [run] device = { kind = "cuda", capture = false }) or a guider without state'
         )
 
 
@@ -80,18 +90,25 @@ def sample_labels(pipeline: Pipeline, n: int) -> Tensor | None:
 
 
 class GuidedField(nn.Module):
-    """``forward(x (B, *D), t (B,)) = (1 + w) f(x, t, y) - w f(x, t, null)`` for the labels ``y (B,)``.
+    """``forward(x (B, *D), t (B,))``: the guider's combination of ``f(x, t, y)`` and ``f(x, t, null)``
+    for the labels ``y (B,)``; without a guider, classifier-free guidance of weight ``scale``:
+    ``(1 + w) f(x, t, y) - w f(x, t, null)``.
 
     ``field`` is a velocity or a score taking ``(x, t, y)``. Both evaluations go through the network as
-    one batch of ``2B`` (one forward pass instead of two); with ``w = 0`` only the conditional one runs.
-    The labels are set (``field.labels = y``) before each simulation; whether they are all the null
-    class is read then, once, so that ``forward`` never synchronises with the device (a captured CUDA
-    graph cannot).
+    one batch of ``2B`` (one forward pass instead of two); where the guider does not use the
+    unconditional one (``w = 0``) only the conditional one runs. The labels are set
+    (``field.labels = y``, which also resets the guider) before each simulation; whether they are all
+    the null class is read then, once, so that ``forward`` never synchronises with the device (a
+    captured CUDA graph cannot).
     """
 
-    def __init__(self, field: nn.Module, scale: float, null: int) -> None:
+    def __init__(
+        self, field: nn.Module, scale: float = 0.0, null: int = 0, guider: Guider | None = None
+    ) -> None:
         super().__init__()
-        self.field, self.scale, self.null = field, float(scale), int(null)
+        self.field, self.null, self.guider = field, int(null), guider
+        self.scale = float(scale if guider is None else getattr(guider.params, "scale", 0.0))
+        self._guides = guider.needs_unconditional if guider is not None else self.scale != 0
         self._labels: Tensor | None = None
         self._unconditional = False
 
@@ -104,20 +121,23 @@ class GuidedField(nn.Module):
     def labels(self, labels: Tensor | None) -> None:
         self._labels = labels
         self._unconditional = labels is not None and bool((labels == self.null).all())
+        if self.guider is not None:
+            self.guider.reset()
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         y = self._labels
         if y is None or y.shape[0] != x.shape[0]:
             got = "none" if y is None else str(y.shape[0])
             raise RuntimeError(f"guided field called on a batch of {x.shape[0]} with {got} labels")
-        if self.scale == 0 or self._unconditional:  # nothing to guide: one evaluation
+        if not self._guides or self._unconditional:  # nothing to guide: one evaluation
             return self.field(x, t, y=y)
         both = self.field(
             torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, torch.full_like(y, self.null)])
         )
         conditional, unconditional = both.chunk(2)
-        # (1 + w) c - w u = c + w (c - u): one fused multiply-add
-        return conditional.add(conditional - unconditional, alpha=self.scale)
+        if self.guider is None:
+            return classifier_free(conditional, unconditional, self.scale)
+        return self.guider.combine(conditional, unconditional, x, t)
 
 
 class GuidedVelocity(GuidedField, VectorField):
@@ -136,12 +156,19 @@ def build_guidance(pipeline: Pipeline) -> Guidance | None:
         return None
     dynamics = pipeline.sample.dynamics
     guide = pipeline.sample.guidance
-    scale = guide.scale if guide is not None else 0.0
     wrappers = {"velocity": GuidedVelocity, "score": GuidedScore}
     # The trained role only: the other is converted from the guided one through the path (the
     # conversion is affine in the field, so guiding either gives the same guided dynamics).
     trained = pipeline.loss.trains if pipeline.loss is not None else "velocity"
-    field = wrappers[trained](pipeline.context.roles[trained], scale, null)
+    if guide is not None:
+        grid = None if pipeline.sample.simulator.adaptive else sample_times(pipeline, torch.device("cpu"))
+        try:
+            guide.prepare(grid)
+        except CapabilityError as exc:
+            raise ConfigError(
+                f"{pipeline.source}: [sample] guidance ('{guide.registered_name}'): {exc}"
+            ) from None
+    field = wrappers[trained](pipeline.context.roles[trained], 0.0, null, guide)
     context = attrs.evolve(pipeline.context, roles={trained: field})
     built = type(dynamics).from_params(dynamics.params, context)
     built.registered_kind, built.registered_name = dynamics.registered_kind, dynamics.registered_name

@@ -11,7 +11,7 @@ from typing import Literal
 
 import attrs
 
-from flowkit.interfaces import ODE, DeviceBackend, Metric, Simulator, TimeGrid
+from flowkit.interfaces import ODE, DeviceBackend, Guider, Metric, Simulator, TimeGrid
 from flowkit.params import component, param
 
 _positive = attrs.validators.gt(0)
@@ -89,31 +89,6 @@ class TrainSection:
     )
 
 
-def _check_classes(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if isinstance(value, list):
-        if any(isinstance(c, bool) or not isinstance(c, int) for c in value):
-            raise ValueError(f'classes must be "all", "null" or a list of class indices; got {value!r}')
-    elif value not in ("all", "null"):
-        raise ValueError(f'classes must be "all", "null" or a list of class indices; got {value!r}')
-
-
-@attrs.define(frozen=True)
-class GuidanceSection:
-    """``[sample] guidance``: classifier-free guidance of a conditional model (docs/math.md)."""
-
-    scale: float = param(
-        0.0,
-        doc="Guidance weight w: the field (1 + w) u(x, t | y) - w u(x, t | null); 0: conditional, unguided.",
-        validator=_non_negative,
-    )
-    classes: Literal["all", "null"] | list[int] = param(
-        "all",
-        doc='Classes asked for, cycled over the samples: "all", a list of class indices, or "null" '
-        "(unconditional samples).",
-        validator=_check_classes,
-    )
-
-
 @attrs.define(frozen=True)
 class SampleSection:
     """``[sample]``: how samples are drawn from the model."""
@@ -132,9 +107,10 @@ class SampleSection:
     )
     n: int = param(2000, doc="Number of samples drawn.", validator=_positive)
     trajectories: int = param(256, doc="Sample paths recorded for plots (0: none).", validator=_non_negative)
-    guidance: GuidanceSection | None = param(
+    guidance: Guider | None = component(
         None,
-        doc="Conditional models: { scale = w, classes = ... }; without it, every class, unguided (w = 0).",
+        doc="Conditional models: the guider, { kind = ..., scale = w, classes = ... } (kind: cfg when "
+        "absent; cfg, interval, apg, cfg-zero-star, cfg++, rescale); without it, every class, unguided.",
     )
 
 

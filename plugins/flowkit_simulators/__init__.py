@@ -6,7 +6,8 @@
   data prediction) and ``edm`` (Heun in ``sigma``, with churn);
 * dynamics: ``flow`` (ODE of a velocity), ``extension-sde`` (velocity + score, same marginals for any
   ``sigma_t``), ``langevin`` (score of a fixed distribution);
-* time grids: ``uniform``, ``power`` (steps concentrated near the data end ``t = 1``) and ``karras``
+* time grids: ``uniform``, ``power`` (steps concentrated near the data end ``t = 1``), ``shift``
+  (diffusers' flow-matching sigmas) and ``karras``
   (EDM's noise levels ``sigma = beta / alpha``, through a Gaussian path's schedule).
 
 Importing this package is cheap: the component modules load when the registry asks for them.
@@ -28,7 +29,7 @@ def flowkit_register(registry):
         MidpointSimulator,
         RK4Simulator,
     )
-    from flowkit_simulators.timegrids import KarrasGrid, PowerGrid, UniformGrid
+    from flowkit_simulators.timegrids import KarrasGrid, PowerGrid, ShiftGrid, UniformGrid
 
     registry.add("simulator", "euler", EulerSimulator)
     registry.add("simulator", "heun", HeunSimulator)
@@ -44,3 +45,4 @@ def flowkit_register(registry):
     registry.add("timegrid", "uniform", UniformGrid)
     registry.add("timegrid", "power", PowerGrid)
     registry.add("timegrid", "karras", KarrasGrid)
+    registry.add("timegrid", "shift", ShiftGrid)

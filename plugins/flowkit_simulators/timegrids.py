@@ -1,4 +1,5 @@
-"""Time grids for fixed-step simulators: ``uniform``, ``power`` and ``karras`` (EDM's noise levels).
+"""Time grids for fixed-step simulators: ``uniform``, ``power``, ``karras`` (EDM's noise levels) and
+``shift`` (the flow-matching schedule of SD3 and Flux).
 
 A grid is an increasing float64 tensor of ``steps + 1`` times whose first and last entries are exactly
 ``t_start`` and ``t_end`` (the simulator casts it to the dtype of the state).
@@ -182,3 +183,65 @@ class KarrasGrid(TimeGrid):
                 f"repeated times on [{t_start}, {t_end}]; use fewer steps or a wider sigma range"
             )
         return grid
+
+
+# -- diffusers' flow-matching schedule ----------------------------------------------------------------
+
+
+def _finite_or_none(_instance: object, attribute: attrs.Attribute, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{attribute.name} must be a finite number, got {value!r}")
+
+
+class ShiftGrid(TimeGrid):
+    """diffusers' ``FlowMatchEulerDiscreteScheduler`` sigmas (SD3, Flux) in flowkit's time ``t = 1 - sigma``
+    (noise at ``t = 0``), mapped affinely onto ``[t_start, t_end]``.
+
+    With ``N = train_steps`` and ``S(s) = shift s / (1 + (shift - 1) s)`` (the static shift), the
+    sigmas are ``linspace(1, sigma_min, steps)`` shifted, then 0; ``sigma_min = S(1 / N)`` (diffusers
+    shifts its training sigmas once when it is built and the inference ones again). With ``mu`` (its
+    ``use_dynamic_shifting``, mu chosen by resolution) they are ``linspace(1, 1 / N, steps)`` through
+    ``exp(mu) / (exp(mu) + (1 / s - 1))`` and ``shift`` is unused. ``shift > 1`` or ``mu > 0`` spends
+    more steps at high noise, as high resolutions need. ``(steps + 1,)``, float64.
+    """
+
+    @attrs.define(frozen=True)
+    class Params:
+        shift: float = param(
+            1.0,
+            doc="Static shift (SD3: 3.0; 1: no shift). Unused when mu is set.",
+            validator=_finite_positive,
+        )
+        mu: float | None = param(
+            None,
+            doc="Resolution-dependent shift (diffusers' use_dynamic_shifting, e.g. Flux's "
+            "mu = 0.5 + 0.65 (seq_len - 256) / 3840); unset: the static shift.",
+            validator=_finite_or_none,
+        )
+        train_steps: int = param(
+            1000,
+            doc="diffusers' num_train_timesteps: the last sigma before 0 is 1 / train_steps (shifted).",
+            validator=attrs.validators.ge(2),
+        )
+
+    def sigmas(self, steps: int) -> Tensor:
+        """diffusers' sigmas, ``(steps + 1,)`` float64, from 1 down to 0."""
+        p = self.params
+        n = p.train_steps
+
+        def static(s: Tensor | float) -> Tensor | float:
+            return p.shift * s / (1 + (p.shift - 1) * s)
+
+        if p.mu is None:
+            levels = cast(
+                Tensor, static(torch.linspace(1.0, float(static(1.0 / n)), steps, dtype=torch.float64))
+            )
+        else:
+            levels = torch.linspace(1.0, 1.0 / n, steps, dtype=torch.float64)
+            levels = math.exp(p.mu) / (math.exp(p.mu) + (1 / levels - 1))
+        return torch.cat([levels, levels.new_zeros(1)])
+
+    def __call__(self, steps: int, t_start: float = 0.0, t_end: float = 1.0) -> Tensor:
+        """Increasing grid of ``steps + 1`` times from ``t_start`` to ``t_end``."""
+        _validate("shift", steps, t_start, t_end)
+        return _pin_ends(t_start + (t_end - t_start) * (1 - self.sigmas(steps)), t_start, t_end)

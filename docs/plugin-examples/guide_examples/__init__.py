@@ -23,6 +23,7 @@ def flowkit_register(registry: Registrar) -> None:
         devices,
         dynamics,
         grids,
+        guiders,
         interpolant,
         losses,
         metrics,
@@ -40,6 +41,7 @@ def flowkit_register(registry: Registrar) -> None:
     registry.add("dynamics", "swirl", dynamics.SwirlFlow)
     registry.add("timegrid", "cosine", grids.CosineGrid)
     registry.add("time", "beta", times.BetaTime)
+    registry.add("guider", "ramp", guiders.RampGuidance)
     registry.add("metric", "mean-gap", metrics.MeanGap)
     registry.add("device", "pinned-cpu", devices.PinnedCPU)
     registry.add_kind("statistic", summary.Statistic)  # before the first component of the kind
