@@ -171,7 +171,7 @@ def build_guidance(pipeline: Pipeline) -> Guidance | None:
     field = wrappers[trained](pipeline.context.roles[trained], 0.0, null, guide)
     context = attrs.evolve(pipeline.context, roles={trained: field})
     built = type(dynamics).from_params(dynamics.params, context)
-    built.registered_kind, built.registered_name = dynamics.registered_kind, dynamics.registered_name
+    built.registered_as(dynamics.registered_kind, dynamics.registered_name)
     return Guidance(field, cast(ODE, built))
 
 
