@@ -24,7 +24,8 @@ class ODE(Component):
     """``dX_t = drift(X_t, t) dt``. ``needs`` lists the roles it is built from (see BuildContext).
 
     Dynamics may offer more than a drift (an average velocity, jump rates): a simulator that knows
-    them calls them, and the counting wrapper of :mod:`flowkit.solvers` forwards them. Dynamics and
+    them calls them, and the counting wrapper of :mod:`flowkit.solvers` forwards them, counting a call
+    of each method named in ``evaluations`` as one network evaluation, like a drift's. Dynamics and
     simulator check each other when the pipeline is built: :meth:`Simulator.check` and
     :meth:`check_simulator` (both through :func:`check_pair`).
 
@@ -34,6 +35,8 @@ class ODE(Component):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: The methods besides :meth:`drift` that evaluate the network once per call (``{"average"}``).
+    evaluations: ClassVar[frozenset[str]] = frozenset()
     constraint: ProbabilityPath | None = None
 
     def check_simulator(self, simulator: Simulator) -> None:

@@ -22,7 +22,8 @@ from flowkit.interfaces import ODE, SDE, ProbabilityFlowODE, Progress, Simulator
 
 class _CountedODE(ODE):
     """``dynamics`` with its drift evaluations counted in ``count``; any other attribute (a method the
-    dynamics offers besides the drift) is the dynamics' own, uncounted."""
+    dynamics offers besides the drift) is the dynamics' own, and a call of one it names in
+    ``evaluations`` counts too."""
 
     def __init__(self, dynamics: ODE) -> None:
         super().__init__(dynamics.params)
@@ -36,7 +37,15 @@ class _CountedODE(ODE):
         # before __init__ has set it (copy, pickle).
         if name == "dynamics":
             raise AttributeError(name)
-        return getattr(self.dynamics, name)
+        found = getattr(self.dynamics, name)
+        if name not in type(self.dynamics).evaluations:
+            return found
+
+        def evaluation(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return found(*args, **kwargs)
+
+        return evaluation
 
     @property
     def projects(self) -> bool:

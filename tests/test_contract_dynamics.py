@@ -80,7 +80,22 @@ def test_the_counting_wrapper_forwards_what_the_dynamics_offer(manager):
     ts = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
     x1 = simulator.simulate(AveragingODE(), x0, ts)
     torch.testing.assert_close(x1, x0 * torch.exp(torch.tensor(-1.0, dtype=torch.float64)))
-    assert simulator.last_nfe == 0  # the drift was never called; the average is not counted
+    assert simulator.last_nfe == 0  # the drift was never called; the average is not declared
+
+
+class CountedAveragingODE(AveragingODE):
+    """The same dynamics, declaring that each ``average`` call evaluates the network once."""
+
+    evaluations = frozenset({"average"})
+
+
+def test_the_counting_wrapper_counts_the_evaluations_the_dynamics_declare(manager):
+    simulator = build_component(manager, "simulator", "one-jump")
+    x0 = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    ts = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    x1 = simulator.simulate(CountedAveragingODE(), x0, ts)
+    torch.testing.assert_close(x1, x0 * torch.exp(torch.tensor(-1.0, dtype=torch.float64)))
+    assert simulator.last_nfe == 4  # one average per interval
 
 
 def pipeline(**sample):

@@ -21,7 +21,6 @@ from flowkit.interfaces import (
     BuildContext,
     GaussianProbabilityPath,
     ProbabilityFlowODE,
-    Progress,
     per_sample,
 )
 from flowkit.solvers import FixedStepSimulator
@@ -38,6 +37,7 @@ class MeanFlowDynamics(ProbabilityFlowODE):
     """
 
     needs = frozenset({AVERAGE_VELOCITY})
+    evaluations = frozenset({"average"})  # each jump is one network evaluation (the sampler's last_nfe)
 
     def __init__(
         self,
@@ -98,21 +98,5 @@ class MeanFlowJump(FixedStepSimulator):
         self, dynamics: ODE, x: Tensor, t: Tensor, h: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """Advance ``x (B, *D)`` from ``t (B,)`` by ``h (B,)``: ``x + h u(x, t, t + h)``."""
-        self._jumps += 1
         average = dynamics.average(x, t, t + h)  # type: ignore[attr-defined]  # check() made sure
         return torch.addcmul(x, per_sample(h, x), average)
-
-    def _run(
-        self,
-        dynamics: ODE,
-        x: Tensor,
-        ts: Tensor,
-        generator: torch.Generator | None,
-        keep: bool,
-        progress: Progress | None,
-    ) -> tuple[Tensor, list[Tensor]]:
-        # The counting wrapper counts drift evaluations only; each jump is one evaluation more.
-        self._jumps = 0
-        result = super()._run(dynamics, x, ts, generator, keep, progress)
-        self.last_nfe += self._jumps
-        return result
