@@ -19,8 +19,12 @@ from flowkit.interfaces import TimeDistribution
 from flowkit.params import param
 
 
-class UniformTime(TimeDistribution):
-    """``u ~ U[0, 1)``: one ``torch.rand`` draw per time."""
+class WarpedUniform(TimeDistribution):
+    """Times ``warp(v)`` of uniform draws ``v ~ U[0, 1)``, one ``torch.rand`` draw per time."""
+
+    def warp(self, v: Tensor) -> Tensor:
+        """Uniform draws ``v (n,)`` to times ``(n,)``: the identity here."""
+        return v
 
     def sample(
         self,
@@ -29,8 +33,12 @@ class UniformTime(TimeDistribution):
         device: torch.device | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        """``n`` uniform times, ``(n,)``."""
-        return torch.rand((n,), generator=generator, device=device, dtype=dtype)
+        """``n`` times ``warp(v)``, ``(n,)``."""
+        return self.warp(torch.rand((n,), generator=generator, device=device, dtype=dtype))
+
+
+class UniformTime(WarpedUniform):
+    """``u ~ U[0, 1)``: one ``torch.rand`` draw per time."""
 
     def density(self, t: Tensor) -> Tensor:
         """``p(t) = 1`` on ``[0, 1]``."""
@@ -86,7 +94,7 @@ def _mode_scale(_instance: object, attribute: attrs.Attribute, value: float) -> 
         )
 
 
-class ModeTime(TimeDistribution):
+class ModeTime(WarpedUniform):
     """SD3's mode sampling (Esser et al. 2024, eq. 20; diffusers' ``weighting_scheme = "mode"``) in
     flowkit's time: ``t = g(v) = v + s (cos^2(pi v / 2) - 1 + v)`` with ``v ~ U[0, 1)``. ``s > 0`` moves
     the mass towards the middle of the path (the mode of the density), ``s = 0`` is uniform. diffusers
@@ -106,16 +114,6 @@ class ModeTime(TimeDistribution):
         s = self.params.mode_scale
         return v + s * (torch.cos(math.pi * v / 2) ** 2 - 1 + v)
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        """``n`` times ``g(v)``, ``(n,)``."""
-        return self.warp(torch.rand((n,), generator=generator, device=device, dtype=dtype))
-
     def cdf(self, t: Tensor) -> Tensor:
         """``P(g(v) <= t) = g^{-1}(t)``, by bisection (``g`` increases; 60 halvings)."""
         lo, hi = torch.zeros_like(t), torch.ones_like(t)
@@ -131,21 +129,14 @@ class ModeTime(TimeDistribution):
         return 1.0 / (1 + s - (s * math.pi / 2) * torch.sin(math.pi * self.cdf(t)))
 
 
-class CosmapTime(TimeDistribution):
+class CosmapTime(WarpedUniform):
     """The cosine-map density (Esser et al. 2024, eq. 21; diffusers' ``weighting_scheme = "cosmap"``) in
     flowkit's time: ``t = 1 / (1 + tan(pi v / 2))`` with ``v ~ U[0, 1)``, the mirror of diffusers' noise
     level ``1 - 1 / (1 + tan(pi v / 2))``. Density ``2 / (pi (t^2 + (1 - t)^2))``, symmetric about 1/2;
     CDF ``1 - (2 / pi) atan(1 / t - 1)``."""
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        """``n`` cosmap times, ``(n,)``."""
-        v = torch.rand((n,), generator=generator, device=device, dtype=dtype)
+    def warp(self, v: Tensor) -> Tensor:
+        """``1 / (1 + tan(pi v / 2))``: uniform draws to times."""
         return 1 / (1 + torch.tan(math.pi * v / 2))
 
     def density(self, t: Tensor) -> Tensor:
