@@ -14,6 +14,22 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
+#: A pipeline with ``data`` given by the top-level shorthand, and no ``[train]`` table.
+SHORTHAND = """
+data = "moons"
+
+[path]
+kind = "gaussian"
+
+[model]
+kind = "mlp"
+hidden = [16]
+
+[loss]
+kind = "cfm"
+"""
+
+
 @pytest.fixture
 def make_distribution(tmp_path, monkeypatch):
     """Create ``NAME-VERSION.dist-info`` with a ``flowkit`` entry point and its module on ``sys.path``.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 import pytest
 import torch
+from conftest import SHORTHAND
 
 from flowkit import hookimpl
 from flowkit.config import apply_overrides, parse_override, read_toml
@@ -32,22 +33,6 @@ kind = "cfm"
 
 [train]
 steps = 10
-"""
-
-
-#: A pipeline with ``data`` given by the top-level shorthand, and no ``[train]`` table.
-SHORTHAND = """
-data = "moons"
-
-[path]
-kind = "gaussian"
-
-[model]
-kind = "mlp"
-hidden = [16]
-
-[loss]
-kind = "cfm"
 """
 
 

@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import SHORTHAND
 
 from flowkit.engine import build_pipeline
 from flowkit.engine.rundir import _claim, run_directory
 from flowkit.testing import make_manager
-
-BASE = """
-data = "moons"
-
-[path]
-kind = "gaussian"
-
-[model]
-kind = "mlp"
-hidden = [16]
-
-[loss]
-kind = "cfm"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +16,7 @@ def manager():
 
 
 def test_a_run_directory_is_claimed_by_exactly_one_run(tmp_path, write_pipeline, manager):
-    pipe = build_pipeline(write_pipeline(BASE), (), manager)
+    pipe = build_pipeline(write_pipeline(SHORTHAND), (), manager)
     first = run_directory(pipe.run.out, pipe.source, str(tmp_path / "r"))
     second = run_directory(pipe.run.out, pipe.source, str(tmp_path / "r"))  # nothing written yet by the first
     assert first != second and second.name == "r-2"
@@ -40,7 +27,7 @@ def test_a_run_directory_is_claimed_by_exactly_one_run(tmp_path, write_pipeline,
 
 
 def test_out_dot_numbers_a_sibling(tmp_path, write_pipeline, manager, monkeypatch):
-    pipe = build_pipeline(write_pipeline(BASE), (), manager)
+    pipe = build_pipeline(write_pipeline(SHORTHAND), (), manager)
     work = tmp_path / "work"
     work.mkdir()
     (work / "notes.txt").write_text("mine")
