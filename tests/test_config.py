@@ -89,6 +89,13 @@ def test_validator_names_the_key(write_pipeline, manager):
     assert msg == "FILE: [train] key 'steps': invalid value 0: 'steps' must be > 0: 0"
 
 
+def test_a_seed_outside_what_torch_and_numpy_accept_is_refused_by_key(write_pipeline, manager):
+    msg = error_of(write_pipeline, manager, "[run]\nseed = -1\n" + BASE)
+    assert msg == "FILE: [run] key 'seed': invalid value -1: 'seed' must be >= 0: -1"
+    msg = error_of(write_pipeline, manager, f"[run]\nseed = {2**80}\n" + BASE)
+    assert msg == f"FILE: [run] key 'seed': invalid value {2**80}: 'seed' must be < {2**64}: {2**80}"
+
+
 def test_choice_with_suggestion(write_pipeline, manager):
     msg = error_of(write_pipeline, manager, BASE + 'lr_schedule = "cosin"\n')
     assert msg == (

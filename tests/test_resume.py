@@ -426,3 +426,38 @@ def test_rerunning_the_resolved_pipeline_reproduces_the_run(reference, manager, 
     pipe = build_pipeline(ref / "pipeline.toml", (), manager)
     again = run_pipeline(pipe, manager, out=str(tmp_path / "again"), quiet=True)
     _assert_same_run(ref, again.directory)
+
+
+def test_sampling_an_unfinished_run_skips_a_damaged_newest_checkpoint(reference, tmp_path):
+    pipeline_file, _ = reference
+    stopper = make_manager(warn=False, plugins=[_signal_at(30, signal.SIGTERM)])
+    out = tmp_path / "stopped"
+    with pytest.raises(Interrupted):
+        _run(pipeline_file, stopper, out)
+    newest, older = out / "checkpoint-0000030.pt", out / "checkpoint-0000020.pt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit: the file still loads, its digest does not match
+    newest.write_bytes(bytes(data))
+    notes: list[str] = []
+    _, record = sample_run(out, stopper, n=50, note=notes.append)
+    assert record["weights"] == f"{older} (step 20: training has not finished)"
+    assert notes[0].startswith(f"skipped {newest}: ")
+    assert "manifest" in notes[0]
+    assert notes[1] == f"training of {out} has not finished: using the checkpoint at step 20"
+    older.write_bytes(older.read_bytes()[:100])  # cut short: no usable checkpoint is left
+    with pytest.raises(FlowkitError, match=rf"{out}: no usable checkpoint: all 2 failed their checks"):
+        sample_run(out, stopper, n=50)
+
+
+def test_evaluating_a_big_endian_samples_file_gives_the_native_files_metrics(reference, manager, tmp_path):
+    _, ref = reference
+    native = np.load(ref / "samples.npy")
+    swapped = tmp_path / "big-endian.npy"
+    np.save(swapped, native.astype(">f4"))
+    _, from_native = evaluate_run(ref, manager, samples_file=ref / "samples.npy", out=tmp_path / "a.json")
+    _, from_swapped = evaluate_run(ref, manager, samples_file=swapped, out=tmp_path / "b.json")
+    assert from_swapped["distance"] == from_native["distance"]
+    long_double = tmp_path / "long.npy"
+    np.save(long_double, native.astype(np.longdouble))
+    with pytest.raises(FlowkitError, match=r"long\.npy: holds float128 values; convert them with"):
+        evaluate_run(ref, manager, samples_file=long_double)

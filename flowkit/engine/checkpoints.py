@@ -160,7 +160,14 @@ def non_finite(state: dict[str, Tensor] | Iterator[Tensor]) -> str:
 def load_weights(path: str | Path, network: nn.Module, which: str = "model") -> int:
     """Load a run's weights (``model.pt`` or a checkpoint) into ``network``; ``which``: ``"model"``
     (what sampling uses: the EMA where enabled) or ``"raw"``. Returns the step they are from."""
-    state = load_state(path)
+    return load_weights_from(load_state(path), path, network, which)
+
+
+def load_weights_from(
+    state: dict[str, Any], path: str | Path, network: nn.Module, which: str = "model"
+) -> int:
+    """Load the ``which`` weights of ``state`` (read from ``path``) into ``network``; as
+    :func:`load_weights`, for a state already read and checked."""
     if which not in state:
         has = [k for k in state if isinstance(state[k], dict)]
         raise FlowkitError(f"{path}: no '{which}' weights (has: {', '.join(has) or 'none'})")

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from flowkit.config import parse_override
 from flowkit.engine.build import build_pipeline
-from flowkit.engine.checkpoints import list_checkpoints, load_weights
+from flowkit.engine.checkpoint_fields import check_fields
+from flowkit.engine.checkpoints import list_checkpoints, load_weights, load_weights_from, newest_checkpoint
 from flowkit.engine.components import set_up
 from flowkit.engine.evaluate import measure, plugin_metrics
 from flowkit.engine.guidance import sample_labels
@@ -64,19 +65,35 @@ def load_trained(
         step = load_weights(weights, pipeline.model)
         origin = f"{weights} (step {step})"
     else:
-        found = list_checkpoints(root)
-        if not found:
-            raise FlowkitError(
-                f"{root}: no trained weights yet (training stopped before its first checkpoint); "
-                f"continue it with: flowkit resume {root}"
-            )
-        step, path = found[-1]
-        load_weights(path, pipeline.model)
+        step, path = _newest_usable_checkpoint(root, pipeline, note)
         origin = f"{path} (step {step}: training has not finished)"
         if note is not None:
             note(f"training of {root} has not finished: using the checkpoint at step {step}")
     pipeline.model.eval()
     return pipeline, origin
+
+
+def _newest_usable_checkpoint(
+    root: Path, pipeline: Pipeline, note: Callable[[str], None] | None
+) -> tuple[int, Path]:
+    """Load the sampling weights of the newest checkpoint of an unfinished run that passes its digest
+    and every field check (as resume does), saying which newer ones were skipped and why."""
+    if not list_checkpoints(root):
+        raise FlowkitError(
+            f"{root}: no trained weights yet (training stopped before its first checkpoint); "
+            f"continue it with: flowkit resume {root}"
+        )
+    state, path, skipped = newest_checkpoint(root, lambda state, file: check_fields(state, file, pipeline))
+    for line in skipped:
+        if note is not None:
+            note(f"skipped {line}")
+    if state is None or path is None:
+        raise FlowkitError(
+            f"{root}: no usable checkpoint: all {len(skipped)} failed their checks (the newest: "
+            f"{skipped[0]}); train anew with `flowkit run`"
+        )
+    load_weights_from(state, path, pipeline.model)
+    return int(state["step"]), path
 
 
 def sample_run(
@@ -207,4 +224,9 @@ def read_samples(file: Path, pipeline: Pipeline) -> Tensor:
             f"{file}: samples of shape {tuple(array.shape)}; the run's data are "
             f"(N, {', '.join(map(str, shape))})"
         )
-    return torch.from_numpy(np.ascontiguousarray(array)).float()
+    if array.dtype.itemsize > 8:  # long double: torch has no such type
+        raise FlowkitError(
+            f"{file}: holds {array.dtype} values; convert them with array.astype(numpy.float32)"
+        )
+    # float32 in the machine's byte order: torch reads native arrays only (a big-endian file is common)
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))

@@ -17,6 +17,8 @@ from flowkit.params import component, param
 _positive = attrs.validators.gt(0)
 _non_negative = attrs.validators.ge(0)
 _at_most_1e9 = attrs.validators.le(10**9)
+#: What torch.manual_seed and numpy's generators accept: a plugin may pass the run seed on to either.
+_seed_range = [attrs.validators.ge(0), attrs.validators.lt(2**64)]
 
 
 @attrs.define(frozen=True)
@@ -24,7 +26,10 @@ class RunSection:
     """``[run]``: seed, device and run directory."""
 
     seed: int = param(
-        0, doc="Seed of every random draw; the same file and seed give the same samples on the CPU."
+        0,
+        doc="Seed of every random draw (0 <= seed < 2^64); the same file and seed give the same samples "
+        "on the CPU.",
+        validator=_seed_range,
     )
     device: DeviceBackend = component("cpu", doc="Device backend (cpu, cuda or auto).")
     out: str = param(
