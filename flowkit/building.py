@@ -26,6 +26,8 @@ class Component(abc.ABC):
     Params: ClassVar[type] = NoParams
     registered_kind: str | None = None
     registered_name: str | None = None
+    #: The plugin that registered it (set by the config loader; ``None`` for one built by hand).
+    registered_plugin: str | None = None
 
     def __init__(self, params: Any = None) -> None:
         super().__init__()
@@ -35,6 +37,12 @@ class Component(abc.ABC):
     def display_name(self) -> str:
         """The name a message gives the component: its registered name, else its class's."""
         return self.registered_name or type(self).__name__
+
+    @property
+    def described(self) -> str:
+        """The component as a message about what it did names it: ``kind 'name' (plugin 'p')``."""
+        text = f"{self.registered_kind or 'component'} '{self.display_name}'"
+        return text + (f" (plugin '{self.registered_plugin}')" if self.registered_plugin else "")
 
     def registered_as(self, kind: str | None, name: str | None) -> None:
         """Take the registry's identity ``(kind, name)``: the config loader's stamp on what it builds,

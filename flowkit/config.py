@@ -364,6 +364,7 @@ class Structurer:
                 "make it smaller"
             ) from None
         component.registered_as(kind, name)
+        component.registered_plugin = entry.plugin.name
         return component
 
 

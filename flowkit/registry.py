@@ -183,7 +183,7 @@ class ComponentRegistry:
             known = ", ".join(sorted(table)) or "(none: is a plugin blocked or broken? see `flowkit plugins`)"
             blocked = self.blocked_hint("provide")
             raise RegistryError(
-                f"unknown {kind} '{name}'.{suggest(name, table)} Known {kind}s: {known}{blocked}"
+                f"unknown {kind} '{name}'.{suggest(name, table)} Known {_plural(kind)}: {known}{blocked}"
             )
         return table[name]
 
@@ -456,3 +456,8 @@ def _qualname(obj: Any) -> str:
     if isinstance(obj, type):
         return f"{obj.__module__}.{obj.__qualname__}"
     return repr(obj)
+
+
+def _plural(kind: str) -> str:
+    """``loss`` -> ``losses``, ``path`` -> ``paths``: how a message lists the registered ones."""
+    return kind + ("es" if kind.endswith(("s", "x", "sh", "ch")) else "s")

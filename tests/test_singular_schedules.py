@@ -68,3 +68,32 @@ def test_a_schedule_with_beta_zero_at_its_end_is_refused_with_dsm_when_built(tmp
 def test_the_same_schedule_builds_with_a_regular_t_range_or_with_cfm(tmp_path):
     _build(tmp_path, "edged", "dsm")
     _build(tmp_path, "linear", "cfm")
+
+
+def _sampled_with(tmp_path, schedule: str, dynamics: str):
+    text = TINY.format(out=(tmp_path / "runs" / "{name}").as_posix())
+    text = text.replace('schedule = { kind = "ot" }', f'schedule = {{ kind = "{schedule}" }}')
+    text = text.replace('simulator = "euler"', f'simulator = "euler-maruyama"\ndynamics = "{dynamics}"')
+    file = tmp_path / "sde.toml"
+    file.write_text(text)
+    return build_pipeline(file, (), make_manager(warn=False, plugins=[("linear", Register())]))
+
+
+def test_dynamics_singular_where_the_sampler_steps_are_refused_when_built(tmp_path):
+    # Langevin's drift divides by beta_t = 1 - t ... and by alpha_t = t: at t = 0, where every simulator
+    # takes its first step, it is not finite.
+    with pytest.raises(CapabilityError) as err:
+        _sampled_with(tmp_path, "linear", "langevin")
+    assert str(err.value) == (
+        f"{tmp_path / 'sde.toml'}: [sample]: dynamics 'langevin' are not finite at t = 0 of the grid, for "
+        "path 'gaussian' with schedule 'linear': sampling would give only non-finite values; use other "
+        "dynamics, or a schedule whose t_range stops short of its singular end"
+    )
+
+
+def test_dynamics_singular_only_at_the_last_time_build_and_sample_finite_values(tmp_path):
+    # The extension SDE's drift is not finite at t = 1 (beta_t = 0), where Euler-Maruyama never evaluates.
+    from flowkit.engine.sample import draw_samples
+
+    pipeline = _sampled_with(tmp_path, "linear", "extension-sde")
+    assert bool(torch.isfinite(draw_samples(pipeline, 16)[1]).all())

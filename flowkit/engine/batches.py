@@ -24,6 +24,7 @@ from torch import Tensor
 
 from flowkit.engine.distributed import rank_seed
 from flowkit.engine.guidance import num_classes
+from flowkit.engine.returns import returned_labelled, returned_tensor
 from flowkit.errors import FlowkitError
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ class BatchProducer:
         assert pipeline.loss is not None and pipeline.train is not None
         self.pipeline, self.batch_size, self.loss_gen = pipeline, batch_size, loss_gen
         self.device = pipeline.device.device
+        #: The shape of a batch of data, ``(B, *D)``: what the dataset's ``sample`` must return.
+        self.shape = (batch_size, *pipeline.dataset.shape)
         seed = pipeline.run.seed
         self.data_gen = pipeline.device.generator(rank_seed(seed, "data", rank))
         #: The coupling the loss declares (``None``: the loss draws its own noise).
@@ -103,13 +106,19 @@ class BatchProducer:
 
     def data(self) -> Tensor:
         """``z (B, *D)`` from the data generator."""
-        return self.pipeline.dataset.sample(self.batch_size, generator=self.data_gen, device=self.device)
+        z = self.pipeline.dataset.sample(self.batch_size, generator=self.data_gen, device=self.device)
+        return returned_tensor(z, self.pipeline.dataset, "sample", self.shape, "a batch of data")
 
     def labelled_batch(self) -> tuple[Tensor, Tensor]:
         """``(z (B, *D), y (B,))``: a batch with its labels, each replaced by the null class
         ``num_classes`` with probability ``[train] label_dropout`` (drawn from the data generator)."""
-        z, y = self.pipeline.dataset.sample_labelled(
-            self.batch_size, generator=self.data_gen, device=self.device
+        z, y = returned_labelled(
+            self.pipeline.dataset.sample_labelled(
+                self.batch_size, generator=self.data_gen, device=self.device
+            ),
+            self.pipeline.dataset,
+            "sample_labelled",
+            self.batch_size,
         )
         if self.label_dropout > 0:
             drop = torch.rand(y.shape, generator=self.data_gen, device=self.device) < self.label_dropout
@@ -122,6 +131,7 @@ class BatchProducer:
         assert self.noise_gen is not None
         z, y = self.labelled_batch() if self.num_classes else (self.data(), None)
         x0 = self.pipeline.path.sample_prior(tuple(z.shape), generator=self.noise_gen, device=self.device)
+        x0 = returned_tensor(x0, self.pipeline.path, "sample_prior", tuple(z.shape), "draws of p_init")
         return _Drawn(z, y, x0 if x0.dtype == z.dtype else x0.to(z.dtype))
 
     def _paired(self, step: int, ahead: bool) -> tuple[Tensor, dict[str, Tensor]]:

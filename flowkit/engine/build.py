@@ -17,6 +17,7 @@ from torch import nn
 
 from flowkit.config import Location, Structurer, apply_overrides, load_source
 from flowkit.engine.distributed import check_world
+from flowkit.engine.ends import check_finite_dynamics
 from flowkit.engine.guidance import build_guidance, check_conditioning
 from flowkit.engine.limits import check_sizes
 from flowkit.engine.manifest import check_resolved
@@ -141,6 +142,7 @@ def build_pipeline(
     check_sizes(pipeline)
     check_conditioning(pipeline)
     pipeline.guidance = build_guidance(pipeline)
+    _located(lambda: check_finite_dynamics(pipeline), name, "[sample]")
     check_world(name, train.batch_size if train is not None else None, run.distributed)
     return pipeline
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from flowkit.engine.guidance import guided_dynamics, sample_labels
 from flowkit.engine.records import Pipeline, PipelineRun, sample_times
+from flowkit.engine.returns import returned_tensor
 from flowkit.engine.rundir import write_array
 from flowkit.engine.seeds import stage_seed
 from flowkit.hookspecs import hookimpl
@@ -40,19 +41,21 @@ def draw_samples(
     simulator = cfg.simulator
     span = ts[[0, -1]] if simulator.adaptive else ts
     generator = backend.generator(stage_seed(pipeline.run.seed, seed_stage))
-    x0 = pipeline.path.sample_prior((n, *pipeline.dataset.shape), generator=generator, device=device)
+    shape = (n, *pipeline.dataset.shape)
+    x0 = pipeline.path.sample_prior(shape, generator=generator, device=device)
+    x0 = returned_tensor(x0, pipeline.path, "sample_prior", shape, "draws of p_init")
     # A conditional model samples the labels of sample_labels, guided by [sample] guidance.
     labels = sample_labels(pipeline, n)
     dynamics = guided_dynamics(pipeline, None if labels is None else labels.to(device))
     if not pipeline.capture:
         samples = simulator.simulate(dynamics, x0, span, generator=generator, progress=progress)
-        return x0, clip_to_range(pipeline, samples)
+        return x0, clip_to_range(pipeline, returned_tensor(samples, simulator, "simulate", shape, "samples"))
 
     def draw(x: Tensor) -> Tensor:
         return simulator.simulate(dynamics, x, span, generator=generator)
 
     # Per-step hooks cannot run inside a replayed graph: progress is reported once, at the end.
-    samples = backend.compile_sampler(draw, x0)(x0)
+    samples = returned_tensor(backend.compile_sampler(draw, x0)(x0), simulator, "simulate", shape, "samples")
     if progress is not None:
         progress(cfg.steps, cfg.steps)
     return x0, clip_to_range(pipeline, samples)
@@ -89,6 +92,14 @@ def sample(run: PipelineRun) -> Samples:
         first = None if labels is None else labels[: cfg.trajectories].to(pipe.device.device)
         trajectory = cfg.simulator.simulate_trajectory(
             guided_dynamics(pipe, first), x0[: cfg.trajectories], sample_times(pipe), generator=traj_gen
+        )
+        points = (cfg.steps + 1, min(cfg.trajectories, cfg.n), *pipe.dataset.shape)
+        trajectory = returned_tensor(
+            trajectory,
+            cfg.simulator,
+            "simulate_trajectory",
+            None if cfg.simulator.adaptive else points,
+            "the states at every time of the grid",
         ).cpu()
     samples = samples.float().cpu()
     write_array(run.directory / "samples.npy", samples.numpy())

@@ -31,14 +31,31 @@ class LossScalars:
     def take(self, value: Tensor | LossValue) -> Tensor:
         """The loss to backpropagate; a :class:`LossValue`'s scalars join the window (detached)."""
         if not isinstance(value, LossValue):
-            return value
+            return self._checked(value)
         for name, scalar in value.scalars.items():
             kept = self.window.get(name)
             if kept is None:
                 self._check(name, scalar)
                 kept = self.window[name] = []
             kept.append(scalar.detach())
-        return value.loss
+        return self._checked(value.loss)
+
+    def _checked(self, loss: object) -> Tensor:
+        """``loss`` when it is a one-element tensor that depends on the parameters; else one line."""
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            got = (
+                f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+            )
+            raise PluginError(
+                f"loss '{self.loss_name}' returned {got}; a loss returns a tensor of one element (the "
+                "batch's mean loss) or a LossValue holding one"
+            )
+        if not loss.requires_grad:
+            raise PluginError(
+                f"loss '{self.loss_name}' returned a tensor that does not depend on the model's parameters "
+                "(no gradient to train with); compute it from the model the loss receives"
+            )
+        return loss
 
     def _check(self, name: object, scalar: object) -> None:
         if not isinstance(name, str) or not name:
