@@ -63,6 +63,8 @@ def load_state(path: str | Path) -> dict[str, Any]:
     reason first: a file that does not even load says so).
     """
     path = Path(path)
+    if path.is_dir():
+        raise FlowkitError(f"{path}: a folder, not a weights file")
     if not path.is_file():
         raise FlowkitError(f"{path}: no such file")
     try:
@@ -140,6 +142,8 @@ def prune_checkpoints(directory: Path, keep: int) -> list[Path]:
         return []
     removed = []
     for _step, path in list_checkpoints(directory)[:-keep]:
+        if path.is_dir():  # not flowkit's file (a folder of that name): never removed
+            continue
         path.unlink(missing_ok=True)
         removed.append(path)
     forget(directory, [path.name for path in removed])
