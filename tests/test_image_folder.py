@@ -184,3 +184,79 @@ def test_a_bad_mapped_file_is_named(tmp_path, name, array, message):
     with pytest.raises(FlowkitError) as error:
         ImageFile(ImageFile.Params(path=str(file), mmap=True))
     assert message in str(error.value) and str(file) in str(error.value)
+
+
+def test_workers_read_bitwise_the_rows_the_training_process_reads(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (60, 1, 5, 5), dtype=np.uint8))
+    params = ImageFile.Params(path=str(tmp_path / "x.npy"), mmap=True)
+    here = ImageFile(params)
+    workers = ImageFile(ImageFile.Params(**{**params.__getstate__(), "workers": 2}))
+    assert workers.reader.workers == 2 and workers.reader._loader is not None
+    for seed in range(3):  # the persistent workers serve one draw after another
+        a = here.sample(33, generator=torch.Generator().manual_seed(seed))
+        b = workers.sample(33, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(a, b)
+
+
+def test_workers_need_mmap(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((4, 1, 2, 2), np.uint8))
+    with pytest.raises(FlowkitError, match="workers = 2 read a memory-mapped file; set mmap = true"):
+        ImageFile(ImageFile.Params(path=str(tmp_path / "x.npy"), workers=2))
+
+
+def test_under_torchrun_each_rank_draws_from_its_own_shard(tmp_path, monkeypatch):
+    # row i holds the value i: a drawn image tells which row it came from
+    rows = np.broadcast_to(np.arange(40, dtype=np.uint8)[:, None, None, None], (40, 1, 2, 2)).copy()
+    np.save(tmp_path / "x.npy", rows)
+    params = ImageFile.Params(path=str(tmp_path / "x.npy"), mmap=True, held_out=0.25)
+    whole = ImageFile(params).train_rows
+    seen = []
+    for rank in range(2):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        data = ImageFile(params)
+        drawn = data.sample(200, generator=torch.Generator().manual_seed(0))
+        values = {round((float(v) + 1.0) * 127.5) for v in drawn[:, 0, 0, 0]}
+        assert values == set(whole[rank::2].tolist())  # every row of its shard, and only those
+        seen.append(values)
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(whole.tolist())
+
+
+def test_a_run_from_a_mapped_file_read_by_workers_resumes_bitwise(tmp_path):
+    import os
+    import signal
+
+    from flowkit import hookimpl
+    from flowkit.engine import resume_run, run_pipeline
+    from flowkit.engine.interrupts import Interrupted
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (64, 1, 4, 4), dtype=np.uint8))
+    spec = {
+        "run": {"seed": 1},
+        "data": {"kind": "images", "path": str(tmp_path / "x.npy"), "mmap": True, "workers": 1},
+        "path": {"kind": "gaussian"},
+        "model": {"kind": "unet", "channels": 8, "channel_mults": [1], "attention": [], "groups": 4},
+        "loss": {"kind": "cfm"},
+        "train": {"steps": 12, "batch_size": 8, "checkpoint_every": 5},
+        "sample": {"steps": 2, "n": 8, "trajectories": 0},
+        "evaluate": {"metric": "sliced-w2", "n": 8, "floor_repeats": 1},
+    }
+
+    class Stopper:
+        @staticmethod
+        @hookimpl
+        def flowkit_train_step(run, step, loss):
+            if step == 7 and run.resumed_from is None:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    plain, stopping = make_manager(warn=False), make_manager(warn=False, plugins=[("stopper", Stopper())])
+    whole = run_pipeline(build_pipeline(spec, (), plain), plain, out=str(tmp_path / "whole"), quiet=True)
+    with pytest.raises(Interrupted):
+        run_pipeline(build_pipeline(spec, (), stopping), stopping, out=str(tmp_path / "cut"), quiet=True)
+    resumed = resume_run(tmp_path / "cut", stopping, quiet=True, command="test")
+    assert resumed.metrics["resumed_from_step"] == 7
+    a, b = (
+        torch.load(d / "model.pt", weights_only=True)["model"] for d in (whole.directory, tmp_path / "cut")
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (whole.directory / "samples.npy").read_bytes() == (tmp_path / "cut" / "samples.npy").read_bytes()

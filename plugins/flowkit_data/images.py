@@ -16,8 +16,10 @@ import torch
 from torch import Tensor
 
 from flowkit.errors import FlowkitError
+from flowkit.host import launched
 from flowkit.interfaces import BuildContext, Dataset
 from flowkit.params import param
+from flowkit_data.loader import RowReader
 
 _fraction = [attrs.validators.ge(0.0), attrs.validators.lt(1.0)]
 
@@ -153,7 +155,13 @@ class ImageFile(ImageArray):
         split_seed: int = split_seed_field()
         mmap: bool = param(
             False,
-            doc="Read a .npy file memory-mapped: only the rows drawn are read, for data larger than memory.",
+            doc="Read a .npy file memory-mapped: only the rows drawn are read, for data larger than memory "
+            "(under torchrun each rank draws from its own shard of the training rows).",
+        )
+        workers: int = param(
+            0,
+            doc="With mmap: worker processes that read the drawn rows (0: read in the training process).",
+            validator=attrs.validators.ge(0),
         )
 
     def __new__(cls, params: Params | None = None, base_dir: str | Path | None = None) -> ImageFile:
@@ -164,6 +172,11 @@ class ImageFile(ImageArray):
     def __init__(self, params: Params | None = None, base_dir: str | Path | None = None) -> None:
         if params is None:
             raise FlowkitError("dataset 'images' needs a path, e.g. path = \"images.npz\"")
+        if params.workers:
+            raise FlowkitError(
+                f"dataset 'images': workers = {params.workers} read a memory-mapped file; set mmap = true "
+                "(a file held in memory needs no workers)"
+            )
         file = _resolve(params.path, base_dir)
         images, labels = _read(file, params, base_dir)
         super().__init__(
@@ -188,8 +201,11 @@ class ImageFile(ImageArray):
 class MappedImageFile(ImageFile):
     """``kind = "images"`` with ``mmap = true``: a ``.npy`` file memory-mapped, never read whole.
 
-    Each draw reads its rows from the file and scales them as :class:`ImageFile` does, so both give
-    bitwise the same batches for the same generator; only the held-out images are held in memory.
+    Each draw reads its rows from the file (through ``workers`` processes, or here) and scales them as
+    :class:`ImageFile` does, so both give bitwise the same batches for the same generator; only the
+    held-out images are held in memory. The rows drawn are chosen here, by the data generator, so a
+    checkpoint resumes the draws bitwise. Under torchrun rank ``r`` of ``w`` draws from the training
+    rows ``r, r + w, r + 2w, ...`` of the split (its shard); outside torchrun, from all of them.
     """
 
     def __init__(self, params: ImageFile.Params | None = None, base_dir: str | Path | None = None) -> None:
@@ -222,6 +238,15 @@ class MappedImageFile(ImageFile):
             raise FlowkitError(f"{file}: held_out = {params.held_out} leaves no training images of {count}")
         order = torch.randperm(count, generator=torch.Generator().manual_seed(params.split_seed))
         self.train_rows, self.test_rows = order[held:].numpy(), order[:held].numpy()
+        place = launched()
+        if place is not None and place[1] > 1:
+            rank, world, _ = place
+            if len(self.train_rows) < world:
+                raise FlowkitError(
+                    f"{file}: {len(self.train_rows)} training images cannot be shared by {world} ranks"
+                )
+            self.train_rows = self.train_rows[rank::world]
+        self.reader = RowReader(file, array, params.workers)
         self.all_labels = label_tensor
         self.num_classes = int(label_tensor.max()) + 1 if label_tensor is not None else 0
         self._shape = tuple(self._convert(np.asarray(array[:1])).shape[1:])
@@ -253,7 +278,7 @@ class MappedImageFile(ImageFile):
         # the same draw as ImageArray._rows: one randint of n training rows on the target device
         rows = torch.randint(0, len(self.train_rows), (n,), generator=generator, device=target)
         chosen = self.train_rows[rows.cpu().numpy()]
-        images = self._convert(np.asarray(self.array[chosen])).to(target)
+        images = self._convert(self.reader.read(chosen)).to(target)
         labels = self.all_labels[torch.from_numpy(chosen)].to(target) if self.all_labels is not None else None
         return images, labels
 
