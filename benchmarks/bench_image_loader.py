@@ -194,10 +194,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that it runs")
     parser.add_argument("--steps", type=int, default=15, help="timed steps per block")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (sandwiches) per row")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32], help="image sides in pixels")
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 128], help="batch sizes")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    sizes, batches = ([16], [8]) if args.quick else ([16, 32], [32, 128])
+    sizes, batches = ([16], [8]) if args.quick else (args.sizes, args.batches)
     steps, reps = (3, 1) if args.quick else (args.steps, args.reps)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

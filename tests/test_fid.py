@@ -196,6 +196,13 @@ def test_pytorch_fid_keys_and_shapes_load_into_the_inception_written_here(weight
     assert torch.equal(network.Mixed_7c.branch_pool.conv.weight, state["Mixed_7c.branch_pool.conv.weight"])
     # torchvision's Inception3 has 27,161,264 parameters; FID's drops the aux head and has 1008 classes
     assert sum(p.numel() for p in network.parameters()) == 27_161_264 - 3_326_696 + 8 * 2049
+    # a file with batch norm's step counters (as torchvision's state_dict() writes them) loads too
+    counted = {
+        **state,
+        **{k: torch.tensor(0) for k in network.state_dict() if k.endswith("num_batches_tracked")},
+    }
+    torch.save(counted, file.with_name("counted.pth"))
+    assert torch.equal(load_inception(file.with_name("counted.pth")).fc.bias, state["fc.bias"])
     with torch.no_grad():  # fully convolutional down to 75 x 75 (the metric always feeds 299 x 299)
         features = network(torch.zeros(2, 3, 75, 75))
     assert features.shape == (2, FIDInception.dim)

@@ -224,7 +224,8 @@ def load_inception(file: Path) -> FIDInception:
     with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: leave torch's alone
         network = FIDInception()
     try:
-        network.load_state_dict(state)
+        # batch norm's step counters may be absent (files saved before torch 0.4.1 have none): unused
+        missing, unexpected = network.load_state_dict(state, strict=False)
     except (RuntimeError, TypeError, AttributeError) as error:
         first = str(error).strip().splitlines()
         reason = " ".join(line.strip() for line in first[:3])
@@ -232,4 +233,14 @@ def load_inception(file: Path) -> FIDInception:
             f"Inception weights file '{file}' does not fit FID's Inception-v3 (pytorch-fid's "
             f"pt_inception-2015-12-05 is expected): {reason}"
         ) from None
+    missing = [key for key in missing if not key.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        keys = ", ".join(
+            [*(f"missing {k}" for k in missing[:2]), *(f"unexpected {k}" for k in unexpected[:2])]
+        )
+        raise FlowkitError(
+            f"Inception weights file '{file}' does not fit FID's Inception-v3 (pytorch-fid's "
+            f"pt_inception-2015-12-05 is expected): {len(missing)} keys missing, {len(unexpected)} "
+            f"unexpected ({keys}, ...)"
+        )
     return network.eval()
