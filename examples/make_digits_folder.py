@@ -30,7 +30,8 @@ def make_digits_folder(out: Path, size: int = 16) -> Path:
     for index, (image, label) in enumerate(zip(pixels, bunch.target, strict=True)):
         folder = out / str(int(label))
         folder.mkdir(parents=True, exist_ok=True)
-        big = Image.fromarray(image, mode="L").resize((size, size), Image.Resampling.BILINEAR)
+        # a uint8 (8, 8) array is a grey (mode "L") image
+        big = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR)
         big.save(folder / f"{index:04d}.png")
     return out
 

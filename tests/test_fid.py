@@ -287,3 +287,20 @@ def test_a_run_states_the_reference_and_the_held_out_floor(tmp_path, kind):
     )
     # held-out data lie far closer to the training reference than the samples of an untrained model
     assert metrics[f"{kind}_held_out_count"] == 30 and abs(metrics[f"{kind}_held_out"]) < metrics["distance"]
+
+
+def test_a_pipeline_without_the_weights_is_refused_when_it_is_built(tmp_path):
+    from flowkit.engine import build_pipeline
+    from flowkit.testing import make_manager
+
+    np.save(tmp_path / "x.npy", np.zeros((10, 1, 4, 4), dtype=np.uint8))
+    spec = {
+        "data": {"kind": "images", "path": str(tmp_path / "x.npy")},
+        "path": {"kind": "gaussian"},
+        "model": {"kind": "unet", "channels": 8, "channel_mults": [1], "attention": [], "groups": 4},
+        "loss": {"kind": "cfm"},
+        "evaluate": {"metric": "fid"},
+    }
+    with pytest.raises(FlowkitError) as error:
+        build_pipeline(spec, (), make_manager(warn=False))
+    assert WEIGHTS_URL in str(error.value) and "\n" not in str(error.value)

@@ -91,6 +91,10 @@ class FeatureDistance(Metric):
         source = Path(context.source)
         if params.weights and source.is_file() and not Path(params.weights).expanduser().is_absolute():
             params = attrs.evolve(params, weights=str((source.parent / params.weights).resolve()))
+        if params.features == "inception":
+            from flowkit_metrics.inception import weights_file
+
+            weights_file(params.weights)  # a missing file is refused before training, not after it
         return cls(params)
 
     def network(self) -> nn.Module:
