@@ -12,6 +12,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -533,3 +534,20 @@ def test_benchmark_files_stay_small_and_no_module_reads_a_log():
     # JSON is the one machine-read output: the logs are for people
     reads_log = [p.name for p in sources if p.suffix == ".py" and re.search(r"\.log\b[\"']", p.read_text())]
     assert reads_log == []
+
+
+def test_the_image_loader_benchmark_trains_the_same_unet_on_the_same_images(tmp_path):
+    pytest.importorskip("sklearn")
+    import bench_image_loader as bench
+
+    pixels = bench.make_folder(tmp_path / "digits", 8)
+    flowkit = bench.Flowkit({"kind": "image-folder", "root": str(tmp_path / "digits")}, 4, 1, tmp_path, "f")
+    # the folder decodes to the pixels written (in the split's order), scaled as uint8 images are
+    images = flowkit.pipeline.dataset.images
+    expected = torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0)
+    rows = lambda x: sorted(row.numpy().tobytes() for row in x)  # noqa: E731
+    assert rows(images) == rows(expected)
+    raw = bench.Raw(flowkit.pipeline.model, images, 4, 1)
+    mine, theirs = flowkit.pipeline.model.state_dict(), raw.net.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert raw.net is not flowkit.pipeline.model

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from flowkit_data.files import FileDataset
+from flowkit_data.folders import ImageFolder
 from flowkit_data.images import Digits, ImageFile
 from flowkit_data.toy import Checkerboard, Circles, EightGaussians, Moons
 
@@ -41,6 +42,7 @@ def test_registers_every_dataset():
         ("dataset", "file"): FileDataset,
         ("dataset", "digits"): Digits,
         ("dataset", "images"): ImageFile,
+        ("dataset", "image-folder"): ImageFolder,
     }
     for cls in added.values():
         check_component("dataset", cls)

@@ -16,6 +16,9 @@ TRAINED = ["moons", "cosine", "vp-dsm", "ve-dsm", "cfm-sde", "ot-cfm"]
 EXACT = ["oracle-ode", "oracle-sde"]
 # Conditional image examples: the full run takes minutes (examples/README.md); the suite runs a few steps.
 IMAGES = ["digits"]
+# Examples that read a folder a script makes first (examples/make_digits_folder.py); the suite makes
+# it in tmp_path and points [data] root there.
+FOLDERS = ["image-folder"]
 # Few-step generation: sampled with one network evaluation as they stand (examples/README.md).
 ONE_STEP = ["moons-meanflow"]
 # What each trained example must reach even with a quarter of its training (the full runs reach
@@ -29,7 +32,9 @@ def manager():
 
 
 def test_every_example_is_listed_here():
-    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(TRAINED + EXACT + IMAGES + ONE_STEP)
+    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(
+        TRAINED + EXACT + IMAGES + ONE_STEP + FOLDERS
+    )
 
 
 @pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP)
@@ -76,3 +81,17 @@ def test_digits_example_runs_guided_with_a_few_steps(manager, tmp_path, monkeypa
     )
     labels = np.load(tmp_path / "digits" / "labels.npy")
     assert np.bincount(labels).tolist() == [10] * 10  # "all": every class, equally often
+
+
+def test_image_folder_example_runs_on_the_folder_its_script_makes(manager, tmp_path, monkeypatch):
+    import runpy
+
+    monkeypatch.setenv("FLOWKIT_CACHE", str(tmp_path / "cache"))
+    make = runpy.run_path(str(EXAMPLES / "make_digits_folder.py"))["make_digits_folder"]
+    root = make(tmp_path / "digits-16")
+    assert sorted(p.name for p in root.iterdir()) == [str(d) for d in range(10)]
+    assert sum(1 for _ in root.rglob("*.png")) == 1797
+    short = [f"data.root={root}", "train.steps=3", "train.warmup_steps=1", "sample.steps=2"]
+    metrics = run_example("image-folder", manager, tmp_path, [*short, "sample.n=60", "evaluate.n=60"])
+    assert metrics["metric"] == "fid" and metrics["fid_reference"]["count"] == 60
+    assert metrics["fid_held_out_count"] == 60 and metrics["fid_held_out"] < metrics["distance"]

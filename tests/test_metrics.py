@@ -27,7 +27,15 @@ def test_registers_every_metric():
             added[(kind, name)] = cls
 
     flowkit_metrics.flowkit_register(Recorder())
-    assert added == {("metric", "w2"): W2, ("metric", "sliced-w2"): SlicedW2, ("metric", "energy"): Energy}
+    from flowkit_metrics.fid import FID, KID
+
+    assert added == {
+        ("metric", "w2"): W2,
+        ("metric", "sliced-w2"): SlicedW2,
+        ("metric", "energy"): Energy,
+        ("metric", "fid"): FID,
+        ("metric", "kid"): KID,
+    }
     for cls in added.values():
         check_component("metric", cls)
 

@@ -190,7 +190,9 @@ class LikelihoodSection:
 class EvaluateSection:
     """``[evaluate]``: the distance between samples and held-out data, and its noise floor."""
 
-    metric: Metric = component("w2", doc="Distance between sample sets (w2, sliced-w2, energy).")
+    metric: Metric = component(
+        "w2", doc="Distance between sample sets (w2, sliced-w2, energy; images: fid, kid)."
+    )
     n: int = param(
         2000,
         doc="Held-out data points compared with as many samples; the noise floor is the "

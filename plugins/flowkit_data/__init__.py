@@ -1,5 +1,6 @@
 """Built-in datasets: 2D toy distributions generated on the device, samples read from a file, and
-labelled images (the 8x8 digits, image arrays from files)."""
+labelled images (the 8x8 digits, image arrays from files, memory-mapped or not, folders of PNG/JPEG
+files)."""
 
 from flowkit import hookimpl
 
@@ -7,8 +8,9 @@ from flowkit import hookimpl
 @hookimpl
 def flowkit_register(registry):
     """Register the datasets ``moons``, ``circles``, ``eight-gaussians``, ``checkerboard``, ``file``,
-    ``digits`` and ``images``."""
+    ``digits``, ``images`` and ``image-folder``."""
     from flowkit_data.files import FileDataset
+    from flowkit_data.folders import ImageFolder
     from flowkit_data.images import Digits, ImageFile
     from flowkit_data.toy import Checkerboard, Circles, EightGaussians, Moons
 
@@ -19,3 +21,4 @@ def flowkit_register(registry):
     registry.add("dataset", "file", FileDataset)
     registry.add("dataset", "digits", Digits)
     registry.add("dataset", "images", ImageFile)
+    registry.add("dataset", "image-folder", ImageFolder)

@@ -16,8 +16,10 @@ import torch
 from torch import Tensor
 
 from flowkit.errors import FlowkitError
+from flowkit.host import launched
 from flowkit.interfaces import BuildContext, Dataset
 from flowkit.params import param
+from flowkit_data.loader import RowReader
 
 _fraction = [attrs.validators.ge(0.0), attrs.validators.lt(1.0)]
 
@@ -151,10 +153,30 @@ class ImageFile(ImageArray):
         )
         held_out: float = held_out_field()
         split_seed: int = split_seed_field()
+        mmap: bool = param(
+            False,
+            doc="Read a .npy file memory-mapped: only the rows drawn are read, for data larger than memory "
+            "(under torchrun each rank draws from its own shard of the training rows).",
+        )
+        workers: int = param(
+            0,
+            doc="With mmap: worker processes that read the drawn rows (0: read in the training process).",
+            validator=attrs.validators.ge(0),
+        )
+
+    def __new__(cls, params: Params | None = None, base_dir: str | Path | None = None) -> ImageFile:
+        # mmap = true builds the memory-mapped variant (same parameters, same draws)
+        chosen = MappedImageFile if cls is ImageFile and params is not None and params.mmap else cls
+        return super().__new__(chosen)
 
     def __init__(self, params: Params | None = None, base_dir: str | Path | None = None) -> None:
         if params is None:
             raise FlowkitError("dataset 'images' needs a path, e.g. path = \"images.npz\"")
+        if params.workers:
+            raise FlowkitError(
+                f"dataset 'images': workers = {params.workers} read a memory-mapped file; set mmap = true "
+                "(a file held in memory needs no workers)"
+            )
         file = _resolve(params.path, base_dir)
         images, labels = _read(file, params, base_dir)
         super().__init__(
@@ -174,6 +196,99 @@ class ImageFile(ImageArray):
             params, path=str(_resolve(params.path, base_dir).resolve()), labels=labels
         )
         return dataset
+
+
+class MappedImageFile(ImageFile):
+    """``kind = "images"`` with ``mmap = true``: a ``.npy`` file memory-mapped, never read whole.
+
+    Each draw reads its rows from the file (through ``workers`` processes, or here) and scales them as
+    :class:`ImageFile` does, so both give bitwise the same batches for the same generator; only the
+    held-out images are held in memory. The rows drawn are chosen here, by the data generator, so a
+    checkpoint resumes the draws bitwise. Under torchrun rank ``r`` of ``w`` draws from the training
+    rows ``r, r + w, r + 2w, ...`` of the split (its shard); outside torchrun, from all of them.
+    """
+
+    def __init__(self, params: ImageFile.Params | None = None, base_dir: str | Path | None = None) -> None:
+        assert params is not None  # ImageFile.__new__ builds this class only with parameters
+        Dataset.__init__(self, params)
+        file = self.file = _resolve(params.path, base_dir)
+        if file.suffix != ".npy":
+            raise FlowkitError(
+                f"image file '{file}' has the suffix '{file.suffix}'; mmap = true reads a .npy file "
+                "(save the images array with numpy.save)"
+            )
+        if not file.is_file():
+            raise FlowkitError(f"image file '{file}' does not exist")
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise FlowkitError(
+                f"image file '{file}' is not a readable .npy array: {error or type(error).__name__}"
+            ) from None
+        if array.ndim == 3:
+            array = array[:, None]  # (N, H, W): one channel
+        self.array = array
+        count = array.shape[0] if array.ndim == 4 else 0
+        _images(np.asarray(array[:1]), file, params.layout)  # shape, dtype: the first row's verdict
+        self._check_values(file)
+        labels = _load_npy(_resolve(params.labels, base_dir), "labels file") if params.labels else None
+        label_tensor = _labels(labels, count, file)
+        held = round(params.held_out * count)
+        if held >= count:
+            raise FlowkitError(f"{file}: held_out = {params.held_out} leaves no training images of {count}")
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(params.split_seed))
+        self.train_rows, self.test_rows = order[held:].numpy(), order[:held].numpy()
+        place = launched()
+        if place is not None and place[1] > 1:
+            rank, world, _ = place
+            if len(self.train_rows) < world:
+                raise FlowkitError(
+                    f"{file}: {len(self.train_rows)} training images cannot be shared by {world} ranks"
+                )
+            self.train_rows = self.train_rows[rank::world]
+        self.reader = RowReader(file, array, params.workers)
+        self.all_labels = label_tensor
+        self.num_classes = int(label_tensor.max()) + 1 if label_tensor is not None else 0
+        self._shape = tuple(self._convert(np.asarray(array[:1])).shape[1:])
+
+    def _check_values(self, file: Path) -> None:
+        """Float images lie in [-1, 1] and are finite: checked in chunks, never the whole file at once."""
+        if self.array.dtype.kind != "f":
+            return
+        chunk = max(1, (64 << 20) // max(1, int(np.prod(self.array.shape[1:])) * self.array.itemsize))
+        for start in range(0, self.array.shape[0], chunk):
+            _images(np.asarray(self.array[start : start + chunk]), file, "NCHW")
+
+    def _convert(self, rows: np.ndarray) -> Tensor:
+        return _images(rows, self.file, self.params.layout)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    def __len__(self) -> int:
+        return len(self.train_rows)
+
+    def _rows(
+        self, n: int, generator: torch.Generator | None, device: torch.device | None
+    ) -> tuple[Tensor, Tensor | None]:
+        target = torch.device(device) if device is not None else torch.device("cpu")
+        if target.type == "cuda" and target.index is None:
+            target = torch.device("cuda", torch.cuda.current_device())
+        # the same draw as ImageArray._rows: one randint of n training rows on the target device
+        rows = torch.randint(0, len(self.train_rows), (n,), generator=generator, device=target)
+        chosen = self.train_rows[rows.cpu().numpy()]
+        images = self._convert(self.reader.read(chosen)).to(target)
+        labels = self.all_labels[torch.from_numpy(chosen)].to(target) if self.all_labels is not None else None
+        return images, labels
+
+    def held_out(self) -> tuple[Tensor, Tensor | None] | None:
+        """The held-out images ``(M, C, H, W)`` (read into memory) and labels; ``None`` if ``M = 0``."""
+        if len(self.test_rows) == 0:
+            return None
+        images = self._convert(np.asarray(self.array[self.test_rows]))
+        labels = self.all_labels[torch.from_numpy(self.test_rows)] if self.all_labels is not None else None
+        return images, labels
 
 
 def _resolve(path: str, base_dir: str | Path | None) -> Path:
