@@ -7,6 +7,7 @@ import copy
 import math
 import re
 import signal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -389,3 +390,23 @@ def test_resume_with_a_data_source_is_bitwise(manager, tmp_path, coupling):
     weights = [torch.load(d / "model.pt", weights_only=True)["model"] for d in (ref.directory, out)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert (ref.directory / "samples.npy").read_bytes() == (out / "samples.npy").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Quality: 8 Gaussians -> moons, one Euler step
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_exact_ot_halves_the_one_step_distance_of_the_independent_coupling(manager, tmp_path):
+    """examples/gaussians-to-moons.toml at reduced size (800 training steps, 1,000 samples): one Euler
+    step of the exact-OT model is at most half the independent coupling's one-step W2 (issue 24)."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "gaussians-to-moons.toml"
+    short = ["train.steps=800", "sample.n=1000", "evaluate.n=1000"]
+    distances = {}
+    for coupling in ("exact-ot", "independent"):
+        pipe = build_pipeline(example, [*short, f"loss.coupling={coupling}"], manager)
+        metrics = run_pipeline(pipe, manager, out=str(tmp_path / coupling), quiet=True).metrics
+        assert metrics["nfe"] == 1
+        distances[coupling] = metrics["distance"]
+    assert distances["exact-ot"] <= 0.5 * distances["independent"], distances
