@@ -360,6 +360,29 @@ def test_likelihood_with_a_source_density_is_exact_for_the_identity_flow(manager
     torch.testing.assert_close(exact, EightGaussians().log_prob(points.double()), rtol=1e-6, atol=1e-6)
 
 
+def test_the_likelihood_command_refuses_a_source_without_a_density_in_one_line(manager, tmp_path):
+    from click.testing import CliRunner
+
+    from flowkit.cli import main
+
+    spec = copy.deepcopy(PIPE)
+    spec.update(
+        data={"kind": "eight-gaussians"},
+        path={"kind": "data-to-data", "source": {"kind": "moons"}},
+        train={"steps": 3, "batch_size": 16},
+        sample={"steps": 1, "n": 50},
+        evaluate={"n": 50, "floor_repeats": 1},
+    )
+    out = tmp_path / "run"
+    run_pipeline(build_pipeline(spec, [], manager), manager, out=str(out), quiet=True)
+    result = CliRunner().invoke(main, ["likelihood", str(out), "--n", "10"])
+    assert result.exit_code != 0
+    assert result.output == (
+        "Error: path 'data-to-data': its source dataset 'moons' has no density; likelihood needs a "
+        "source with log_prob (e.g. eight-gaussians with noise > 0)\n"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
 # Resume
 # ---------------------------------------------------------------------------------------------------
