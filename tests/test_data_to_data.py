@@ -321,7 +321,12 @@ def test_a_source_of_another_shape_and_a_missing_source_are_refused(manager):
     )
     with pytest.raises(FlowkitError) as err:
         pipeline(manager, path={"kind": "data-to-data"})
-    assert str(err.value).endswith(
+    assert str(err.value) == (
+        "<dict>: [path] key 'source': missing required key (a dataset (a name or a table with 'kind'))"
+    )
+    with pytest.raises(FlowkitError) as err:
+        DataToDataPath(DataToDataPath.Params(source="moons"))  # type: ignore[arg-type]
+    assert str(err.value) == (
         'source: missing the dataset x_0 is drawn from; set it, e.g. source = { kind = "eight-gaussians" }'
     )
 

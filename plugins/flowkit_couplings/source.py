@@ -18,7 +18,7 @@ from torch import Tensor
 
 from flowkit.errors import CapabilityError, FlowkitError
 from flowkit.interfaces import BuildContext, Dataset, ProbabilityPath, per_sample
-from flowkit.params import component, param
+from flowkit.params import COMPONENT, DOC, param
 
 
 class DataToDataPath(ProbabilityPath):
@@ -34,8 +34,12 @@ class DataToDataPath(ProbabilityPath):
 
     @attrs.define(frozen=True)
     class Params:
-        source: Dataset = component(
-            None, doc='The dataset x_0 is drawn from (a table, e.g. { kind = "eight-gaussians" }).'
+        # Required: a nested component without a default (params.component always has one).
+        source: Dataset = attrs.field(
+            metadata={
+                DOC: 'The dataset x_0 is drawn from (a table, e.g. { kind = "eight-gaussians" }).',
+                COMPONENT: True,
+            }
         )
         sigma: float = param(
             0.0,
