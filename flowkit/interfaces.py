@@ -299,6 +299,11 @@ class Coupling(Component):
 
     independent: ClassVar[bool] = False
     background: ClassVar[bool] = False
+    #: Whether :meth:`solve`, :meth:`pair` and ``__call__`` also take the source's labels ``y0 (B,)``
+    #: by keyword (a path whose source is a labelled dataset, beside labelled data): the coupling then
+    #: pairs each data point only with source points of its class. The training loop passes ``y0``
+    #: (and the data's labels as ``y``) only to a coupling that says so.
+    matches_source_labels: ClassVar[bool] = False
 
     def solve(self, x0: Tensor, x1: Tensor, y: Tensor | None = None) -> Any:
         """The generator-free part of pairing ``x0 (B, *D)`` with ``x1 (B, *D)``: its result goes to

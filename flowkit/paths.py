@@ -190,6 +190,17 @@ class ProbabilityPath(Component):
         """
         return False
 
+    @property
+    def source(self) -> Dataset | None:
+        """The dataset ``x_0`` is drawn from where the path's source is data, not noise (data to data);
+        ``None`` (the default) for a path that starts from noise.
+
+        Where it is set, :meth:`sample_prior` draws from it, and the training loop draws every batch's
+        ``x_0`` by :meth:`sample_prior` from its ``noise`` stream and passes it to the loss as ``x0``,
+        with or without a coupling: a loss that draws its own Gaussian noise (one whose call takes no
+        ``x0``) is refused when the pipeline is built."""
+        return None
+
     def target_score(self, x: Tensor, z: Tensor, t: Tensor) -> Tensor:
         """Conditional score ``grad_x log p_t(x|z)``, shape ``(B, *D)``."""
         raise CapabilityError(

@@ -21,6 +21,8 @@ IMAGES = ["digits"]
 FOLDERS = ["image-folder"]
 # Few-step generation: sampled with one network evaluation as they stand (examples/README.md).
 ONE_STEP = ["moons-meanflow"]
+# Data to data (a path whose source is a dataset): its quality test is in tests/test_data_to_data.py.
+DATA_TO_DATA = ["gaussians-to-moons"]
 # What each trained example must reach even with a quarter of its training (the full runs reach
 # ratios of 0.8-0.9, see examples/README.md): within 3x the noise floor.
 SHORT_TRAINING = ["train.steps=3000", "train.warmup_steps=100"]
@@ -33,14 +35,14 @@ def manager():
 
 def test_every_example_is_listed_here():
     assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(
-        TRAINED + EXACT + IMAGES + ONE_STEP + FOLDERS
+        TRAINED + EXACT + IMAGES + ONE_STEP + FOLDERS + DATA_TO_DATA
     )
 
 
-@pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP)
+@pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP + DATA_TO_DATA)
 def test_example_builds(name, manager):
     pipe = build_pipeline(EXAMPLES / f"{name}.toml", (), manager)
-    assert pipe.model.trainable == (name in TRAINED + IMAGES + ONE_STEP)
+    assert pipe.model.trainable == (name in TRAINED + IMAGES + ONE_STEP + DATA_TO_DATA)
 
 
 def run_example(name, manager, tmp_path, overrides=()):

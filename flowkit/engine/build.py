@@ -8,6 +8,7 @@ sampler is captured (a backend that captures, and a simulator that declares itse
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -100,6 +101,7 @@ def build_pipeline(
                 f"name a loss (known: {', '.join(manager.registry.names('loss'))})"
             )
         _located(lambda: loss.check(path), name, "[loss]")
+        _located(lambda: check_source(loss, path, dataset), name, "[loss]")
         train = build.structure(TrainSection, raw.get("train", {}), top.child("train"))
         roles: dict[str, nn.Module] = {}
         _located(lambda: roles.update(loss.roles(network, path)), name, "[loss]")
@@ -158,6 +160,31 @@ def _plugin_tables(manager: PluginManager) -> dict[str, type]:
             )
         tables[entry.name] = entry.cls
     return tables
+
+
+def check_source(loss: Loss, path: ProbabilityPath, dataset: Dataset) -> None:
+    """Refuse a loss that draws its own Gaussian noise (its call takes no ``x0``) on a path whose source
+    is a dataset (``ProbabilityPath.source``): the training loop passes the source points as ``x0``.
+    Where both ends are labelled and the coupling pairs by their labels, they must have the same classes."""
+    source = path.source
+    if source is None:
+        return
+    if "x0" not in inspect.signature(loss.__call__).parameters:
+        raise CapabilityError(
+            f"loss '{loss.display_name}' draws its own Gaussian noise (it takes no x0), but path "
+            f"'{path.display_name}' starts from the dataset '{source.display_name}'; use a loss that "
+            'takes the source points, e.g. [loss] kind = "cfm"'
+        )
+    coupling = loss.coupling
+    labelled = source.num_classes > 0 and dataset.num_classes > 0
+    matched = coupling is not None and coupling.matches_source_labels and labelled
+    if matched and source.num_classes != dataset.num_classes:
+        assert coupling is not None
+        raise CapabilityError(
+            f"coupling '{coupling.display_name}' pairs each data point with source points of its "
+            f"class, but the source dataset '{source.display_name}' has {source.num_classes} classes "
+            f"and [data] '{dataset.display_name}' has {dataset.num_classes}; give both the same classes"
+        )
 
 
 def _located(check: Callable[[], None], source: str, table: str) -> None:

@@ -71,6 +71,55 @@ def class_blocks(y: Tensor | None, n: int) -> list[Tensor] | None:
     return [torch.nonzero(y == c).flatten() for c in torch.unique(y)]
 
 
+def check_source_labels(y0: Tensor, y: Tensor | None, x0: Tensor, name: str) -> Tensor:
+    """The data labels ``y``, checked beside the source labels ``y0 (B,)`` of a labelled source."""
+    if y is None:
+        raise FlowkitError(
+            f"coupling '{name}': source labels y0 were given without the data's labels y; label-aware "
+            "pairing needs both ends labelled"
+        )
+    if tuple(y0.shape) != (x0.shape[0],):
+        raise FlowkitError(
+            f"coupling '{name}': source labels y0 must have shape (B,) = ({x0.shape[0]},), got "
+            f"{tuple(y0.shape)}"
+        )
+    return y
+
+
+def missing_class(y0: Tensor, y: Tensor, name: str) -> None:
+    """Raise :class:`FlowkitError` when a class of the data ``y`` has no source point in ``y0``."""
+    absent = sorted(set(torch.unique(y).tolist()) - set(torch.unique(y0).tolist()))
+    if absent:
+        count = int((y == absent[0]).sum())
+        raise FlowkitError(
+            f"coupling '{name}': the source batch has no point of class {absent[0]}, which {count} data "
+            "points of the batch have; raise [train] batch_size so that every class is drawn at both ends"
+        )
+
+
+def matched_assignment(cost: np.ndarray, y0: Tensor, y: Tensor, name: str) -> Tensor:
+    """``index (B,)``: data point ``j`` is paired with source point ``index[j]`` of its own class
+    (``y0[index[j]] == y[j]``), minimising the total cost within each class.
+
+    A class with as many source points as data points gets a permutation; with more, each data point
+    its own distinct source point (a rectangular assignment); with fewer, the source points are
+    repeated (each used at most ``ceil(n_data / n_source)`` times), since the classes' counts in two
+    independent batches differ."""
+    missing_class(y0, y, name)
+    from scipy.optimize import linear_sum_assignment
+
+    index = torch.empty(y.shape[0], dtype=torch.int64)
+    source_labels, data_labels = y0.cpu(), y.cpu()
+    for c in torch.unique(data_labels):
+        rows = torch.nonzero(data_labels == c).flatten()
+        columns = torch.nonzero(source_labels == c).flatten()
+        repeats = -(-len(rows) // len(columns))
+        tiled = columns.repeat(repeats)
+        _, chosen = linear_sum_assignment(cost[np.ix_(rows.numpy(), tiled.numpy())])
+        index[rows] = tiled[torch.from_numpy(np.asarray(chosen, dtype=np.int64))]
+    return index
+
+
 def have_pot() -> bool:
     """Whether POT (``ot``) is importable."""
     return importlib.util.find_spec("ot") is not None
@@ -119,7 +168,14 @@ class ExactOT(Coupling):
     is installed, the faster of the two: ``benchmarks/reference/contract-notes.md``). Cost ``O(B^2)``
     memory and roughly ``O(B^2)``-``O(B^3)`` time; the training loop runs it on a worker thread beside
     the previous step. With labels, one assignment per class. Draws no random numbers.
+
+    Both ends labelled (a source dataset with labels ``y0`` beside the data's ``y``): each data point is
+    paired only with a source point of its own class (:func:`matched_assignment`), the optimal such
+    assignment per class (torchcfm's ``sample_plan_with_labels`` restricted to one class, as C²OT's
+    condition-aware cost with an infinite penalty).
     """
+
+    matches_source_labels = True
 
     @attrs.define(frozen=True)
     class Params:
@@ -145,16 +201,21 @@ class ExactOT(Coupling):
     #: training loop's worker thread, a step ahead.
     background = True
 
-    def permutation(self, x0: Tensor, x1: Tensor, y: Tensor | None = None) -> Tensor:
+    def permutation(
+        self, x0: Tensor, x1: Tensor, y: Tensor | None = None, *, y0: Tensor | None = None
+    ) -> Tensor:
         """Indices ``perm (B,)`` (on ``x0``'s device) such that ``x0[perm]`` is paired with ``x1``."""
-        return self.solve(x0, x1, y).to(x0.device)
+        return self.solve(x0, x1, y, y0=y0).to(x0.device)
 
-    def solve(self, x0: Tensor, x1: Tensor, y: Tensor | None = None) -> Tensor:
-        """The optimal ``perm (B,)``, int64 on the host (thread-safe: reads its inputs, draws nothing)."""
+    def solve(self, x0: Tensor, x1: Tensor, y: Tensor | None = None, *, y0: Tensor | None = None) -> Tensor:
+        """The optimal ``perm (B,)``, int64 on the host (thread-safe: reads its inputs, draws nothing).
+        With the source's labels ``y0 (B,)``, an index that pairs within each class (may repeat)."""
         check_batch(x0, x1, y, "exact-ot")
         # float64 on the host, where the solver runs: float32 costs would misorder near-ties.
         host = [x.detach().to("cpu", torch.float64) for x in (x1, x0)]
         cost = squared_distances(host[0], host[1]).numpy()
+        if y0 is not None:
+            return matched_assignment(cost, y0, check_source_labels(y0, y, x0, "exact-ot"), "exact-ot")
         blocks = class_blocks(y, x1.shape[0])
         if blocks is None:
             perm = torch.from_numpy(assignment(cost, self.method))
@@ -173,8 +234,10 @@ class ExactOT(Coupling):
         x1: Tensor,
         y: Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        y0: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(x0[perm], x1, y)`` for ``perm = solve(x0, x1, y)``."""
+        """``(x0[perm], x1, y)`` for ``perm = solve(x0, x1, y, y0=y0)``."""
         return x0[solution.to(x0.device)], x1, y
 
     def __call__(
@@ -183,9 +246,12 @@ class ExactOT(Coupling):
         x1: Tensor,
         y: Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        y0: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(x0[perm], x1, y)`` for the optimal ``perm`` (within each class, given labels ``y``)."""
-        return self.pair(self.solve(x0, x1, y), x0, x1, y)
+        """``(x0[perm], x1, y)`` for the optimal ``perm`` (within each class, given labels ``y``; with the
+        source's labels ``y0`` too, each data point with a source point of its class)."""
+        return self.pair(self.solve(x0, x1, y, y0=y0), x0, x1, y)
 
 
 def sinkhorn_log_plan(
@@ -244,8 +310,12 @@ class Sinkhorn(Coupling):
     probability ``pi_ji / sum_i pi_ji`` (Gumbel-max with ``generator``), so the data are kept and the
     noise is resampled with replacement (its marginal is uniform over the batch up to the Sinkhorn
     tolerance). ``epsilon -> 0`` approaches ``exact-ot``, ``epsilon -> inf`` the independent coupling.
-    With labels, the plan forbids pairs across classes.
+    With labels, the plan forbids pairs across classes; with the source's labels ``y0`` beside the
+    data's ``y`` (both ends labelled), it forbids a data point a source point of another class (the
+    plan's marginals are then uniform only as far as the classes' counts in the two batches agree).
     """
+
+    matches_source_labels = True
 
     @attrs.define(frozen=True)
     class Params:
@@ -266,10 +336,18 @@ class Sinkhorn(Coupling):
     #: Iterations the last batch needed.
     last_iterations: int = 0
 
-    def log_plan(self, x0: Tensor, x1: Tensor, y: Tensor | None = None) -> Tensor:
+    def log_plan(
+        self, x0: Tensor, x1: Tensor, y: Tensor | None = None, *, y0: Tensor | None = None
+    ) -> Tensor:
         """``log pi (B, B)``: rows are data points, columns noise; each row sums to ``1/B``."""
         cost = squared_distances(x1.detach().float(), x0.detach().float())
-        mask = None if y is None else y[:, None] == y[None, :]
+        mask: Tensor | None = None
+        if y0 is not None:
+            labels = check_source_labels(y0, y, x0, "sinkhorn")
+            missing_class(y0, labels, "sinkhorn")
+            mask = labels[:, None] == y0[None, :]
+        elif y is not None:
+            mask = y[:, None] == y[None, :]
         p = self.params
         log_plan, self.last_iterations = sinkhorn_log_plan(cost, p.epsilon, p.iterations, p.tolerance, mask)
         return log_plan
@@ -280,14 +358,16 @@ class Sinkhorn(Coupling):
         x1: Tensor,
         y: Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        y0: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(x0[idx], x1, y)`` with ``idx_j ~ pi(. | x1_j)``."""
-        return self.pair(self.solve(x0, x1, y), x0, x1, y, generator)
+        return self.pair(self.solve(x0, x1, y, y0=y0), x0, x1, y, generator)
 
-    def solve(self, x0: Tensor, x1: Tensor, y: Tensor | None = None) -> Tensor:
+    def solve(self, x0: Tensor, x1: Tensor, y: Tensor | None = None, *, y0: Tensor | None = None) -> Tensor:
         """The plan's log, ``log pi (B, B)`` (:meth:`log_plan`); draws nothing."""
         check_batch(x0, x1, y, "sinkhorn")
-        return self.log_plan(x0, x1, y)
+        return self.log_plan(x0, x1, y, y0=y0)
 
     def pair(
         self,
@@ -296,6 +376,8 @@ class Sinkhorn(Coupling):
         x1: Tensor,
         y: Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        y0: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(x0[idx], x1, y)`` with ``idx_j ~ pi(. | x1_j)`` for ``solution = log pi``: one
         Gumbel-max draw per data point from ``generator``."""
