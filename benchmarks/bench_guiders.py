@@ -62,11 +62,30 @@ def settings(scales: list[float], lams: list[float]) -> list[tuple[str, dict[str
     return rows
 
 
+def train_runs(runs: Path, steps: int, manager: PluginManager) -> tuple[Path, Path, int]:
+    """The model's and the guide's run directories under ``runs`` (trained unless already there)."""
+    small = [f"train.steps={steps}", "sample.n=100", "evaluate.n=100"]
+    guide_steps = max(1, steps // 4)
+    found = []
+    for name, extra in (("model", []), ("guide", [f"train.steps={guide_steps}"])):
+        directory = runs / f"{name}-{steps}"
+        if not (directory / "model.pt").is_file():
+            directory = load_pipeline(EXAMPLE, [*small, *extra], manager).run(out=directory).directory
+        found.append(directory)
+    return found[0], found[1], guide_steps
+
+
+def knobs(guidance: dict[str, Any]) -> tuple[float | None, float | None]:
+    """``(scale, lam)`` of a guidance table (cfg++ has ``lam`` and no scale)."""
+    return guidance.get("scale"), guidance.get("lam")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500, help="samples per setting (a multiple of 10)")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
-    parser.add_argument("--lams", type=float, nargs="+", default=[0.2, 0.5, 0.8])
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 3.0])
+    parser.add_argument("--lams", type=float, nargs="*", default=[0.2, 0.5, 0.8])
+    parser.add_argument("--runs", type=Path, default=None, help="keep (and reuse) the trained runs here")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=REFERENCE)
     args = parser.parse_args()
@@ -76,24 +95,25 @@ def main() -> None:
         steps, args.n, args.scales, args.lams = 20, 50, [2.0], [0.5]
     torch.set_num_threads(1)
     manager = PluginManager(warn=False)
-    small = [f"train.steps={steps}", "sample.n=100", "evaluate.n=100"]
+    name = "guiders-digits-quick" if args.quick else "guiders-digits"
+    args.out.mkdir(parents=True, exist_ok=True)
+    file = args.out / f"{name}.json"
     rows: list[dict[str, Any]] = []
+    if file.is_file():  # settings measured before on the same training are kept
+        earlier = json.loads(file.read_text())
+        if (earlier["train_steps"], earlier["n"]) == (steps, args.n):
+            rows = earlier["rows"]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = load_pipeline(EXAMPLE, small, manager).run(out=Path(tmp) / "model").directory
-        guide_steps = max(1, steps // 4)
-        guide_dir = (
-            load_pipeline(EXAMPLE, [*small, f"train.steps={guide_steps}"], manager)
-            .run(out=Path(tmp) / "guide")
-            .directory
-        )
+        model_dir, guide_dir, guide_steps = train_runs(args.runs or Path(tmp), steps, manager)
         trained_s = time.perf_counter() - start
-        GUIDERS["auto"]["guide"] = str(guide_dir)
-        for name, guidance in settings(args.scales, args.lams):
-            if name == "auto":
+        for guider, guidance in settings(args.scales, args.lams):
+            if guider == "auto":
                 guidance = {**guidance, "guide": str(guide_dir)}
+            done = [r for r in rows if (r["guider"], r["scale"], r["lam"]) == (guider, *knobs(guidance))]
+            if done:
+                continue
             table = copy.deepcopy(raw)
-            table["train"]["steps"] = steps
             table["sample"].update({"n": args.n, "guidance": guidance})
             table["evaluate"]["n"] = min(args.n, int(table["evaluate"]["n"]))
             pipeline = build_pipeline(table, (), manager)
@@ -102,16 +122,21 @@ def main() -> None:
             samples = draw_samples(pipeline, args.n)[1].float().cpu()
             labels = sample_labels(pipeline, args.n)
             metrics = image_metrics(pipeline.dataset, samples, labels, seed=0) or {}
+            scale, lam = knobs(guidance)
             row = {
-                "guider": name,
-                "scale": guidance.get("scale"),
-                "lam": guidance.get("lam"),
+                "guider": guider,
+                "scale": scale,
+                "lam": lam,
                 "class_accuracy": metrics.get("class_accuracy"),
                 "frechet": metrics.get("frechet"),
                 "frechet_ratio": metrics.get("frechet_ratio"),
             }
             rows.append(row)
             print(row, flush=True)
+            partial = {"example": "examples/digits-guidance.toml", "train_steps": steps, "n": args.n}
+            file.write_text(json.dumps({**partial, "rows": rows}, indent=2) + "\n")
+    order = ["unguided", *GUIDERS, "cfg++"]
+    rows.sort(key=lambda r: (order.index(r["guider"]), r["scale"] or 0.0, r["lam"] or 0.0))
     result = {
         "example": "examples/digits-guidance.toml",
         "train_steps": steps,
@@ -120,9 +145,7 @@ def main() -> None:
         "training_seconds": trained_s,
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "guiders-digits-quick" if args.quick else "guiders-digits"
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    file.write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"Guiders on the digits: examples/digits-guidance.toml trained {steps} steps (the autoguidance "
         f"guide: the same file, {guide_steps} steps), Heun {raw['sample']['steps']} steps, {args.n} samples "

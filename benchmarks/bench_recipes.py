@@ -85,6 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--densities", nargs="+", default=DENSITIES)
+    parser.add_argument("--weights", nargs="+", default=WEIGHTS)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=REFERENCE)
     args = parser.parse_args()
@@ -92,17 +94,29 @@ def main() -> None:
         args.steps, args.n = 8, 100
     torch.set_num_threads(1)
     manager = PluginManager(warn=False)
-    rows = []
-    for density in DENSITIES:
-        for weight in WEIGHTS:
+    name = "recipes-moons-quick" if args.quick else "recipes-moons"
+    args.out.mkdir(parents=True, exist_ok=True)
+    file = args.out / f"{name}.json"
+    # Rows already measured at these sizes are kept (the grid can be measured in several sittings).
+    rows: list[dict[str, Any]] = []
+    if file.is_file():
+        earlier = json.loads(file.read_text())
+        if (earlier["steps"], earlier["n"]) == (args.steps, args.n):
+            rows = earlier["rows"]
+    for density in args.densities:
+        for weight in args.weights:
+            if any((r["time"], r["loss_weight"]) == (density, weight) for r in rows):
+                continue
             ratios = curve(manager, density, weight, args.steps, args.n)
             rows.append({"time": density, "loss_weight": weight, "ratios": ratios})
             print(rows[-1], flush=True)
-    target = rows[0]["ratios"][-1]  # uniform + none at the end
+            file.write_text(json.dumps({"steps": args.steps, "n": args.n, "rows": rows}, indent=2) + "\n")
+    order = {(d, w): i for i, (d, w) in enumerate((d, w) for d in DENSITIES for w in WEIGHTS)}
+    rows.sort(key=lambda r: order[(r["time"], r["loss_weight"])])
+    default = next(r for r in rows if (r["time"], r["loss_weight"]) == ("uniform", "none"))
+    target = default["ratios"][-1]  # the default recipe at the end
     result = {"steps": args.steps, "n": args.n, "default_final_ratio": target, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = "recipes-moons-quick" if args.quick else "recipes-moons"
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    file.write_text(json.dumps(result, indent=2) + "\n")
     quarter = args.steps // 4
     lines = [
         f"Recipes on the moons: CFM, OT path, MLP 3x128, {args.steps} steps (constant lr, no EMA), "
