@@ -12,6 +12,7 @@ labels (docs/math.md, "Guidance").
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import attrs
@@ -97,6 +98,14 @@ class Guider(Component):
     def needs_unconditional(self) -> bool:
         """Whether :meth:`combine` uses the unconditional evaluation: by default, unless ``scale`` is 0."""
         return float(getattr(self.params, "scale", 1.0)) != 0.0
+
+    @property
+    def guide_model(self) -> Path | None:
+        """A run directory or checkpoint whose model is the guide (autoguidance): the engine loads it
+        when the pipeline is built and passes its field at the same ``(x, t)`` and labels to
+        :meth:`combine` as ``uncond``, in place of the model's own null-label evaluation; an
+        unconditional model may then be guided too. ``None`` (the default): the null label."""
+        return None
 
     def prepare(self, times: Tensor | None) -> None:
         """Called once when the pipeline is built: ``times (T + 1,)`` float64 on the CPU, the

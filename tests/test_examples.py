@@ -15,7 +15,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TRAINED = ["moons", "cosine", "vp-dsm", "ve-dsm", "cfm-sde", "ot-cfm"]
 EXACT = ["oracle-ode", "oracle-sde"]
 # Conditional image examples: the full run takes minutes (examples/README.md); the suite runs a few steps.
-IMAGES = ["digits"]
+IMAGES = ["digits", "digits-guidance"]
 # Examples that read a folder a script makes first (examples/make_digits_folder.py); the suite makes
 # it in tmp_path and points [data] root there.
 FOLDERS = ["image-folder"]
@@ -73,15 +73,16 @@ def test_one_step_example_is_within_3_times_the_noise_floor_at_one_evaluation(na
     assert metrics["distance"] <= 3.0 * metrics["noise_floor"], metrics
 
 
-def test_digits_example_runs_guided_with_a_few_steps(manager, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", IMAGES)
+def test_digits_example_runs_guided_with_a_few_steps(name, manager, tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWKIT_CACHE", str(tmp_path / "cache"))
     short = ["train.steps=3", "train.warmup_steps=1", "sample.steps=2", "sample.n=100", "evaluate.n=100"]
-    metrics = run_example("digits", manager, tmp_path, short)
+    metrics = run_example(name, manager, tmp_path, short)
     assert metrics["train_steps"] == 3 and metrics["nfe"] == 4
     assert {"class_accuracy", "classifier_accuracy", "frechet", "frechet_floor", "frechet_ratio"} <= set(
         metrics
     )
-    labels = np.load(tmp_path / "digits" / "labels.npy")
+    labels = np.load(tmp_path / name / "labels.npy")
     assert np.bincount(labels).tolist() == [10] * 10  # "all": every class, equally often
 
 

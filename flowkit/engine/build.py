@@ -20,6 +20,7 @@ from flowkit.config import Location, Structurer, apply_overrides, load_source
 from flowkit.engine.distributed import check_world
 from flowkit.engine.ends import check_finite_dynamics
 from flowkit.engine.guidance import build_guidance, check_conditioning
+from flowkit.engine.guide_model import load_guide
 from flowkit.engine.limits import check_sizes
 from flowkit.engine.manifest import check_resolved
 from flowkit.engine.records import Pipeline
@@ -143,7 +144,8 @@ def build_pipeline(
     )
     check_sizes(pipeline)
     check_conditioning(pipeline)
-    pipeline.guidance = build_guidance(pipeline)
+    guide_model = load_guide(pipeline, lambda resolved: build_pipeline(resolved, (), manager))
+    pipeline.guidance = build_guidance(pipeline, guide_model)
     _located(lambda: check_finite_dynamics(pipeline), name, "[sample]")
     check_world(name, train.batch_size if train is not None else None, run.distributed)
     return pipeline

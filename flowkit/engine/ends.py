@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from flowkit.engine.guidance import guided_dynamics
+from flowkit.engine.guidance import guided_dynamics, num_classes
 from flowkit.engine.records import Pipeline, sample_times
 from flowkit.engine.returns import returned_tensor
 from flowkit.errors import CapabilityError
@@ -45,7 +45,7 @@ def check_finite_dynamics(pipeline: Pipeline) -> None:
     x = pipeline.path.sample_prior(shape, generator=generator, device=device)
     x = returned_tensor(x, pipeline.path, "sample_prior", shape, "draws of p_init")
     labels = None
-    if pipeline.guidance is not None:  # a conditional model: class 0, guided as sampling guides it
+    if num_classes(pipeline):  # a conditional model: class 0, guided as sampling guides it
         labels = torch.zeros(_POINTS, dtype=torch.long, device=device)
     dynamics = guided_dynamics(pipeline, labels)
     network = pipeline.network

@@ -44,20 +44,23 @@ def check_conditioning(pipeline: Pipeline) -> None:
         )
     if guide is None:
         return
+    if guide.guide_model is not None:  # autoguidance: the guide model, not the null label
+        if guide.stateful and pipeline.capture:
+            raise ConfigError(
+                f"{source}: [sample] guidance: guider '{guide.registered_name}' keeps state across the "
+                "steps of a simulation, which a captured sampler graph cannot; use a backend that does "
+                'not capture (e.g. [run] device = { kind = "cuda", capture = false })'
+            )
+        if classes:
+            _check_classes(pipeline, classes)
+        return
     if not classes:
         raise ConfigError(
             f"{source}: [sample] guidance: model '{pipeline.model.registered_name}' is not conditional "
             "(it takes no class label); remove guidance, or use a conditional model on labelled data "
             '(e.g. [model] kind = "unet" with [data] kind = "digits")'
         )
-    if isinstance(guide.classes, list):
-        bad = [c for c in guide.classes if not 0 <= c < classes]
-        if bad or not guide.classes:
-            raise ConfigError(
-                f"{source}: [sample] guidance classes: {bad or '[]'} "
-                f"{'are not classes' if bad else 'is empty'}; the dataset's classes are 0 .. {classes - 1} "
-                '(or "all", or "null" for unconditional samples)'
-            )
+    _check_classes(pipeline, classes)
     train = pipeline.train
     if guide.needs_unconditional and train is not None and train.label_dropout == 0:
         scale = getattr(guide.params, "scale", None)
@@ -72,6 +75,19 @@ def check_conditioning(pipeline: Pipeline) -> None:
             "of a simulation, which a captured sampler graph cannot; use a backend that does not capture "
             '(e.g. [run] device = { kind = "cuda", capture = false }) or a guider without state'
         )
+
+
+def _check_classes(pipeline: Pipeline, classes: int) -> None:
+    """Refuse a list of ``[sample] guidance classes`` that are not the model's classes."""
+    guide = pipeline.sample.guidance
+    if guide is not None and isinstance(guide.classes, list):
+        bad = [c for c in guide.classes if not 0 <= c < classes]
+        if bad or not guide.classes:
+            raise ConfigError(
+                f"{pipeline.source}: [sample] guidance classes: {bad or '[]'} "
+                f"{'are not classes' if bad else 'is empty'}; the dataset's classes are 0 .. {classes - 1} "
+                '(or "all", or "null" for unconditional samples)'
+            )
 
 
 def sample_labels(pipeline: Pipeline, n: int) -> Tensor | None:
@@ -103,10 +119,18 @@ class GuidedField(nn.Module):
     """
 
     def __init__(
-        self, field: nn.Module, scale: float = 0.0, null: int = 0, guider: Guider | None = None
+        self,
+        field: nn.Module,
+        scale: float = 0.0,
+        null: int = 0,
+        guider: Guider | None = None,
+        guide: tuple[nn.Module, bool] | None = None,
     ) -> None:
         super().__init__()
         self.field, self.null, self.guider = field, int(null), guider
+        # Autoguidance: the guide model's field and whether it takes the labels.
+        self.guide_field: nn.Module | None = guide[0] if guide is not None else None
+        self._guide_labels = guide is not None and guide[1]
         self.scale = float(scale if guider is None else getattr(guider.params, "scale", 0.0))
         self._guides = guider.needs_unconditional if guider is not None else self.scale != 0
         self._labels: Tensor | None = None
@@ -126,6 +150,8 @@ class GuidedField(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         y = self._labels
+        if self.guide_field is not None:
+            return self._autoguided(x, t, y)
         if y is None or y.shape[0] != x.shape[0]:
             got = "none" if y is None else str(y.shape[0])
             raise RuntimeError(f"guided field called on a batch of {x.shape[0]} with {got} labels")
@@ -139,6 +165,16 @@ class GuidedField(nn.Module):
             return classifier_free(conditional, unconditional, self.scale)
         return self.guider.combine(conditional, unconditional, x, t)
 
+    def _autoguided(self, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+        """The guider's combination of the model's field and the guide model's, both at ``(x, t)``
+        and the labels ``y`` (none for an unconditional model; the null label is a class like any)."""
+        inputs = {} if y is None else {"y": y}
+        field = self.field(x, t, **inputs)
+        if not self._guides:
+            return field
+        guide = cast(nn.Module, self.guide_field)(x, t, **(inputs if self._guide_labels else {}))
+        return cast(Guider, self.guider).combine(field, guide, x, t)
+
 
 class GuidedVelocity(GuidedField, VectorField):
     """The guided velocity ``(1 + w) u(x, t | y) - w u(x, t | null)``."""
@@ -148,11 +184,12 @@ class GuidedScore(GuidedField, ScoreModel):
     """The guided score ``(1 + w) s(x, t | y) - w s(x, t | null)`` (for DSM-trained models)."""
 
 
-def build_guidance(pipeline: Pipeline) -> Guidance | None:
+def build_guidance(pipeline: Pipeline, guide_model: tuple[nn.Module, bool] | None = None) -> Guidance | None:
     """The guided field and the ``[sample]`` dynamics built on it (``from_params``, once: at build
-    time); ``None`` for an unconditional model."""
+    time); ``None`` for an unconditional model without a guide model. ``guide_model``: the role of
+    the guider's guide model and whether it takes labels (:func:`flowkit.engine.guide_model.load_guide`)."""
     null = num_classes(pipeline)
-    if not null:
+    if not null and guide_model is None:
         return None
     dynamics = pipeline.sample.dynamics
     guide = pipeline.sample.guidance
@@ -168,7 +205,7 @@ def build_guidance(pipeline: Pipeline) -> Guidance | None:
             raise ConfigError(
                 f"{pipeline.source}: [sample] guidance ('{guide.registered_name}'): {exc}"
             ) from None
-    field = wrappers[trained](pipeline.context.roles[trained], 0.0, null, guide)
+    field = wrappers[trained](pipeline.context.roles[trained], 0.0, null, guide, guide_model)
     context = attrs.evolve(pipeline.context, roles={trained: field})
     built = type(dynamics).from_params(dynamics.params, context)
     built.registered_as(dynamics.registered_kind, dynamics.registered_name)
@@ -178,9 +215,9 @@ def build_guidance(pipeline: Pipeline) -> Guidance | None:
 def guided_dynamics(pipeline: Pipeline, labels: Tensor | None) -> ODE:
     """The ``[sample]`` dynamics for ``labels (B,)`` (on the device): the guided ones built with the
     pipeline, their labels set to ``labels``; the pipeline's own dynamics when the model is
-    unconditional (``labels`` is ``None``). Builds nothing."""
+    unconditional (``labels`` is ``None``) and not autoguided. Builds nothing."""
     guidance = pipeline.guidance
-    if labels is None:
+    if labels is None and (guidance is None or guidance.field.guide_field is None):
         return pipeline.sample.dynamics
     if guidance is None:  # a pipeline record made without build_pipeline
         guidance = pipeline.guidance = build_guidance(pipeline)

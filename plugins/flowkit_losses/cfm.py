@@ -7,7 +7,13 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.errors import CapabilityError
-from flowkit.interfaces import Coupling, ProbabilityPath, TimeDistribution, call_network
+from flowkit.interfaces import (
+    Coupling,
+    GaussianProbabilityPath,
+    ProbabilityPath,
+    TimeDistribution,
+    call_network,
+)
 from flowkit.params import component
 from flowkit_losses.common import (
     NetworkVelocity,
@@ -15,13 +21,18 @@ from flowkit_losses.common import (
     TSampling,
     active_coupling,
     call_model,
+    check_loss_weight,
     logit_mean_field,
     logit_std_field,
+    loss_weight_field,
     mean_squared,
+    sigma_data_field,
+    snr_gamma_field,
     t_sampling_field,
     time_distribution,
     time_field,
 )
+from flowkit_losses.weights import LossWeight, time_weights, weighted_mean_squared
 
 
 class CFMLoss(TimeSampledLoss):
@@ -52,10 +63,14 @@ class CFMLoss(TimeSampledLoss):
         coupling: Coupling = component(
             "independent", doc="Pairing of noise and data per batch (independent, exact-ot, sinkhorn)."
         )
+        loss_weight: LossWeight = loss_weight_field()
+        snr_gamma: float = snr_gamma_field()
+        sigma_data: float = sigma_data_field()
 
     def check(self, path: ProbabilityPath) -> None:
         """Refuse a coupling on a path whose noise is not ``x_0 ~ p_init`` (e.g. VE: ``x_0 = z + 50 eps``)."""
         time_distribution(self.params, "cfm")  # refuses time and t_sampling both set
+        check_loss_weight(self.params, "cfm", path)
         coupling = active_coupling(self.params.coupling)
         if coupling is None or path.noise_is_prior():
             return
@@ -116,5 +131,12 @@ class CFMLoss(TimeSampledLoss):
         randomness than ``noise`` draws it from ``generator``. ``y (B,)``: labels of a conditional model."""
         x, target = path.sample_with_target(z, t, noise, generator)
         if type(model) is NetworkVelocity:  # skip the wrapper's own module call in the hot loop
-            return mean_squared(call_network(model.network, x, t, y=y), target)
-        return mean_squared(call_model(model, x, t, y), target)
+            predicted = call_network(model.network, x, t, y=y)
+        else:
+            predicted = call_model(model, x, t, y)
+        p = self.params
+        if p.loss_weight == "none":
+            return mean_squared(predicted, target)
+        assert isinstance(path, GaussianProbabilityPath)  # check() refused any other
+        weight = time_weights(p.loss_weight, "velocity", path, t, p.snr_gamma, p.sigma_data)
+        return weighted_mean_squared(predicted, target, weight)

@@ -29,6 +29,7 @@ from flowkit.interfaces import (
 )
 from flowkit.params import component, param
 from flowkit_losses.times import LogitNormalTime, UniformTime
+from flowkit_losses.weights import WEIGHTS, LossWeight
 
 TSampling = Literal["uniform", "logit-normal"]
 
@@ -59,6 +60,42 @@ def logit_std_field() -> float:
         doc="Older spelling of time's std (t_sampling = 'logit-normal').",
         validator=attrs.validators.gt(0.0),
     )
+
+
+def loss_weight_field() -> LossWeight:
+    return param(
+        "none",
+        doc="Weighting of the squared error over time (Gaussian paths): none, min-snr (Hang et al. 2023), "
+        "soft-min-snr (Crowson et al. 2024), edm (Karras et al. 2022); docs/math.md, 'Loss weightings'.",
+        validator=attrs.validators.in_(WEIGHTS),
+    )
+
+
+def snr_gamma_field() -> float:
+    return param(
+        5.0,
+        doc="gamma of min-snr and soft-min-snr: the signal-to-noise ratio at which the data error's "
+        "weight is capped.",
+        validator=attrs.validators.gt(0.0),
+    )
+
+
+def sigma_data_field() -> float:
+    return param(
+        0.5,
+        doc="sigma_data of edm: the data's standard deviation (EDM: 0.5).",
+        validator=attrs.validators.gt(0.0),
+    )
+
+
+def check_loss_weight(params: Any, loss: str, path: ProbabilityPath) -> None:
+    """Refuse a weighting other than ``none`` on a path without Gaussian coefficients."""
+    if params.loss_weight != "none" and not isinstance(path, GaussianProbabilityPath):
+        raise CapabilityError(
+            f"loss '{loss}' with loss_weight = \"{params.loss_weight}\" weights by the signal-to-noise ratio "
+            f"of a Gaussian path, but path '{path.display_name}' is not one; use loss_weight = \"none\" "
+            'or [path] kind = "gaussian"'
+        )
 
 
 def time_distribution(params: Any, loss: str) -> TimeDistribution:

@@ -26,13 +26,18 @@ from flowkit_losses.common import (
     TSampling,
     active_coupling,
     call_model,
+    check_loss_weight,
     logit_mean_field,
     logit_std_field,
+    loss_weight_field,
     mean_squared,
+    sigma_data_field,
+    snr_gamma_field,
     t_sampling_field,
     time_distribution,
     time_field,
 )
+from flowkit_losses.weights import LossWeight, Target, time_weights, weighted_mean_squared
 
 
 class DSMLoss(TimeSampledLoss):
@@ -67,11 +72,15 @@ class DSMLoss(TimeSampledLoss):
         coupling: Coupling = component(
             "independent", doc="Only 'independent': a coupling would change the score DSM learns."
         )
+        loss_weight: LossWeight = loss_weight_field()
+        snr_gamma: float = snr_gamma_field()
+        sigma_data: float = sigma_data_field()
 
     def check(self, path: ProbabilityPath) -> None:
         """Raise :class:`CapabilityError` when ``path`` gives no score (or no noise scale, for "noise"),
         or when a coupling other than ``independent`` is set."""
         time_distribution(self.params, "dsm")  # refuses time and t_sampling both set
+        check_loss_weight(self.params, "dsm", path)
         name = path.display_name
         coupling = active_coupling(self.params.coupling)
         if coupling is not None:
@@ -119,15 +128,26 @@ class DSMLoss(TimeSampledLoss):
         if self.params.weighting == "noise":
             if isinstance(model, NoisePredictor):
                 inputs = {} if y is None else {"y": y}
-                return mean_squared(model.predict_noise(x, t, **inputs), noise)
+                return self._squared(model.predict_noise(x, t, **inputs), noise, path, t, "noise")
             assert isinstance(path, GaussianProbabilityPath)
             beta = per_sample(path.schedule.coefficients(t.to(x.dtype)).beta, x)
-            return mean_squared(beta * call_model(model, x, t, y), -noise)
+            return self._squared(beta * call_model(model, x, t, y), -noise, path, t, "noise")
         if isinstance(path, GaussianProbabilityPath):
             target = path.target_score_from_noise(noise, t)
         else:
             target = path.target_score(x, z, t)
-        return mean_squared(call_model(model, x, t, y), target)
+        return self._squared(call_model(model, x, t, y), target, path, t, "score")
+
+    def _squared(
+        self, predicted: Tensor, target: Tensor, path: ProbabilityPath, t: Tensor, of: Target
+    ) -> Tensor:
+        """The mean squared error, weighted over time by ``loss_weight`` (the error being that of ``of``)."""
+        p = self.params
+        if p.loss_weight == "none":
+            return mean_squared(predicted, target)
+        assert isinstance(path, GaussianProbabilityPath)  # check() refused any other
+        weight = time_weights(p.loss_weight, of, path, t, p.snr_gamma, p.sigma_data)
+        return weighted_mean_squared(predicted, target, weight)
 
 
 def _check_ends(path: GaussianProbabilityPath) -> None:
