@@ -14,8 +14,8 @@ from flowkit_nets.mlp import MLP
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import bench_flowmaps  # noqa: E402
-from quality_plot import plot  # noqa: E402
+import bench_flowmaps
+from quality_plot import plot
 
 
 def test_the_hand_written_loss_is_flowkit_s_meanflow_loss():
