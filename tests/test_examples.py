@@ -31,7 +31,9 @@ def manager():
 
 
 def test_every_example_is_listed_here():
-    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(TRAINED + EXACT + IMAGES + ONE_STEP + REFLOW)
+    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(
+        TRAINED + EXACT + IMAGES + ONE_STEP + REFLOW
+    )
 
 
 @pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP + REFLOW)
