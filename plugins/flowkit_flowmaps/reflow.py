@@ -4,9 +4,10 @@ learns the teacher's straightened transport (``docs/math.md``, "Reflow").
 
 The pairs are drawn once per run, when training starts (``setup``; never at ``flowkit validate``),
 with the teacher's own ``[sample]`` sampler from a generator seeded by the student run's seed, and
-kept in the run directory (``reflow-pairs.pt``): a resumed run reads them back instead of sampling
-again. The teacher is reached through :attr:`flowkit.interfaces.StageContext.open_run`, the engine's
-loader, so this module does not import the engine.
+kept in the run directory (``reflow-pairs.pt``, written by rank 0 under torchrun; every rank draws the
+same pairs from the same seed): a resumed run reads them back instead of sampling again. The teacher
+is reached through :attr:`flowkit.interfaces.StageContext.open_run`, the engine's loader, so this
+module does not import the engine.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from flowkit.errors import FlowkitError
 from flowkit.files import write_atomic
+from flowkit.host import launched
 from flowkit.interfaces import BuildContext, Coupling, StageContext, resolve_relative
 from flowkit.params import param
 
@@ -79,7 +81,8 @@ class Reflow(Coupling):
         if drawn.y is not None:
             state["y"] = drawn.y
         self._keep(state)
-        if kept is not None:
+        rank = launched()
+        if kept is not None and (rank is None or rank[0] == 0):  # only rank 0 writes the run directory
             buffer = io.BytesIO()
             torch.save(state, buffer)
             write_atomic(kept, lambda handle: handle.write(buffer.getvalue()))
