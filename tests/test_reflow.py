@@ -176,6 +176,16 @@ def test_a_missing_or_unfinished_teacher_is_one_line_when_training_starts(tmp_pa
         start_from_init(pipe)
 
 
+def test_reflow_and_shortcut_pass_the_component_checks():
+    from flowkit_flowmaps.reflow import Reflow
+    from flowkit_flowmaps.shortcut import ShortcutLoss
+
+    from flowkit.testing import check_component
+
+    check_component("coupling", Reflow)
+    check_component("loss", ShortcutLoss)
+
+
 def test_a_teacher_of_another_shape_is_named(tmp_path, teacher, manager):
     pipe = build_pipeline(student_file(tmp_path, teacher), [], manager)
     coupling = pipe.loss.params.coupling
