@@ -26,6 +26,7 @@ the velocity and once inside the score converted from it).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -437,9 +438,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--couplings", action="store_true", help="the coupling rows instead (couplings-quality.json)"
     )
+    p.add_argument("--few-step", type=Path, help="rows of bench_flowmaps.py quality to draw beside (JSON)")
+    p.add_argument("--replot", type=Path, help="draw the figure of this result JSON again; no sampling")
     a = p.parse_args(argv)
     if a.couplings:
         return main_couplings(a)
+    few_step = json.loads(a.few_step.read_text()) if a.few_step else None
+    if a.replot:
+        drawn = json.loads(a.replot.read_text())
+        print(f"wrote {plot(drawn, a.out.with_suffix('.png'), few_step)}")
+        return dict(drawn)
     cfg = (
         quick_config()
         if a.quick
@@ -449,7 +457,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_json(a.out, result)
     text = table(result) + "\n\n### Fewest evaluations to the plateau\n\n" + plateau_summary(result)
     write_atomically(a.out.with_suffix(".md"), text + "\n")
-    png = plot(result, a.out.with_suffix(".png"))
+    png = plot(result, a.out.with_suffix(".png"), few_step)
     print("\n" + text)
     print(f"wrote {a.out}, {a.out.with_suffix('.md')} and {png}")
     return result

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 
-def plot(result: dict[str, Any], path: Path) -> Path:
-    """PNG: W2 against network evaluations (log–log), one panel per model, the noise floor dashed."""
+def plot(result: dict[str, Any], path: Path, few_step: dict[str, Any] | None = None) -> Path:
+    """PNG: W2 against network evaluations (log–log), one panel per model, the noise floor dashed.
+    ``few_step``: the rows of ``bench_flowmaps.py quality`` (MeanFlow, shortcut, reflow runs at 1, 2,
+    4 evaluations), drawn dotted in the panel of the trained model (the same moons data)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -24,6 +26,15 @@ def plot(result: dict[str, Any], path: Path) -> Path:
                 marker="o",
                 label=simulator,
             )
+        if few_step is not None and model == "trained":
+            for name, points in few_step["rows"].items():
+                ax.plot(
+                    [p["network_evals"] for p in points],
+                    [p["distance"] for p in points],
+                    marker="s",
+                    linestyle=":",
+                    label=name,
+                )
         floor = entry["noise_floor"]
         ax.axhline(floor["mean"], color="gray", linestyle="--", label="noise floor (data vs data)")
         ax.axhspan(floor["mean"] - floor["std"], floor["mean"] + floor["std"], color="gray", alpha=0.15)

@@ -38,6 +38,7 @@ from flowkit.engine.loop import Diverged, TrainLoop
 from flowkit.engine.records import Pipeline, PipelineRun
 from flowkit.engine.run import run_pipeline
 from flowkit.engine.sample import draw_samples
+from flowkit.engine.teacher import start_from_init
 from flowkit.errors import FlowkitError
 from flowkit.interfaces import Samples
 from flowkit.registry import PluginManager
@@ -70,6 +71,8 @@ class LoadedPipeline:
                 f"{self.pipeline.source}: model '{self.pipeline.model.registered_name}' is exact"
             )
         set_up(self.pipeline, "train", self.directory)
+        if not self.trained:
+            start_from_init(self.pipeline)
         loop = TrainLoop(self.pipeline)
         logged = []
         try:

@@ -64,6 +64,7 @@ from flowkit.records import (
     Role,
     Samples,
     StageContext,
+    TrainedRun,
     per_sample,
     resolve_relative,
     stage_seed,
@@ -104,6 +105,7 @@ __all__ = [
     "StageContext",
     "TimeDistribution",
     "TimeGrid",
+    "TrainedRun",
     "VectorField",
     "call_network",
     "check_pair",
@@ -470,6 +472,6 @@ for _public in (
     Component, NoParams, Coefficients, Samples, Registrar, Dataset, Schedule,
     LossValue, StageContext, ProbabilityPath, GaussianProbabilityPath, VectorField, ScoreModel,
     NoisePredictor, ODE, ProbabilityFlowODE, SDE, TimeGrid, Simulator, TimeDistribution, DeviceBackend,
-    Guider,
+    Guider, TrainedRun,
 ):  # fmt: skip
     _public.__module__ = __name__

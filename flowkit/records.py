@@ -133,6 +133,10 @@ class StageContext:
     source: str = "<pipeline>"
     #: Makes a generator on the run's device from a seed (the device backend's ``generator``).
     make_generator: Callable[[int], torch.Generator] | None = None
+    #: Opens a finished run directory as a :class:`TrainedRun` (the engine's loader; ``None`` where
+    #: no engine runs the stage): how a component reaches another run's model (reflow's teacher)
+    #: without importing the engine.
+    open_run: Callable[[Path], TrainedRun] | None = None
 
     def generator(self, name: str) -> torch.Generator:
         """A generator on :attr:`device` seeded from the run seed and ``name`` only (not the stage):
@@ -147,6 +151,23 @@ class StageContext:
         """``path`` resolved against the pipeline file's folder, as a component resolves a relative
         path in ``from_params`` (:func:`resolve_relative`)."""
         return resolve_relative(path, self.source)
+
+
+class TrainedRun(Protocol):
+    """A finished run opened by :attr:`StageContext.open_run`: its model with the sampling weights
+    of ``model.pt`` and its ``[sample]`` sampler."""
+
+    #: The run directory.
+    directory: Path
+
+    def draw(self, n: int, seed: int, steps: int | None = None) -> Samples:
+        """``n`` draws of ``p_init`` and the samples the run's ``[sample]`` simulator and dynamics
+        carry them to (``x0`` and ``samples``, ``(n, *D)`` on the CPU; ``y``: a conditional model's
+        classes), from a sampling generator seeded by ``seed`` (the same ``seed``, the same draws
+        bitwise); ``steps`` replaces ``[sample] steps``."""
+
+    def weights(self) -> dict[str, Tensor]:
+        """The state dict of the run's model as it samples (the EMA weights where it kept them)."""
 
 
 class Registrar(Protocol):

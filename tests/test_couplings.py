@@ -47,7 +47,8 @@ def optimum(x0: torch.Tensor, x1: torch.Tensor) -> float:
 def test_coupling_is_a_kind_and_the_builtins_register(manager):
     assert KINDS["coupling"] is Coupling
     assert manager.problems == []
-    assert manager.registry.names("coupling") == ["exact-ot", "independent", "sinkhorn"]
+    # reflow (plugins/flowkit_flowmaps) is tested in tests/test_reflow.py
+    assert manager.registry.names("coupling") == ["exact-ot", "independent", "reflow", "sinkhorn"]
     for cls in (Independent, ExactOT, Sinkhorn):
         check_component("coupling", cls)
 

@@ -28,6 +28,7 @@ from flowkit.engine.distributed import World, failure_message, launcher_command,
 from flowkit.engine.rundir import read_status
 from flowkit.engine.seeds import stage_seed
 from flowkit.errors import ConfigError, FlowkitError
+from flowkit.interfaces import LossValue
 from flowkit.registry import PluginManager
 from flowkit.testing import make_manager
 
@@ -318,6 +319,8 @@ def one_process_reference(
                 x0, z, _ = coupling(x0, z, None, loss_gen)
                 paired = {"x0": x0}
             loss = loop.loss_fn(loop.role, pipe.path, z, generator=loss_gen, **paired)
+            if isinstance(loss, LossValue):  # a loss reporting extra scalars (meanflow, shortcut)
+                loss = loss.loss
             (loss / ranks).backward()
             losses.append(loss.detach())
         loop.optimizer.step()

@@ -20,7 +20,9 @@ IMAGES = ["digits", "digits-guidance"]
 # it in tmp_path and points [data] root there.
 FOLDERS = ["image-folder"]
 # Few-step generation: sampled with one network evaluation as they stand (examples/README.md).
-ONE_STEP = ["moons-meanflow"]
+ONE_STEP = ["moons-meanflow", "moons-shortcut"]
+# Reflow: its teacher is a finished run of moons.toml (built here without it: nothing is drawn at build).
+REFLOW = ["moons-reflow"]
 # Data to data (a path whose source is a dataset): its quality test is in tests/test_data_to_data.py.
 DATA_TO_DATA = ["gaussians-to-moons"]
 # What each trained example must reach even with a quarter of its training (the full runs reach
@@ -35,14 +37,14 @@ def manager():
 
 def test_every_example_is_listed_here():
     assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(
-        TRAINED + EXACT + IMAGES + ONE_STEP + FOLDERS + DATA_TO_DATA
+        TRAINED + EXACT + IMAGES + ONE_STEP + FOLDERS + DATA_TO_DATA + REFLOW
     )
 
 
-@pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP + DATA_TO_DATA)
+@pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP + DATA_TO_DATA + REFLOW)
 def test_example_builds(name, manager):
     pipe = build_pipeline(EXAMPLES / f"{name}.toml", (), manager)
-    assert pipe.model.trainable == (name in TRAINED + IMAGES + ONE_STEP + DATA_TO_DATA)
+    assert pipe.model.trainable == (name in TRAINED + IMAGES + ONE_STEP + DATA_TO_DATA + REFLOW)
 
 
 def run_example(name, manager, tmp_path, overrides=()):
@@ -70,6 +72,21 @@ def test_trained_example_is_within_3_times_the_noise_floor(name, manager, tmp_pa
 def test_one_step_example_is_within_3_times_the_noise_floor_at_one_evaluation(name, manager, tmp_path):
     metrics = run_example(name, manager, tmp_path, ["train.steps=1500", "train.warmup_steps=100"])
     assert metrics["train_steps"] == 1500 and metrics["nfe"] == 1
+    assert metrics["distance"] <= 3.0 * metrics["noise_floor"], metrics
+
+
+@pytest.mark.slow
+def test_reflow_example_is_within_3_times_the_noise_floor_at_one_evaluation(manager, tmp_path):
+    """A teacher of moons.toml with a quarter of its training, then the reflow student at reduced size."""
+    run_example("moons", manager, tmp_path, SHORT_TRAINING)
+    teacher = (tmp_path / "moons").as_posix()
+    reduced = [
+        f'loss.coupling={{kind="reflow", teacher="{teacher}", pairs=10000, teacher_steps=25}}',
+        f'train.init="{teacher}"',
+        "train.steps=1000",
+    ]
+    metrics = run_example("moons-reflow", manager, tmp_path, reduced)
+    assert metrics["train_steps"] == 1000 and metrics["nfe"] == 1
     assert metrics["distance"] <= 3.0 * metrics["noise_floor"], metrics
 
 

@@ -73,7 +73,20 @@ def stage_context(pipeline: Pipeline, stage: str, directory: Path | None = None)
         directory=directory,
         source=pipeline.source,
         make_generator=backend.generator,
+        open_run=_open_run(backend.device),
     )
+
+
+def _open_run(device: Any) -> Any:
+    """``StageContext.open_run``: a finished run opened on ``device`` (imported when first called, so
+    that a stage without a teacher loads none of it)."""
+
+    def open_run(directory: Path) -> Any:
+        from flowkit.engine.teacher import open_teacher
+
+        return open_teacher(Path(directory), device, set_up)
+
+    return open_run
 
 
 def set_up(pipeline: Pipeline, stage: str, directory: Path | None = None) -> None:

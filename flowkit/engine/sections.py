@@ -92,6 +92,11 @@ class TrainSection:
         "(unlabelled data: unused).",
         validator=[_non_negative, attrs.validators.lt(1)],
     )
+    init: str = param(
+        "",
+        doc="A finished run (relative to the pipeline file) whose sampling weights the network starts "
+        "from, e.g. a reflow student from its teacher (empty: a fresh initialisation).",
+    )
 
 
 @attrs.define(frozen=True)

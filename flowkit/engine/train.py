@@ -20,6 +20,7 @@ from flowkit.engine.distributed import any_rank, current_world
 from flowkit.engine.interrupts import Interrupted, SignalGuard, signal_name
 from flowkit.engine.loop import Diverged, TrainLoop
 from flowkit.engine.records import PipelineRun
+from flowkit.engine.teacher import start_from_init
 from flowkit.errors import FlowkitError
 from flowkit.hookspecs import hookimpl
 
@@ -30,6 +31,8 @@ def train(run: PipelineRun) -> bool:
     (a resumed run), run to ``[train] steps`` by :func:`train_with`. Returns ``True`` (trained)."""
     if run.signals is not None:  # from here on a signal waits for the end of a step
         run.signals.deferring = True
+    if run.training_state is None:  # a fresh run may start from another run's weights
+        start_from_init(run.pipeline)
     loop = TrainLoop(run.pipeline)
     if run.training_state is not None:
         loop.load_state_dict(run.training_state)

@@ -57,7 +57,8 @@ class MeanFlowDynamics(ProbabilityFlowODE):
             have = ", ".join(sorted(context.roles)) or "nothing"
             raise CapabilityError(
                 f"dynamics 'mean-flow' needs the average velocity u(x, t, r) of a two-time model, but the "
-                f'model provides {have}; train it with [loss] kind = "meanflow", or use dynamics = "flow"'
+                f'model provides {have}; train it with [loss] kind = "meanflow" or "shortcut", or use '
+                'dynamics = "flow"'
             )
         path = context.path if isinstance(context.path, GaussianProbabilityPath) else None
         dynamics = cls(params, average=context.roles[AVERAGE_VELOCITY], path=path)
