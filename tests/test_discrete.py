@@ -300,14 +300,14 @@ def test_the_checkerboard_grid_draws_only_dark_cells_uniformly():
     ]  # fmt: skip
 
 
-def test_the_digits_are_64_tokens_of_17_levels_with_labels():
+def test_the_digits_are_64_tokens_of_17_levels_with_labels_in_the_images_layout():
     pytest.importorskip("sklearn")
     data = DigitTokens()
     x, y = data.sample_labelled(50, generator=torch.Generator().manual_seed(0))
-    assert data.shape == (64,) and data.vocabulary == 17 and data.num_classes == 10
+    assert data.shape == (1, 8, 8) and data.vocabulary == 17 and data.num_classes == 10
     assert x.dtype == torch.long and int(x.min()) >= 0 and int(x.max()) <= 16 and y.shape == (50,)
     held = data.held_out()
-    assert held is not None and held[0].shape == (359, 64)
+    assert held is not None and held[0].shape == (359, 1, 8, 8)
 
 
 def test_a_token_file_is_read_and_checked(tmp_path):
