@@ -18,6 +18,8 @@ EXACT = ["oracle-ode", "oracle-sde"]
 IMAGES = ["digits"]
 # Few-step generation: sampled with one network evaluation as they stand (examples/README.md).
 ONE_STEP = ["moons-meanflow"]
+# Discrete flow matching: quality at reduced size in tests/test_discrete_quality.py; here a few steps.
+DISCRETE = ["checkerboard-discrete", "digits-discrete"]
 # What each trained example must reach even with a quarter of its training (the full runs reach
 # ratios of 0.8-0.9, see examples/README.md): within 3x the noise floor.
 SHORT_TRAINING = ["train.steps=3000", "train.warmup_steps=100"]
@@ -29,13 +31,14 @@ def manager():
 
 
 def test_every_example_is_listed_here():
-    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(TRAINED + EXACT + IMAGES + ONE_STEP)
+    listed = TRAINED + EXACT + IMAGES + ONE_STEP + DISCRETE
+    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(listed)
 
 
-@pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP)
+@pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP + DISCRETE)
 def test_example_builds(name, manager):
     pipe = build_pipeline(EXAMPLES / f"{name}.toml", (), manager)
-    assert pipe.model.trainable == (name in TRAINED + IMAGES + ONE_STEP)
+    assert pipe.model.trainable == (name in TRAINED + IMAGES + ONE_STEP + DISCRETE)
 
 
 def run_example(name, manager, tmp_path, overrides=()):
@@ -76,3 +79,15 @@ def test_digits_example_runs_guided_with_a_few_steps(manager, tmp_path, monkeypa
     )
     labels = np.load(tmp_path / "digits" / "labels.npy")
     assert np.bincount(labels).tolist() == [10] * 10  # "all": every class, equally often
+
+
+@pytest.mark.parametrize("name", DISCRETE)
+def test_discrete_example_runs_with_a_few_steps(name, manager, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWKIT_CACHE", str(tmp_path / "cache"))  # the digits' reference classifier
+    short = ["train.steps=3", "train.warmup_steps=1", "sample.steps=4", "sample.n=100", "evaluate.n=100"]
+    metrics = run_example(name, manager, tmp_path, short)
+    assert metrics["train_steps"] == 3 and metrics["nfe"] == 4  # guided: one batch of 2B a step
+    assert metrics["metric"] == "total-variation" and 0 < metrics["distance"] <= 1
+    samples = np.load(tmp_path / name / "samples.npy")
+    vocabulary = 17 if name == "digits-discrete" else 32
+    assert (samples == np.round(samples)).all() and 0 <= samples.min() <= samples.max() < vocabulary
