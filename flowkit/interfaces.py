@@ -220,7 +220,8 @@ class AnalyticModel(Model):
 
 
 class Loss(Component):
-    """A training objective. ``trains`` is the role the network learns (``"velocity"`` or ``"score"``).
+    """A training objective. ``trains`` is the role the network learns (``"velocity"``, ``"score"``, or
+    ``"posterior"``: the log-probabilities ``log p_{1|t}(. | x_t)`` of a discrete path's tokens).
 
     ``forward_mode_ad = True`` says the loss differentiates the model forward (``torch.func.jvp``):
     the engine then gives it the role around the plain network even under torchrun (DDP's wrapper

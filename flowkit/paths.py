@@ -37,7 +37,9 @@ class Dataset(Component):
     def sample(
         self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None
     ) -> Tensor:
-        """Return ``n`` samples, shape ``(n, *D)``, float32, on ``device`` (default: CPU)."""
+        """Return ``n`` samples, shape ``(n, *D)``, float32, on ``device`` (default: CPU); categorical
+        data (tokens) is int64 instead, and declares ``vocabulary``, the values a token takes. The
+        engine writes samples and hands metrics and plots float32 either way (tokens stay exact)."""
 
     # Labelled data (conditional generation). A dataset with labels sets ``num_classes > 0`` and
     # implements ``sample_labelled``; the class indices are ``0 .. num_classes - 1``, and the index

@@ -19,7 +19,9 @@ import attrs
 import torch
 from torch import Tensor
 
-Role = Literal["velocity", "score"]
+#: What a trained network predicts: a velocity, a score, or the posterior ``log p_{1|t}(y | x_t)`` over
+#: the values of each token of a discrete path (log-probabilities, ``(B, *D, V)``).
+Role = Literal["velocity", "score", "posterior"]
 #: ``progress(done, total)``: a simulator reports how far it is (steps, or thousandths of the time span).
 Progress = Callable[[int, int], None]
 

@@ -25,6 +25,8 @@ ONE_STEP = ["moons-meanflow", "moons-shortcut"]
 REFLOW = ["moons-reflow"]
 # Data to data (a path whose source is a dataset): its quality test is in tests/test_data_to_data.py.
 DATA_TO_DATA = ["gaussians-to-moons"]
+# Discrete flow matching: quality at reduced size in tests/test_discrete_quality.py; here a few steps.
+DISCRETE = ["checkerboard-discrete", "digits-discrete"]
 # What each trained example must reach even with a quarter of its training (the full runs reach
 # ratios of 0.8-0.9, see examples/README.md): within 3x the noise floor.
 SHORT_TRAINING = ["train.steps=3000", "train.warmup_steps=100"]
@@ -36,15 +38,14 @@ def manager():
 
 
 def test_every_example_is_listed_here():
-    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(
-        TRAINED + EXACT + IMAGES + ONE_STEP + FOLDERS + DATA_TO_DATA + REFLOW
-    )
+    listed = TRAINED + EXACT + IMAGES + ONE_STEP + FOLDERS + DATA_TO_DATA + REFLOW + DISCRETE
+    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(listed)
 
 
-@pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP + DATA_TO_DATA + REFLOW)
+@pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP + DATA_TO_DATA + REFLOW + DISCRETE)
 def test_example_builds(name, manager):
     pipe = build_pipeline(EXAMPLES / f"{name}.toml", (), manager)
-    assert pipe.model.trainable == (name in TRAINED + IMAGES + ONE_STEP + DATA_TO_DATA + REFLOW)
+    assert pipe.model.trainable == (name in TRAINED + IMAGES + ONE_STEP + DATA_TO_DATA + REFLOW + DISCRETE)
 
 
 def run_example(name, manager, tmp_path, overrides=()):
@@ -115,3 +116,15 @@ def test_image_folder_example_runs_on_the_folder_its_script_makes(manager, tmp_p
     metrics = run_example("image-folder", manager, tmp_path, [*short, "sample.n=60", "evaluate.n=60"])
     assert metrics["metric"] == "fid" and metrics["fid_reference"]["count"] == 60
     assert metrics["fid_held_out_count"] == 60 and metrics["fid_held_out"] < metrics["distance"]
+
+
+@pytest.mark.parametrize("name", DISCRETE)
+def test_discrete_example_runs_with_a_few_steps(name, manager, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWKIT_CACHE", str(tmp_path / "cache"))  # the digits' reference classifier
+    short = ["train.steps=3", "train.warmup_steps=1", "sample.steps=4", "sample.n=100", "evaluate.n=100"]
+    metrics = run_example(name, manager, tmp_path, short)
+    assert metrics["train_steps"] == 3 and metrics["nfe"] == 4  # guided: one batch of 2B a step
+    assert metrics["metric"] == "total-variation" and 0 < metrics["distance"] <= 1
+    samples = np.load(tmp_path / name / "samples.npy")
+    vocabulary = 17 if name == "digits-discrete" else 32
+    assert (samples == np.round(samples)).all() and 0 <= samples.min() <= samples.max() < vocabulary

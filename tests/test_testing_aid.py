@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = {
     "couplings",
     "data",
     "devices",
+    "discrete",
     "flowmaps",
     "gaussian",
     "guidance",

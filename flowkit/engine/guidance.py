@@ -205,7 +205,9 @@ def build_guidance(pipeline: Pipeline, guide_model: tuple[nn.Module, bool] | Non
             raise ConfigError(
                 f"{pipeline.source}: [sample] guidance ('{guide.registered_name}'): {exc}"
             ) from None
-    field = wrappers[trained](pipeline.context.roles[trained], 0.0, null, guide, guide_model)
+    # A role that is neither (a discrete posterior, as log-probabilities) is guided as it is: the
+    # guider's combination of its conditional and unconditional values.
+    field = wrappers.get(trained, GuidedField)(pipeline.context.roles[trained], 0.0, null, guide, guide_model)
     context = attrs.evolve(pipeline.context, roles={trained: field})
     built = type(dynamics).from_params(dynamics.params, context)
     built.registered_as(dynamics.registered_kind, dynamics.registered_name)

@@ -130,7 +130,7 @@ def image_metrics(
     held = dataset.held_out()
     if held is None or dataset.num_classes == 0 or len(dataset.shape) != 3 or held[1] is None:
         return None
-    held_x, held_y = held
+    held_x, held_y = held[0].float(), held[1]  # categorical data holds int64 tokens: read as values
     model = reference_classifier(dataset, held_x)
     out: dict[str, Any] = {
         "classifier_accuracy": float((model(held_x).argmax(1) == held_y).double().mean()),
@@ -143,7 +143,7 @@ def image_metrics(
             predicted = model(samples[asked]).argmax(1)
             out["class_accuracy"] = float((predicted == labels[asked]).double().mean())
     generator = torch.Generator().manual_seed(seed)
-    training = dataset.sample(samples.shape[0], generator=generator)
+    training = dataset.sample(samples.shape[0], generator=generator).float()
     ref = model.features(held_x)
     distance = frechet(model.features(samples), ref)
     floor = frechet(model.features(training), ref)
