@@ -18,6 +18,9 @@ EXACT = ["oracle-ode", "oracle-sde"]
 IMAGES = ["digits"]
 # Few-step generation: sampled with one network evaluation as they stand (examples/README.md).
 ONE_STEP = ["moons-meanflow"]
+# Riemannian flow matching on the sphere and the torus: their quality at reduced size is checked in
+# tests/test_manifolds.py (geodesic W2 and the vMF likelihood).
+MANIFOLDS = ["sphere-vmf", "torus-checkerboard"]
 # What each trained example must reach even with a quarter of its training (the full runs reach
 # ratios of 0.8-0.9, see examples/README.md): within 3x the noise floor.
 SHORT_TRAINING = ["train.steps=3000", "train.warmup_steps=100"]
@@ -29,13 +32,13 @@ def manager():
 
 
 def test_every_example_is_listed_here():
-    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(TRAINED + EXACT + IMAGES + ONE_STEP)
+    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(TRAINED + EXACT + IMAGES + ONE_STEP + MANIFOLDS)
 
 
-@pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP)
+@pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP + MANIFOLDS)
 def test_example_builds(name, manager):
     pipe = build_pipeline(EXAMPLES / f"{name}.toml", (), manager)
-    assert pipe.model.trainable == (name in TRAINED + IMAGES + ONE_STEP)
+    assert pipe.model.trainable == (name in TRAINED + IMAGES + ONE_STEP + MANIFOLDS)
 
 
 def run_example(name, manager, tmp_path, overrides=()):
