@@ -32,7 +32,9 @@ def manager():
 
 
 def test_every_example_is_listed_here():
-    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(TRAINED + EXACT + IMAGES + ONE_STEP + MANIFOLDS)
+    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(
+        TRAINED + EXACT + IMAGES + ONE_STEP + MANIFOLDS
+    )
 
 
 @pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP + MANIFOLDS)

@@ -35,12 +35,14 @@ class TangentMLP(Network):
     """``forward(x (B, n), t (B,)) -> (B, n)``, tangent to the manifold at ``x``.
 
     Layers: ``Linear`` and the activation for each width in ``hidden``, then a ``Linear`` to ``n``,
-    whose output ``f`` becomes ``to_tangent(x, f)``. Inputs: ``[x, t]`` on the sphere, ``[cos x, sin
-    x, t]`` on the torus, with ``2 * time_features`` Fourier features ``sin(pi 2^k t), cos(pi 2^k t)``
-    appended to ``t`` when asked for.
+    whose output ``f`` becomes ``to_tangent(x, f)``. Inputs: ``[x, t]`` on the sphere, ``[cos k x,
+    sin k x (k = 1 .. harmonics), t]`` on the torus (a sharp pattern needs more than ``k = 1``),
+    with ``2 * time_features`` Fourier features ``sin(pi 2^k t), cos(pi 2^k t)`` appended to ``t``
+    when asked for.
     """
 
     frequencies: Tensor
+    harmonic: Tensor
 
     @attrs.define(frozen=True)
     class Params:
@@ -59,12 +61,17 @@ class TangentMLP(Network):
             doc="Fourier frequencies of t fed in besides t (0: plain t).",
             validator=[attrs.validators.ge(0), attrs.validators.le(32)],
         )
+        harmonics: int = param(
+            1,
+            doc="On the torus: the input is cos(k x), sin(k x) for k = 1 .. harmonics (periodic in x).",
+            validator=[attrs.validators.ge(1), attrs.validators.le(64)],
+        )
 
     def __init__(self, params: TangentMLP.Params, manifold: Manifold, dim: int) -> None:
         super().__init__(params)
         self.manifold, self.dim = manifold, dim
         periodic = manifold.name == "torus"
-        width_in = (2 * dim if periodic else dim) + 1 + 2 * params.time_features
+        width_in = (2 * dim * params.harmonics if periodic else dim) + 1 + 2 * params.time_features
         layers: list[nn.Module] = []
         for width in params.hidden:
             layers += [nn.Linear(width_in, width), ACTIVATIONS[params.activation]()]
@@ -75,6 +82,9 @@ class TangentMLP(Network):
         self.register_buffer(
             "frequencies", math.pi * 2.0 ** torch.arange(params.time_features, dtype=torch.float32)
         )
+        # Not saved: it follows from the parameters.
+        harmonic = torch.arange(1, params.harmonics + 1, dtype=torch.float32)
+        self.register_buffer("harmonic", harmonic, persistent=False)
 
     @classmethod
     def from_params(cls, params: TangentMLP.Params, context: BuildContext) -> TangentMLP:
@@ -96,7 +106,11 @@ class TangentMLP(Network):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         t = t.to(x.dtype)[:, None]
-        features = [torch.cos(x), torch.sin(x)] if self.periodic else [x]
+        if self.periodic:
+            angles = (x[:, :, None] * self.harmonic.to(x.dtype)).flatten(1)  # (B, n * harmonics)
+            features = [torch.cos(angles), torch.sin(angles)]
+        else:
+            features = [x]
         features.append(t)
         if self.params.time_features:
             angle = t * self.frequencies.to(x.dtype)
