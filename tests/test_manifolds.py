@@ -4,6 +4,7 @@ the geodesic path, the projected solvers, the likelihood on a manifold, the data
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from flowkit.errors import CapabilityError, FlowkitError
 from flowkit.interfaces import ODE
 
 SPHERE, TORUS = Sphere(), FlatTorus()
+SPHERE_SHORT = ["train.steps=2000", "train.batch_size=512"]
+TORUS_SHORT = ["train.steps=2000"]
 SIMULATORS = {"euler": ManifoldEuler, "midpoint": ManifoldMidpoint, "rk4": ManifoldRK4}
 
 
@@ -248,21 +251,32 @@ def test_a_rotation_is_integrated_exactly_up_to_the_solver_error():
 # ---------------------------------------------------------------------------------------------------
 
 
-def network(manifold: str, seed: int = 0) -> TangentMLP:
+def network(manifold: str, seed: int = 0, harmonics: int = 1) -> TangentMLP:
     torch.manual_seed(seed)
     dim = 3 if manifold == "sphere" else 2
-    return TangentMLP(TangentMLP.Params(hidden=[32, 32]), path(manifold).manifold, dim).double().eval()
+    params = TangentMLP.Params(hidden=[32, 32], harmonics=harmonics, time_features=2)
+    return TangentMLP(params, path(manifold).manifold, dim).double().eval()
 
 
 def test_tangent_network_output_is_tangent_and_torus_network_is_periodic():
     net = network("sphere")
     x = sphere_points(100)
     assert (net(x, torch.rand(100, dtype=torch.float64)) * x).sum(1).abs().max() < 1e-12
-    torus_net = network("torus")
+    torus_net = network("torus", harmonics=3)
     y, t = torus_points(100), torch.rand(100, dtype=torch.float64)
     assert torch.allclose(
         torus_net(y, t), torus_net(y + TWO_PI * torch.tensor([1.0, -2.0], dtype=torch.float64), t), atol=1e-10
     )
+
+
+def test_likelihood_ode_projects_the_point_and_leaves_the_integrals():
+    from flowkit.engine.likelihood import ChangeOfVariables
+
+    augmented = ChangeOfVariables(Field(rotation, path("sphere")), (3,), 0.0, 1.0)
+    y = torch.tensor([[0.0, 0.0, 2.0, 5.0], [3.0, 4.0, 0.0, -1.0]])
+    assert augmented.projects
+    assert torch.equal(augmented.project(y), torch.tensor([[0.0, 0.0, 1.0, 5.0], [0.6, 0.8, 0.0, -1.0]]))
+    assert not ChangeOfVariables(Field(rotation), (3,), 0.0, 1.0).projects
 
 
 def ambient_divergence(field, x):
@@ -441,3 +455,66 @@ def test_geodesic_w2_refuses_non_finite_samples():
     metric = GeodesicW2(GeodesicW2.Params())
     with pytest.raises(FlowkitError, match="metric 'geodesic-w2': samples contain 1 NaN or infinite values"):
         metric(torch.tensor([[float("nan"), 0.0, 1.0]]), torch.tensor([[0.0, 0.0, 1.0]]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# flow_matching's RiemannianODESolver on the same network (the bench extra; skipped without it)
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("manifold", ["sphere", "torus"])
+@pytest.mark.parametrize("method", list(SIMULATORS))
+def test_projected_solvers_agree_with_flow_matching_riemannian_solver(manifold, method):
+    pytest.importorskip("torchdiffeq")
+    solver_module = pytest.importorskip("flow_matching.solver")
+    manifolds = pytest.importorskip("flow_matching.utils.manifolds")
+    from flow_matching.utils import ModelWrapper
+
+    net = network(manifold, seed=1)
+
+    class Wrapped(ModelWrapper):
+        def forward(self, x, t, **extras):
+            return self.model(x, t.expand(x.shape[0]))
+
+    reference_manifold = manifolds.Sphere() if manifold == "sphere" else manifolds.FlatTorus()
+    solver = solver_module.RiemannianODESolver(reference_manifold, Wrapped(net))
+    x = path(manifold).sample_prior((256, 3 if manifold == "sphere" else 2), generator(18)).double()
+    grid = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+    with torch.no_grad():
+        expected = solver.sample(x, step_size=None, method=method, time_grid=grid)
+        ours = SIMULATORS[method]().simulate(Field(lambda x, t: net(x, t), path(manifold)), x, grid)
+    assert torch.allclose(path(manifold).manifold.log(expected, ours), torch.zeros_like(ours), atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Quality at reduced size (the examples with shorter training)
+# ---------------------------------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(name, tmp_path, overrides):
+    from flowkit.engine import build_pipeline, run_pipeline
+    from flowkit.testing import make_manager
+
+    manager = make_manager()
+    pipe = build_pipeline(EXAMPLES / f"{name}.toml", overrides, manager)
+    run = run_pipeline(pipe, manager, out=str(tmp_path / name), quiet=True)
+    return run.metrics, np.load(tmp_path / name / "samples.npy")
+
+
+@pytest.mark.slow
+def test_sphere_example_reaches_its_floor_and_the_exact_vmf_likelihood(tmp_path):
+    metrics, samples = run_example("sphere-vmf", tmp_path, SPHERE_SHORT)
+    assert np.abs(np.linalg.norm(samples, axis=1) - 1).max() <= 1e-5
+    assert metrics["nfe"] == 400  # 100 RK4 steps
+    assert metrics["distance"] <= 1.3 * metrics["noise_floor"], metrics
+    assert abs(metrics["nll_gap"]) <= 0.05, metrics
+
+
+@pytest.mark.slow
+def test_torus_example_reaches_its_floor(tmp_path):
+    metrics, samples = run_example("torus-checkerboard", tmp_path, TORUS_SHORT)
+    assert samples.min() >= 0.0 and samples.max() < TWO_PI
+    assert metrics["nfe"] == 400
+    assert metrics["distance"] <= 1.3 * metrics["noise_floor"], metrics
