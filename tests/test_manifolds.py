@@ -351,6 +351,26 @@ def test_tangent_network_needs_the_geodesic_path(flowkit_registry):
         build_pipeline(spec, (), make_manager())
 
 
+def test_geodesic_path_refuses_data_that_are_not_vectors_when_built():
+    from flowkit.engine import build_pipeline
+    from flowkit.testing import make_manager
+
+    spec = {
+        "run": {"seed": 0, "device": "cpu"},
+        "data": {"kind": "digits"},
+        "path": {"kind": "geodesic"},
+        "model": {"kind": "mlp", "hidden": [8]},
+        "loss": {"kind": "cfm"},
+        "train": {"steps": 1, "batch_size": 8},
+    }
+    expected = (
+        r"path 'geodesic' on the sphere needs vector data of shape \(n,\), but the dataset 'digits' has "
+        r"samples of shape \(1, 8, 8\)"
+    )
+    with pytest.raises(FlowkitError, match=expected):
+        build_pipeline(spec, (), make_manager())
+
+
 # ---------------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from flowkit.errors import CapabilityError
-from flowkit.interfaces import ProbabilityPath
+from flowkit.interfaces import BuildContext, ProbabilityPath
 from flowkit.params import param
 from flowkit_manifolds.geometry import MANIFOLDS, Manifold
 
@@ -38,6 +38,19 @@ class GeodesicPath(ProbabilityPath):
             doc="The manifold: sphere (unit vectors in R^(d+1)) or torus (angles in [0, 2 pi)^d).",
             validator=attrs.validators.in_(tuple(MANIFOLDS)),
         )
+
+    @classmethod
+    def from_params(cls, params: GeodesicPath.Params, context: BuildContext) -> GeodesicPath:
+        """Refuse, when the pipeline is built, data that are not vectors (images, tokens)."""
+        if context.dataset is not None:
+            shape = tuple(context.dataset.shape)
+            if len(shape) != 1 or shape[0] < (2 if params.manifold == "sphere" else 1):
+                raise CapabilityError(
+                    f"path 'geodesic' on the {params.manifold} needs vector data of shape (n,), but the "
+                    f"dataset '{context.dataset.display_name}' has samples of shape {shape}; use data on "
+                    f'the {params.manifold} (e.g. kind = "vmf-mixture" or "torus-checkerboard")'
+                )
+        return cls(params)
 
     @property
     def manifold(self) -> Manifold:
