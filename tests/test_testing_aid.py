@@ -35,6 +35,7 @@ BUILTIN_PLUGINS = {
     "gaussian",
     "guidance",
     "losses",
+    "manifolds",
     "metrics",
     "nets",
     "report",
