@@ -27,6 +27,12 @@ REFLOW = ["moons-reflow"]
 DATA_TO_DATA = ["gaussians-to-moons"]
 # Discrete flow matching: quality at reduced size in tests/test_discrete_quality.py; here a few steps.
 DISCRETE = ["checkerboard-discrete", "digits-discrete"]
+# Riemannian flow matching on the sphere and the torus: their quality at reduced size is checked in
+# tests/test_manifolds.py (geodesic W2 and the vMF likelihood).
+MANIFOLDS = ["sphere-vmf", "torus-checkerboard"]
+# Every example that trains a model, and every example a pipeline builds from as it stands.
+TRAINABLE = TRAINED + IMAGES + ONE_STEP + DATA_TO_DATA + REFLOW + DISCRETE + MANIFOLDS
+BUILT = TRAINABLE + EXACT
 # What each trained example must reach even with a quarter of its training (the full runs reach
 # ratios of 0.8-0.9, see examples/README.md): within 3x the noise floor.
 SHORT_TRAINING = ["train.steps=3000", "train.warmup_steps=100"]
@@ -38,14 +44,13 @@ def manager():
 
 
 def test_every_example_is_listed_here():
-    listed = TRAINED + EXACT + IMAGES + ONE_STEP + FOLDERS + DATA_TO_DATA + REFLOW + DISCRETE
-    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(listed)
+    assert sorted(p.stem for p in EXAMPLES.glob("*.toml")) == sorted(BUILT + FOLDERS)
 
 
-@pytest.mark.parametrize("name", TRAINED + EXACT + IMAGES + ONE_STEP + DATA_TO_DATA + REFLOW + DISCRETE)
+@pytest.mark.parametrize("name", BUILT)
 def test_example_builds(name, manager):
     pipe = build_pipeline(EXAMPLES / f"{name}.toml", (), manager)
-    assert pipe.model.trainable == (name in TRAINED + IMAGES + ONE_STEP + DATA_TO_DATA + REFLOW + DISCRETE)
+    assert pipe.model.trainable == (name in TRAINABLE)
 
 
 def run_example(name, manager, tmp_path, overrides=()):

@@ -36,6 +36,7 @@ BUILTIN_PLUGINS = {
     "gaussian",
     "guidance",
     "losses",
+    "manifolds",
     "metrics",
     "nets",
     "report",

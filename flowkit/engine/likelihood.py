@@ -94,6 +94,18 @@ class ChangeOfVariables(ODE):
         #: ``(B, m, D)`` Hutchinson probes, fixed along the trajectories, or ``None`` for exact.
         self.probes = probes
 
+    @property
+    def projects(self) -> bool:
+        """Whether the dynamics project their states (a path on a manifold): then so does this ODE."""
+        return self.dynamics.projects
+
+    def project(self, y: Tensor) -> Tensor:
+        """The point's part of ``y`` projected as the dynamics project it, the integrals untouched: the
+        reversed flow stays on the manifold where the forward one does."""
+        batch = y.shape[0]
+        x = self.dynamics.project(y[:, : self.dim].reshape(batch, *self.shape))
+        return torch.cat([x.reshape(batch, -1), y[:, self.dim :]], dim=1)
+
     def drift(self, y: Tensor, s: Tensor) -> Tensor:
         """``(-u_t(x), div u_t(x))`` at reversed time ``s (B,)``; ``y`` and the result ``(B, D + m)``."""
         batch = y.shape[0]
