@@ -81,7 +81,10 @@ def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[Axis]]:
         if not elements:
             raise ConfigError(f"--set {text}: an axis needs at least one value")
         for element in elements:
-            parse_override(f"{key.strip()}={element}")
+            try:
+                parse_override(f"{key}={element}")
+            except ConfigError as exc:  # named by the whole --set the user wrote
+                raise ConfigError(str(exc).replace(f"--set {key}={element}", f"--set {text}", 1)) from None
         if len(set(elements)) != len(elements):
             raise ConfigError(f"--set {text}: a value appears twice in the axis")
         if key.strip() in {a.key for a in axes}:
