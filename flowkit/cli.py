@@ -243,7 +243,7 @@ def sample_command(
     with _own_run("sample", run_dir, out):
         target, record = sample_run(run_dir, state.manager(), n=n, overrides=overrides, out=out, note=_warn)
     click.echo(
-        f"{record['n']} samples ({record['simulator']}, {record['steps']} steps, nfe = {record['nfe']}) "
+        f"{record['n']} samples ({record['simulator']}, {record['stepping']}, nfe = {record['nfe']}) "
         f"from {record['weights']}"
     )
     click.echo(f"written to {target}")
