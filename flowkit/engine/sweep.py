@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -185,6 +186,10 @@ class Outcome:
     wall_seconds: float = 0.0
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def execute(
     plan: dict[str, Any],
     root: Path,
@@ -204,6 +209,8 @@ def execute(
     (root / "logs").mkdir(exist_ok=True)
     running: dict[str, tuple[subprocess.Popen[bytes], float, Any]] = {}
     started = time.perf_counter()
+    main_thread = threading.current_thread() is threading.main_thread()  # where handlers can be set
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None  # stops runs as Ctrl-C
     try:
         while todo or running:
             while todo and len(running) < jobs:
@@ -212,8 +219,14 @@ def execute(
                 log = open(root / "logs" / f"{run['name']}.log", "ab")  # noqa: SIM115 - closed below
                 log.write(f"$ {' '.join(command[1:])}\n".encode())
                 log.flush()
+                # A session of its own: a Ctrl-C at the terminal reaches the sweep alone, which passes
+                # one SIGINT on (a second one would stop a run before its checkpoint).
                 process = subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, env=one_thread_environment()
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=one_thread_environment(),
+                    start_new_session=True,
                 )
                 running[run["name"]] = (process, time.perf_counter(), log)
                 note(f"{run['name']}: {command[3 + len(flags)]} ({' '.join(run['set'])})")
@@ -237,5 +250,8 @@ def execute(
             process.wait()
             log.close()
         raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     outcome.wall_seconds = time.perf_counter() - started
     return outcome
