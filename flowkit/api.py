@@ -21,10 +21,12 @@ and the key, as they name the file for a file.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
+import attrs
 import numpy as np
 import torch
 from torch import Tensor
@@ -32,8 +34,9 @@ from torch import Tensor
 from flowkit.engine.build import build_pipeline
 from flowkit.engine.checkpoints import load_weights
 from flowkit.engine.components import set_up
-from flowkit.engine.evaluate import measure
+from flowkit.engine.evaluate import measure, plugin_metrics
 from flowkit.engine.guidance import sample_labels
+from flowkit.engine.likelihood import evaluate_likelihood, likelihood_metrics, run_settings
 from flowkit.engine.loop import Diverged, TrainLoop
 from flowkit.engine.records import Pipeline, PipelineRun
 from flowkit.engine.run import run_pipeline
@@ -59,12 +62,14 @@ class LoadedPipeline:
         self.directory = directory
         self.trained = not pipeline.model.trainable
         self._samples: Tensor | None = None
+        self._nfe: int | None = None
 
-    def train(self, steps: int | None = None) -> list[tuple[int, float]]:
+    def train(self, steps: int | None = None, progress: bool = True) -> list[tuple[int, float]]:
         """Train for ``[train] steps`` (or ``steps``); returns the mean loss every ``log_every`` steps.
 
         Afterwards the model holds the weights sampling uses (the EMA, where enabled). Same seed, same
-        weights as ``flowkit run``. Nothing is written to disk.
+        weights as ``flowkit run``. Nothing is written to disk. ``progress`` shows the progress bar
+        ``flowkit run`` shows (on stderr, with the running loss); ``progress=False`` hides it.
         """
         if not self.pipeline.model.trainable:
             raise FlowkitError(
@@ -74,15 +79,25 @@ class LoadedPipeline:
         if not self.trained:
             start_from_init(self.pipeline)
         loop = TrainLoop(self.pipeline)
+        total = loop.cfg.steps if steps is None else steps
+        bar = _progress_bar(total) if progress else None
         logged = []
         try:
-            for step, _, mean in loop.run(loop.cfg.steps if steps is None else steps):
+            for step, _, mean in loop.run(total):
+                if bar is not None:
+                    bar.update(1)
                 if mean is not None:
                     logged.append((step, mean))
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
         except Diverged as exc:
             raise FlowkitError(loop.divergence(exc)) from None
+        finally:
+            if bar is not None:
+                bar.close()
         loop.finish()
         self.trained = True
+        self._nfe = None
         return logged
 
     @overload
@@ -105,6 +120,7 @@ class LoadedPipeline:
         x0, drawn = draw_samples(self.pipeline, count)
         samples = drawn.float().cpu()
         self._samples = samples
+        self._nfe = self.pipeline.sample.simulator.last_nfe
         if not noise:
             return samples
         labels = sample_labels(self.pipeline, count)
@@ -120,8 +136,11 @@ class LoadedPipeline:
         return sample_labels(self.pipeline, count)
 
     def evaluate(self, samples: Tensor | None = None) -> dict[str, Any]:
-        """The ``[evaluate]`` metrics of ``samples`` (default: the last :meth:`sample`, or a fresh
-        ``[sample] n``): distance, noise floor and their ratio."""
+        """The metrics ``flowkit run`` writes to ``metrics.json`` for ``samples`` (default: the last
+        :meth:`sample`, or a fresh ``[sample] n``), timings aside: the ``[evaluate]`` distance, its
+        noise floor and their ratio, the likelihood of held-out data (``[evaluate] likelihood``), the
+        plugins' metrics (image metrics), and ``nfe`` and ``sample_steps`` for samples drawn here."""
+        drawn = samples is None
         if samples is None:
             samples = self._samples if self._samples is not None else self.sample()
         need = self.pipeline.evaluate.n
@@ -130,7 +149,38 @@ class LoadedPipeline:
                 f"evaluate: [evaluate] n = {need} needs as many samples, got {samples.shape[0]}"
             )
         set_up(self.pipeline, "evaluate", self.directory)
-        return measure(self.pipeline, samples.float().cpu())[0]
+        metrics, reference = measure(self.pipeline, samples.float().cpu())
+        if drawn and self._nfe is not None:
+            metrics.update(nfe=self._nfe, sample_steps=self.pipeline.sample.steps)
+        if metrics.get("distance") is None:
+            return metrics
+        if self.pipeline.evaluate.likelihood is not None:
+            metrics.update(likelihood_metrics(self.pipeline))
+        labels = sample_labels(self.pipeline, samples.shape[0]) if drawn else None
+        offered = Samples(samples.float().cpu(), None, self._nfe or 0, labels)
+        with tempfile.TemporaryDirectory() as scratch:  # a run directory for plugins; nothing is kept
+            directory = self.directory if self.directory is not None else Path(scratch)
+            run = PipelineRun(self.pipeline, directory, self.manager.hook, quiet=True, metrics=metrics)
+            plugin_metrics(run, offered, reference)
+        return metrics
+
+    def likelihood(self, data: Tensor | None = None, n: int | None = None, **settings: Any) -> dict[str, Any]:
+        """The log-likelihood of ``data (N, *D)`` (default: ``n`` held-out points, ``[evaluate]
+        likelihood n`` by default) under the model, as ``flowkit likelihood`` reports it: ``nll``
+        (nats per point), ``bits_per_dim``, ``nfe``, ... ``settings`` override keys of ``[evaluate]
+        likelihood`` (``estimator="hutchinson"``); the per-point values are in ``["log_prob"]``."""
+        self._require_trained("likelihood")
+        overrides = [f"{key}={_toml_value(value)}" for key, value in settings.items()]
+        source = str(self.directory / "pipeline.toml") if self.directory is not None else self.pipeline.source
+        chosen = run_settings(self.pipeline, self.manager.registry, overrides, source)
+        if n is not None:
+            chosen = attrs.evolve(chosen, n=int(n))
+        points = None if data is None else data.float()[: n if n is not None else len(data)]
+        set_up(self.pipeline, "likelihood", self.directory)
+        report = evaluate_likelihood(
+            self.pipeline, chosen, points, source="data" if data is not None else "held-out data"
+        )
+        return {**report.metrics, "log_prob": report.log_prob}
 
     def run(self, out: str | Path | None = None, quiet: bool = True) -> FinishedRun:
         """Train, sample and evaluate into a new run directory, as ``flowkit run`` does; returns it.
@@ -187,8 +237,27 @@ class FinishedRun:
             return self.pipeline.sample(n, noise=True)
         return self.pipeline.sample(n)
 
+    def likelihood(self, data: Tensor | None = None, n: int | None = None, **settings: Any) -> dict[str, Any]:
+        """The log-likelihood of ``data`` (default: held-out points) under the run's trained model:
+        see :meth:`LoadedPipeline.likelihood` (``flowkit likelihood RUN_DIR`` reports the same)."""
+        return self.pipeline.likelihood(data, n, **settings)
+
     def __repr__(self) -> str:
         return f"FinishedRun({str(self.directory)!r})"
+
+
+def _progress_bar(total: int) -> Any:
+    """The training progress bar of ``flowkit run`` (the report plugin's): on stderr, steps and rate."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="train", unit="step", dynamic_ncols=True, leave=True, mininterval=0.25)
+
+
+def _toml_value(value: Any) -> str:
+    """A Python value as the TOML text of a ``KEY=VALUE`` override."""
+    import tomli_w
+
+    return tomli_w.dumps({"v": value})[len("v = ") :].strip()
 
 
 def load_pipeline(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 import flowkit
+from flowkit import cli_sweep
 from flowkit.errors import FlowkitError
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ def main(ctx: click.Context, debug: bool, block: tuple[str, ...]) -> None:
     ctx.obj = _State(debug, block)
 
 
+cli_sweep.register(main)  # flowkit sweep, flowkit compare
 _set_option = click.option(
     "--set",
     "overrides",
@@ -241,7 +243,7 @@ def sample_command(
     with _own_run("sample", run_dir, out):
         target, record = sample_run(run_dir, state.manager(), n=n, overrides=overrides, out=out, note=_warn)
     click.echo(
-        f"{record['n']} samples ({record['simulator']}, {record['steps']} steps, nfe = {record['nfe']}) "
+        f"{record['n']} samples ({record['simulator']}, {record['stepping']}, nfe = {record['nfe']}) "
         f"from {record['weights']}"
     )
     click.echo(f"written to {target}")

@@ -169,7 +169,7 @@ def test_an_absent_plugin_table_is_none_and_an_unknown_name_one_error(tmp_path, 
     assert str(info.value) == (
         "<dict>: run.table('contrcat'): no table [contrcat] is known, neither one of flowkit's nor one "
         "a plugin declared (registry.add_table). Did you mean 'contract'? Known tables: flowkit, run, "
-        "data, path, model, loss, train, sample, evaluate, report, contract"
+        "data, path, model, loss, train, sample, evaluate, mlflow, report, tensorboard, wandb, contract"
     )
 
 

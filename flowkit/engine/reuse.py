@@ -126,14 +126,16 @@ def sample_run(
     set_up(pipeline, "sample", root)
     _, samples = draw_samples(pipeline, count)
     nfe = cfg.simulator.last_nfe
-    stem = f"samples-{cfg.simulator.registered_name}-{cfg.steps}"
+    adaptive = cfg.simulator.adaptive  # it chooses its own steps: [sample] steps is not one of them
+    stem = f"samples-{cfg.simulator.registered_name}-{'adaptive' if adaptive else cfg.steps}"
     target = claim_file(Path(out)) if out is not None else unused_file(root, stem, ".npy")
     write_array(target, samples.float().cpu().numpy())
     record = {
         "n": count,
         "nfe": nfe,
         "simulator": cfg.simulator.registered_name,
-        "steps": cfg.steps,
+        "steps": None if adaptive else cfg.steps,
+        "stepping": _stepping(cfg.simulator) if adaptive else f"{cfg.steps} steps",
         "weights": origin,
     }
     if labels is not None:  # a conditional model: the class of each sample, beside the samples
@@ -141,6 +143,15 @@ def sample_run(
         write_array(labels_file, labels.numpy())
         record["labels"] = str(labels_file)
     return target, record
+
+
+def _stepping(simulator: Any) -> str:
+    """How an adaptive simulator stepped: ``adaptive: 14 steps accepted, 2 rejected`` where it counts
+    them, else ``adaptive steps``."""
+    accepted, rejected = getattr(simulator, "last_accepted", None), getattr(simulator, "last_rejected", None)
+    if accepted is None:
+        return "adaptive steps"
+    return f"adaptive: {accepted} steps accepted" + (f", {rejected} rejected" if rejected is not None else "")
 
 
 def evaluate_run(
