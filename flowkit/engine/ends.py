@@ -53,7 +53,11 @@ def check_finite_dynamics(pipeline: Pipeline) -> None:
     network.eval()  # no dropout draw from the global generator, no running statistics updated
     try:
         for t in probed.tolist():
-            drift = dynamics.drift(x, torch.full((_POINTS,), t, dtype=x.dtype, device=device))
+            at = torch.full((_POINTS,), t, dtype=torch.float32 if not x.is_floating_point() else x.dtype)
+            try:
+                drift = dynamics.drift(x, at.to(device))
+            except CapabilityError:  # dynamics with no drift (a jump process): their own sampler's affair
+                return
             if not bool(torch.isfinite(drift).all()):
                 raise CapabilityError(_message(pipeline, t))
     finally:
