@@ -25,7 +25,7 @@ from torch import Tensor
 
 from flowkit.engine.distributed import rank_seed
 from flowkit.engine.guidance import num_classes
-from flowkit.engine.returns import returned_labelled, returned_tensor
+from flowkit.engine.returns import draw_prior, returned_labelled, returned_tensor
 from flowkit.errors import FlowkitError
 
 if TYPE_CHECKING:
@@ -154,8 +154,7 @@ class BatchProducer:
         if self.match_labels:
             return self._draw_labelled()
         z, y = self.labelled_batch() if self.num_classes else (self.data(), None)
-        x0 = self.pipeline.path.sample_prior(tuple(z.shape), generator=self.noise_gen, device=self.device)
-        x0 = returned_tensor(x0, self.pipeline.path, "sample_prior", tuple(z.shape), "draws of p_init")
+        x0 = draw_prior(self.pipeline.path, tuple(z.shape), self.noise_gen, self.device)
         return _Drawn(z, y, x0 if x0.dtype == z.dtype else x0.to(z.dtype))
 
     def _draw_labelled(self) -> _Drawn:

@@ -18,7 +18,7 @@ import torch
 
 from flowkit.engine.guidance import guided_dynamics, num_classes
 from flowkit.engine.records import Pipeline, sample_times
-from flowkit.engine.returns import returned_tensor
+from flowkit.engine.returns import draw_prior
 from flowkit.errors import CapabilityError
 
 #: Points probed at each time; at most this many times are probed (the first, the one before the
@@ -42,8 +42,7 @@ def check_finite_dynamics(pipeline: Pipeline) -> None:
     device = pipeline.device.device
     generator = torch.Generator(device=device).manual_seed(0)  # its own: the run's draws are untouched
     shape = (_POINTS, *pipeline.dataset.shape)
-    x = pipeline.path.sample_prior(shape, generator=generator, device=device)
-    x = returned_tensor(x, pipeline.path, "sample_prior", shape, "draws of p_init")
+    x = draw_prior(pipeline.path, shape, generator, device)
     labels = None
     if num_classes(pipeline):  # a conditional model: class 0, guided as sampling guides it
         labels = torch.zeros(_POINTS, dtype=torch.long, device=device)
@@ -53,9 +52,9 @@ def check_finite_dynamics(pipeline: Pipeline) -> None:
     network.eval()  # no dropout draw from the global generator, no running statistics updated
     try:
         for t in probed.tolist():
-            at = torch.full((_POINTS,), t, dtype=torch.float32 if not x.is_floating_point() else x.dtype)
+            times_dtype = x.dtype if x.is_floating_point() else torch.float32  # tokens: float times
             try:
-                drift = dynamics.drift(x, at.to(device))
+                drift = dynamics.drift(x, torch.full((_POINTS,), t, dtype=times_dtype, device=device))
             except CapabilityError:  # dynamics with no drift (a jump process): their own sampler's affair
                 return
             if not bool(torch.isfinite(drift).all()):

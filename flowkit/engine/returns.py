@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from flowkit.errors import PluginError
-from flowkit.interfaces import Component
+from flowkit.interfaces import Component, ProbabilityPath
 
 
 def returned_tensor(
@@ -32,6 +33,15 @@ def returned_tensor(
             f"expected {expected}"
         )
     return value
+
+
+def draw_prior(
+    path: ProbabilityPath, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """``shape`` draws of the path's ``p_init`` (``sample_prior``), checked: how the engine draws them
+    wherever it does (sampling, the noise of a training batch, the build's check of the dynamics)."""
+    x0 = path.sample_prior(shape, generator=generator, device=device)
+    return returned_tensor(x0, path, "sample_prior", shape, "draws of p_init")
 
 
 def returned_labelled(value: object, component: Component, method: str, n: int) -> tuple[Tensor, Tensor]:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from flowkit.engine.guidance import guided_dynamics, sample_labels
 from flowkit.engine.records import Pipeline, PipelineRun, sample_times
-from flowkit.engine.returns import returned_tensor
+from flowkit.engine.returns import draw_prior, returned_tensor
 from flowkit.engine.rundir import write_array
 from flowkit.engine.seeds import stage_seed
 from flowkit.hookspecs import hookimpl
@@ -42,8 +42,7 @@ def draw_samples(
     span = ts[[0, -1]] if simulator.adaptive else ts
     generator = backend.generator(stage_seed(pipeline.run.seed, seed_stage))
     shape = (n, *pipeline.dataset.shape)
-    x0 = pipeline.path.sample_prior(shape, generator=generator, device=device)
-    x0 = returned_tensor(x0, pipeline.path, "sample_prior", shape, "draws of p_init")
+    x0 = draw_prior(pipeline.path, shape, generator, device)
     # A conditional model samples the labels of sample_labels, guided by [sample] guidance.
     labels = sample_labels(pipeline, n)
     dynamics = guided_dynamics(pipeline, None if labels is None else labels.to(device))
