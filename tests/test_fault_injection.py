@@ -28,8 +28,7 @@ pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).with_name("fault_worker.py")
 SETS = ["train.steps=200", "train.checkpoint_every=100", "train.log_every=50", "report.plots=false"]
-#: Writes before the run's status says "running" (the first write of status.json) set up the
-#: directory; a kill there leaves no run to resume, which test_run_directory covers.
+#: Kill points drawn per phase (during, before-replace, after).
 TRIALS_PER_PHASE = 3
 
 
@@ -62,7 +61,8 @@ def reference(tmp_path_factory):
 
 def _points(writes: list[tuple[int, str, str]], phase: str, seed: int) -> list[tuple[int, str, float]]:
     """``TRIALS_PER_PHASE`` points ``(event, phase, fraction)`` among the writes from the first status
-    update on; always including the first checkpoint's own write."""
+    update on; always including the first checkpoint's own write. Writes before the run's status says
+    "running" set up the directory; a kill there leaves no run to resume (test_run_directory covers it)."""
     first_status = next(i for i, _, name in writes if name == "status.json")
     candidates = [i for i, function, _ in writes if i >= first_status]
     if phase == "before-replace":  # only whole-file writes have a temporary file
