@@ -12,6 +12,7 @@ the ``ctmc`` dynamics sample from and what guidance combines.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, ClassVar
 
 import torch
@@ -103,9 +104,9 @@ class DiscreteLoss(Loss):
         t, x, log_posterior, mixture = self.draw(model, path, z, generator, y)
         return self.objective(log_posterior, z, x, t, mixture)
 
+    @abc.abstractmethod
     def objective(self, log_posterior: Tensor, z: Tensor, x: Tensor, t: Tensor, path: MixturePath) -> Tensor:
         """The mean over tokens of the per-token loss; ``log_posterior (B, *D, V)``, tokens ``(B, *D)``."""
-        raise NotImplementedError
 
 
 class CrossEntropyLoss(DiscreteLoss):

@@ -17,6 +17,7 @@ needs no weights file, used by the tests (through the same code path) and where 
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 from pathlib import Path
@@ -172,9 +173,9 @@ class FeatureDistance(Metric):
     def __call__(self, samples: Tensor, reference: Tensor) -> float:
         return self.distance(self.features(samples), self.reference_features(reference))
 
+    @abc.abstractmethod
     def distance(self, a: Tensor, b: Tensor) -> float:
         """The distance between feature sets ``a (N, F)`` and ``b (M, F)``."""
-        raise NotImplementedError
 
 
 def frechet_from_moments(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
