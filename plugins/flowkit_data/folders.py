@@ -21,7 +21,8 @@ from torch import Tensor
 from flowkit.errors import FlowkitError
 from flowkit.interfaces import BuildContext
 from flowkit.params import param
-from flowkit_data.images import ImageArray, held_out_field, split_seed_field
+from flowkit.rows import held_out_field, split_seed_field
+from flowkit_data.images import ImageArray
 
 #: The suffixes read as images (lower case; ``.JPG`` is read too).
 SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -19,22 +19,11 @@ from flowkit.errors import FlowkitError
 from flowkit.host import launched
 from flowkit.interfaces import BuildContext, Dataset
 from flowkit.params import param
+from flowkit.rows import HeldOutRows, held_out_field, split_seed_field
 from flowkit_data.loader import RowReader
 
-_fraction = [attrs.validators.ge(0.0), attrs.validators.lt(1.0)]
 
-
-def held_out_field() -> float:
-    return param(
-        0.2, doc="Share of the images kept out of training for evaluation (0: none).", validator=_fraction
-    )
-
-
-def split_seed_field() -> int:
-    return param(0, doc="Seed of the permutation that splits training and held-out images.")
-
-
-class ImageArray(Dataset):
+class ImageArray(HeldOutRows):
     """Images ``(N, C, H, W)`` in [-1, 1] with optional labels ``(N,)``, split into training and held-out.
 
     ``sample`` and ``sample_labelled`` draw the same training rows for the same generator state (one
@@ -42,63 +31,12 @@ class ImageArray(Dataset):
     """
 
     value_range = (-1.0, 1.0)
-
-    def __init__(self, params, images: Tensor, labels: Tensor | None, what: str) -> None:
-        super().__init__(params)
-        count = images.shape[0]
-        held = round(params.held_out * count)
-        if held >= count:
-            raise FlowkitError(f"{what}: held_out = {params.held_out} leaves no training images of {count}")
-        order = torch.randperm(count, generator=torch.Generator().manual_seed(params.split_seed))
-        test, train = order[:held], order[held:]
-        self.images, self.test_images = images[train].contiguous(), images[test].contiguous()
-        self.labels = labels[train].contiguous() if labels is not None else None
-        self.test_labels = labels[test].contiguous() if labels is not None else None
-        self.num_classes = int(labels.max()) + 1 if labels is not None else 0
-        self._on_device: dict[torch.device, tuple[Tensor, Tensor | None]] = {}
+    noun = "images"
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[1:])
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def _rows(
-        self, n: int, generator: torch.Generator | None, device: torch.device | None
-    ) -> tuple[Tensor, Tensor | None]:
-        target = torch.device(device) if device is not None else torch.device("cpu")
-        if target.type == "cuda" and target.index is None:
-            target = torch.device("cuda", torch.cuda.current_device())
-        cached = self._on_device.get(target)
-        if cached is None:
-            labels = self.labels.to(target) if self.labels is not None else None
-            cached = self._on_device[target] = (self.images.to(target), labels)
-        images, labels = cached
-        rows = torch.randint(0, images.shape[0], (n,), generator=generator, device=target)
-        return images.index_select(0, rows), labels.index_select(0, rows) if labels is not None else None
-
-    def sample(
-        self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None
-    ) -> Tensor:
-        """``n`` training images drawn with replacement, ``(n, C, H, W)`` float32 in [-1, 1]."""
-        return self._rows(n, generator, device)[0]
-
-    def sample_labelled(
-        self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(x (n, C, H, W), y (n,) int64)``: training images with their labels."""
-        x, y = self._rows(n, generator, device)
-        if y is None:
-            super().sample_labelled(n, generator, device)  # raises: no labels
-            raise AssertionError  # pragma: no cover
-        return x, y
-
-    def held_out(self) -> tuple[Tensor, Tensor | None] | None:
-        """The held-out images ``(M, C, H, W)`` and labels ``(M,)`` (or ``None``); ``None`` if ``M = 0``."""
-        if self.test_images.shape[0] == 0:
-            return None
-        return self.test_images, self.test_labels
+    def images(self) -> Tensor:
+        """The training images ``(N, C, H, W)``."""
+        return self.train_data
 
 
 class Digits(ImageArray):

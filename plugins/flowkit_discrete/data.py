@@ -22,74 +22,26 @@ from torch import Tensor
 from flowkit.errors import FlowkitError
 from flowkit.interfaces import BuildContext, Dataset, resolve_relative
 from flowkit.params import param
-
-_fraction = [attrs.validators.ge(0.0), attrs.validators.lt(1.0)]
-
-
-def _held_out_field() -> float:
-    return param(0.2, doc="Share of the sequences kept out of training (0: none).", validator=_fraction)
+from flowkit.rows import HeldOutRows, held_out_field, split_seed_field
 
 
-def _split_seed_field() -> int:
-    return param(0, doc="Seed of the permutation that splits training and held-out sequences.")
-
-
-class TokenArray(Dataset):
+class TokenArray(HeldOutRows):
     """Token sequences ``(N, *D)`` int64 in ``0 .. vocabulary - 1`` with optional labels ``(N,)``, split
     into training and held-out rows. ``sample`` and ``sample_labelled`` draw the same rows for the same
     generator state (one ``randint`` of ``n`` rows)."""
 
     #: Values a token takes (``0 .. vocabulary - 1``): what a categorical path and network read.
     vocabulary: int = 0
+    noun = "rows"
 
     def __init__(self, params, tokens: Tensor, labels: Tensor | None, vocabulary: int, what: str) -> None:
-        super().__init__(params)
-        count = tokens.shape[0]
-        held = round(params.held_out * count)
-        if held >= count:
-            raise FlowkitError(f"{what}: held_out = {params.held_out} leaves no training rows of {count}")
-        order = torch.randperm(count, generator=torch.Generator().manual_seed(params.split_seed))
-        test, train = order[:held], order[held:]
+        super().__init__(params, tokens, labels, what)
         self.vocabulary = int(vocabulary)
-        self.tokens, self.test_tokens = tokens[train].contiguous(), tokens[test].contiguous()
-        self.labels = labels[train].contiguous() if labels is not None else None
-        self.test_labels = labels[test].contiguous() if labels is not None else None
-        self.num_classes = int(labels.max()) + 1 if labels is not None else 0
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.tokens.shape[1:])
-
-    def _rows(
-        self, n: int, generator: torch.Generator | None, device: torch.device | None
-    ) -> tuple[Tensor, Tensor | None]:
-        target = torch.device(device) if device is not None else torch.device("cpu")
-        rows = torch.randint(0, self.tokens.shape[0], (n,), generator=generator, device=target)
-        tokens = self.tokens.to(target).index_select(0, rows)
-        labels = self.labels.to(target).index_select(0, rows) if self.labels is not None else None
-        return tokens, labels
-
-    def sample(
-        self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None
-    ) -> Tensor:
-        """``n`` training sequences drawn with replacement, ``(n, L)`` int64."""
-        return self._rows(n, generator, device)[0]
-
-    def sample_labelled(
-        self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(x (n, L) int64, y (n,) int64)``: training sequences with their labels."""
-        x, y = self._rows(n, generator, device)
-        if y is None:
-            super().sample_labelled(n, generator, device)  # raises: no labels
-            raise AssertionError  # pragma: no cover
-        return x, y
-
-    def held_out(self) -> tuple[Tensor, Tensor | None] | None:
-        """The held-out sequences ``(M, L)`` and labels ``(M,)`` (or ``None``); ``None`` if ``M = 0``."""
-        if self.test_tokens.shape[0] == 0:
-            return None
-        return self.test_tokens, self.test_labels
+    def tokens(self) -> Tensor:
+        """The training sequences ``(N, *D)``."""
+        return self.train_data
 
 
 class TokenFile(TokenArray):
@@ -103,8 +55,8 @@ class TokenFile(TokenArray):
             doc="Values a token takes (tokens are 0 .. vocabulary - 1).", validator=attrs.validators.ge(2)
         )
         labels: str = param("", doc="A .npy file of N integer class labels (empty: unlabelled).")
-        held_out: float = _held_out_field()
-        split_seed: int = _split_seed_field()
+        held_out: float = held_out_field("sequences")
+        split_seed: int = split_seed_field("sequences")
 
     def __init__(self, params: Params, source: str = "<pipeline>") -> None:
         what = f"dataset 'tokens' (path '{params.path}')"
@@ -212,8 +164,8 @@ class DigitTokens(TokenArray):
 
     @attrs.define(frozen=True)
     class Params:
-        held_out: float = _held_out_field()
-        split_seed: int = _split_seed_field()
+        held_out: float = held_out_field("sequences")
+        split_seed: int = split_seed_field("sequences")
 
     def __init__(self, params: Params | None = None) -> None:
         params = params if params is not None else self.Params()
