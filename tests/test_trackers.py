@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -179,10 +180,23 @@ def _wandb_records(path: Path) -> list[Any]:
     return records
 
 
+def _finished_records(path: Path, patience: float = 60.0) -> list[Any]:
+    """The records of a finished offline run file. W&B's service process writes the file; on a loaded
+    machine its last blocks (from the run record on) can land after ``finish()`` has returned in the
+    run's process, so the file is read again until its ``exit`` record is there (or ``patience`` runs
+    out, and the asserts on what was read say what is missing)."""
+    deadline = time.monotonic() + patience
+    records = _wandb_records(path)
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        records = _wandb_records(path)
+    return records
+
+
 def _wandb_history(path: Path) -> tuple[str, dict[str, Any], dict[str, dict[int, float]]]:
     """The run id, its config and its history ``{key: {step: value}}`` from an offline run file."""
     run_id, config, history = "", {}, {}
-    for record in _wandb_records(path):
+    for record in _finished_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run_id = run_id or record.run.run_id
