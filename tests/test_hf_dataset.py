@@ -203,3 +203,20 @@ def test_lazy_decoding_draws_the_eager_batches_bitwise(saved, workers):
 def test_workers_need_lazy(saved):
     with pytest.raises(FlowkitError, match="workers = 2 decode images when drawn; set lazy = true"):
         HFDataset(HFDataset.Params(path=str(saved[0]), image="img", workers=2))
+
+
+def test_a_pipeline_file_names_the_dataset_relative_to_itself(saved, tmp_path):
+    from flowkit.engine import build_pipeline
+    from flowkit.testing import make_manager
+
+    pipeline = tmp_path / "pipe.toml"
+    pipeline.write_text(
+        '[data]\nkind = "hf-dataset"\npath = "saved"\nimage = "img"\nlabel = "label"\nlazy = true\n'
+        '[path]\nkind = "gaussian"\n[model]\nkind = "unet"\nchannels = 8\nchannel_mults = [1]\n'
+        "groups = 4\nattention = []\n"
+        '[loss]\nkind = "cfm"\n[train]\nsteps = 1\nbatch_size = 2\n'
+    )
+    pipe = build_pipeline(pipeline, (), make_manager(warn=False))
+    # the resolved pipeline (in the run directory) finds the dataset from anywhere
+    assert pipe.dataset.directory == saved[0] and pipe.dataset.params.path == str(saved[0].resolve())
+    assert len(pipe.dataset) == 4 and pipe.dataset.num_classes == 3
