@@ -220,3 +220,20 @@ def test_a_pipeline_file_names_the_dataset_relative_to_itself(saved, tmp_path):
     # the resolved pipeline (in the run directory) finds the dataset from anywhere
     assert pipe.dataset.directory == saved[0] and pipe.dataset.params.path == str(saved[0].resolve())
     assert len(pipe.dataset) == 4 and pipe.dataset.num_classes == 3
+
+
+def test_a_row_damaged_past_its_header_is_named_when_a_worker_draws_it(tmp_path):
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(_pixels(0, (16, 16))).save(buffer, format="PNG")
+    rows = [{"bytes": buffer.getvalue(), "path": None}, {"bytes": buffer.getvalue()[:60], "path": None}]
+    directory = _save(tmp_path / "cut", {"image": rows}, {"image": datasets.Image()})
+    lazy = HFDataset(HFDataset.Params(path=str(directory), held_out=0.0, lazy=True, workers=1))
+    with pytest.raises(FlowkitError) as error:
+        lazy.sample(32, generator=torch.Generator().manual_seed(0))
+    assert str(error.value).startswith(
+        f"row 1 of hf dataset '{directory}' (column 'image') cannot be read as an image: image file is "
+        "truncated"
+    )
+    assert "\n" not in str(error.value)

@@ -76,16 +76,16 @@ class HFDataset(ImageArray):
         return super().__new__(chosen)
 
     def __init__(self, params: Params | None = None, base_dir: str | Path | None = None) -> None:
-        table = SavedImages.open(params, base_dir)
+        saved = SavedImages.open(params, base_dir)
         assert params is not None  # SavedImages.open refuses None
         if params.workers:
             raise FlowkitError(
                 f"dataset 'hf-dataset': workers = {params.workers} decode images when drawn; set "
                 "lazy = true (images decoded when the dataset is built need no workers)"
             )
-        images = decode_all(list(table.encoded(range(table.count))), params.channels, params)
-        super().__init__(params, images, table.labels, table.what)
-        self.directory, self.flip = table.directory, params.flip
+        images = decode_all(list(saved.encoded(range(saved.count))), params.channels, params)
+        super().__init__(params, images, saved.labels, saved.what)
+        self.directory, self.flip = saved.directory, params.flip
 
     @classmethod
     def from_params(cls, params: Params, context: BuildContext) -> HFDataset:
@@ -109,26 +109,25 @@ class LazyHFDataset(HFDataset):
     processes; bitwise the batches the eager dataset draws."""
 
     def __init__(self, params: HFDataset.Params | None = None, base_dir: str | Path | None = None) -> None:
-        table = SavedImages.open(params, base_dir)
+        saved = SavedImages.open(params, base_dir)
         assert params is not None  # SavedImages.open refuses None
         Dataset.__init__(self, params)
-        chunks = (range(start, min(start + _CHUNK, table.count)) for start in range(0, table.count, _CHUNK))
+        chunks = (range(start, min(start + _CHUNK, saved.count)) for start in range(0, saved.count, _CHUNK))
         mode, shape = survey(
-            (image for rows in chunks for image in table.encoded(rows)), params.channels, params
+            (image for rows in chunks for image in saved.encoded(rows)), params.channels, params
         )
-        table.prepare(mode, Sizes(params.resize, params.crop), shape)
         self.rows = LazyRows(
-            table,
-            table.count,
-            table.labels,
+            SavedRows(saved, mode, Sizes(params.resize, params.crop), shape),
+            saved.count,
+            saved.labels,
             held_out=params.held_out,
             split_seed=params.split_seed,
             workers=params.workers,
-            what=table.what,
+            what=saved.what,
         )
         self.num_classes = self.rows.num_classes
         self._shape = (1 if mode == "L" else 3, *shape[:2])
-        self.directory, self.flip = table.directory, params.flip
+        self.directory, self.flip = saved.directory, params.flip
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -148,15 +147,16 @@ class LazyHFDataset(HFDataset):
         return self.rows.held_out()
 
 
-class SavedImages(DecodedImages):
+class SavedImages:
     """The image column of one split of a saved dataset: its rows as encoded images, and the labels.
-    Sent to worker processes without the opened dataset: each opens it itself (memory-mapped)."""
+    Sent to worker processes without the opened dataset (nor the labels): each opens it itself
+    (memory-mapped)."""
 
     def __init__(self, directory: Path, split: str, image: str, labels: Tensor | None, count: int) -> None:
         self.directory, self.split, self.image = directory, split, image
         self.labels, self.count = labels, count
         self.what = f"hf dataset '{directory}'"
-        self._table: Any = None
+        self._table: Any = None  # opened on first use in each process
 
     @classmethod
     def open(cls, params: HFDataset.Params | None, base_dir: str | Path | None) -> SavedImages:
@@ -191,19 +191,16 @@ class SavedImages(DecodedImages):
         saved._table = _encoded_column(table, params.image, datasets)
         return saved
 
-    def prepare(self, mode: str, sizes: Sizes, shape: tuple[int, ...]) -> None:
-        """Decode to this mode, size and shape (as :func:`~flowkit_data.pixels.survey` found them)."""
-        super().__init__(mode, sizes, shape, self._named(0, None))
-
     def encoded(self, indices: list[int] | range) -> list[Encoded]:
         if self._table is None:  # in a worker: open the saved dataset once
             datasets = _datasets()
             table = _split(_load(datasets, self.directory), self.split, self.directory)
             self._table = _encoded_column(table, self.image, datasets)
         stored = self._table[list(indices)][self.image]
-        return [self._named(index, cell) for index, cell in zip(indices, stored, strict=True)]
+        return [self.named(index, cell) for index, cell in zip(indices, stored, strict=True)]
 
-    def _named(self, index: int, cell: dict[str, Any] | None) -> Encoded:
+    def named(self, index: int, cell: dict[str, Any] | None) -> Encoded:
+        """Row ``index`` as an encoded image, from its stored cell (``{"bytes", "path"}``)."""
         data = (cell or {}).get("bytes")
         place = (cell or {}).get("path")
         source: Path | bytes = data if data is not None else Path(place) if place else b""
@@ -211,7 +208,18 @@ class SavedImages(DecodedImages):
 
     def __getstate__(self) -> dict[str, Any]:
         # sent to a worker without the opened dataset (the worker opens it, memory-mapped)
-        return {**self.__dict__, "_table": None}
+        return {**self.__dict__, "_table": None, "labels": None}
+
+
+class SavedRows(DecodedImages):
+    """The source of ``hf-dataset`` with ``lazy = true``: rows of a saved dataset decoded when drawn."""
+
+    def __init__(self, saved: SavedImages, mode: str, sizes: Sizes, shape: tuple[int, ...]) -> None:
+        super().__init__(mode, sizes, shape, saved.named(0, None))
+        self.saved = saved
+
+    def encoded(self, indices: list[int]) -> list[Encoded]:
+        return self.saved.encoded(indices)
 
 
 def _datasets() -> Any:
