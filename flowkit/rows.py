@@ -18,7 +18,7 @@ from flowkit.errors import FlowkitError
 from flowkit.interfaces import Dataset
 from flowkit.params import param
 
-__all__ = ["HeldOutRows", "held_out_field", "split_seed_field"]
+__all__ = ["HeldOutRows", "held_out_field", "split_rows", "split_seed_field"]
 
 _fraction = [attrs.validators.ge(0.0), attrs.validators.lt(1.0)]
 
@@ -35,6 +35,17 @@ def split_seed_field(rows: str = "images") -> Any:
     return param(0, doc=f"Seed of the permutation that splits training and held-out {rows}.")
 
 
+def split_rows(count: int, held_out: float, split_seed: int, what: str, noun: str) -> tuple[Tensor, Tensor]:
+    """``(training indices, held-out indices)`` of ``count`` rows: a permutation seeded by
+    ``split_seed`` whose first ``round(held_out * count)`` entries are held out. Data read a row at a
+    time (memory-mapped, decoded when drawn) split with it too, so they hold out the same rows."""
+    held = round(held_out * count)
+    if held >= count:
+        raise FlowkitError(f"{what}: held_out = {held_out} leaves no training {noun} of {count}")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(split_seed))
+    return order[held:], order[:held]
+
+
 class HeldOutRows(Dataset):
     """Rows ``(N, *D)`` with optional labels ``(N,)``, split into training and held-out rows.
 
@@ -48,14 +59,7 @@ class HeldOutRows(Dataset):
 
     def __init__(self, params: Any, rows: Tensor, labels: Tensor | None, what: str) -> None:
         super().__init__(params)
-        count = rows.shape[0]
-        held = round(params.held_out * count)
-        if held >= count:
-            raise FlowkitError(
-                f"{what}: held_out = {params.held_out} leaves no training {self.noun} of {count}"
-            )
-        order = torch.randperm(count, generator=torch.Generator().manual_seed(params.split_seed))
-        test, train = order[:held], order[held:]
+        train, test = split_rows(rows.shape[0], params.held_out, params.split_seed, what, self.noun)
         self.train_data, self.test_data = rows[train].contiguous(), rows[test].contiguous()
         self.labels = labels[train].contiguous() if labels is not None else None
         self.test_labels = labels[test].contiguous() if labels is not None else None

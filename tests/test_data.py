@@ -10,6 +10,7 @@ import pytest
 import torch
 from flowkit_data.files import FileDataset
 from flowkit_data.folders import ImageFolder
+from flowkit_data.hf import HFDataset
 from flowkit_data.images import Digits, ImageFile
 from flowkit_data.toy import Checkerboard, Circles, EightGaussians, Moons
 
@@ -43,6 +44,7 @@ def test_registers_every_dataset():
         ("dataset", "digits"): Digits,
         ("dataset", "images"): ImageFile,
         ("dataset", "image-folder"): ImageFolder,
+        ("dataset", "hf-dataset"): HFDataset,
     }
     for cls in added.values():
         check_component("dataset", cls)

@@ -191,7 +191,7 @@ def test_workers_read_bitwise_the_rows_the_training_process_reads(tmp_path):
     params = ImageFile.Params(path=str(tmp_path / "x.npy"), mmap=True)
     here = ImageFile(params)
     workers = ImageFile(ImageFile.Params(**{**params.__getstate__(), "workers": 2}))
-    assert workers.reader.workers == 2 and workers.reader._loader is not None
+    assert workers.rows.reader.workers == 2 and workers.rows.reader._loader is not None
     for seed in range(3):  # the persistent workers serve one draw after another
         a = here.sample(33, generator=torch.Generator().manual_seed(seed))
         b = workers.sample(33, generator=torch.Generator().manual_seed(seed))
@@ -209,7 +209,7 @@ def test_under_torchrun_each_rank_draws_from_its_own_shard(tmp_path, monkeypatch
     rows = np.broadcast_to(np.arange(40, dtype=np.uint8)[:, None, None, None], (40, 1, 2, 2)).copy()
     np.save(tmp_path / "x.npy", rows)
     params = ImageFile.Params(path=str(tmp_path / "x.npy"), mmap=True, held_out=0.25)
-    whole = ImageFile(params).train_rows
+    whole = ImageFile(params).rows.train_rows
     seen = []
     for rank in range(2):
         monkeypatch.setenv("WORLD_SIZE", "2")

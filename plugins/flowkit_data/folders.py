@@ -6,28 +6,42 @@ is built: converted to grey (``L``) or ``RGB``, resized (shorter side to ``resiz
 centre-cropped to ``crop`` x ``crop``, and scaled to [-1, 1] as ``pixel / 127.5 - 1`` (the scaling of
 uint8 arrays in ``kind = "images"``). ``flip`` mirrors each drawn image left-right with probability
 1/2, drawn from the data generator after the rows (so a resumed run draws the same flips).
+
+With ``lazy = true`` only the headers are read when the dataset is built (the mode and size of every
+file, checked as the eager reading checks them); each file is decoded when a batch draws it, by
+``workers`` processes, for folders larger than memory (:class:`LazyImageFolder`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import attrs
-import numpy as np
 import torch
 from torch import Tensor
 
 from flowkit.errors import FlowkitError
-from flowkit.interfaces import BuildContext
+from flowkit.interfaces import BuildContext, Dataset
 from flowkit.params import param
 from flowkit.rows import held_out_field, split_seed_field
 from flowkit_data.images import ImageArray
+from flowkit_data.lazy import FolderFiles, LazyRows, file_image
+from flowkit_data.pixels import (
+    Sizes,
+    channels_field,
+    crop_field,
+    decode_all,
+    flip_field,
+    flipped,
+    lazy_field,
+    pillow,
+    resize_field,
+    survey,
+    workers_field,
+)
 
 #: The suffixes read as images (lower case; ``.JPG`` is read too).
 SUFFIXES = (".png", ".jpg", ".jpeg")
-_choices = attrs.validators.in_([0, 1, 3])
-_at_least_0 = attrs.validators.ge(0)
 
 
 class ImageFolder(ImageArray):
@@ -40,29 +54,30 @@ class ImageFolder(ImageArray):
         root: str = param(
             doc="A folder of PNG/JPEG images, or of one subfolder per class; relative to the pipeline file."
         )
-        channels: int = param(
-            0, doc="1 (grey), 3 (RGB), or 0: 1 if every image is grey, else 3.", validator=_choices
-        )
-        resize: int = param(
-            0,
-            doc="Resize each image so its shorter side has this many pixels (bilinear; 0: keep the size).",
-            validator=_at_least_0,
-        )
-        crop: int = param(
-            0, doc="Crop the centre crop x crop pixels after the resize (0: no crop).", validator=_at_least_0
-        )
-        flip: bool = param(False, doc="Mirror each drawn training image left-right with probability 1/2.")
+        channels: int = channels_field()
+        resize: int = resize_field()
+        crop: int = crop_field()
+        flip: bool = flip_field()
         held_out: float = held_out_field()
         split_seed: int = split_seed_field()
+        lazy: bool = lazy_field()
+        workers: int = workers_field()
+
+    def __new__(cls, params: Params | None = None, base_dir: str | Path | None = None) -> ImageFolder:
+        # lazy = true builds the variant that decodes when drawn (same parameters, same draws)
+        chosen = LazyImageFolder if cls is ImageFolder and params is not None and params.lazy else cls
+        return super().__new__(chosen)
 
     def __init__(self, params: Params | None = None, base_dir: str | Path | None = None) -> None:
-        if params is None:
-            raise FlowkitError("dataset 'image-folder' needs a root, e.g. root = \"images/\"")
-        root = Path(params.root).expanduser()
-        if not root.is_absolute() and base_dir is not None:
-            root = Path(base_dir) / root
-        files, labels, self.classes = find_images(root)
-        images = decode_all(files, params)
+        root, files, labels, self.classes = _found(params, base_dir)
+        assert params is not None  # _found refuses None
+        if params.workers:
+            raise FlowkitError(
+                f"dataset 'image-folder': workers = {params.workers} decode images when drawn; set "
+                "lazy = true (images decoded when the dataset is built need no workers)"
+            )
+        pillow("image-folder", "images")
+        images = decode_all([file_image(file) for file in files], params.channels, params)
         label_tensor = torch.tensor(labels, dtype=torch.int64) if self.classes else None
         super().__init__(params, images, label_tensor, f"image folder '{root}'")
         self.root, self.flip = root, params.flip
@@ -81,10 +96,64 @@ class ImageFolder(ImageArray):
         self, n: int, generator: torch.Generator | None, device: torch.device | None
     ) -> tuple[Tensor, Tensor | None]:
         x, y = super()._rows(n, generator, device)
-        if self.flip:
-            mirror = torch.rand((n,), generator=generator, device=x.device) < 0.5
-            x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
-        return x, y
+        return (flipped(x, generator) if self.flip else x), y
+
+
+class LazyImageFolder(ImageFolder):
+    """``image-folder`` with ``lazy = true``: each file decoded when a batch draws it, in ``workers``
+    processes, never all held; bitwise the batches the eager folder draws (only the held-out images
+    are held in memory, for the metrics)."""
+
+    def __init__(self, params: ImageFolder.Params | None = None, base_dir: str | Path | None = None) -> None:
+        root, files, labels, self.classes = _found(params, base_dir)
+        assert params is not None  # _found refuses None
+        Dataset.__init__(self, params)
+        pillow("image-folder", "images")
+        encoded = [file_image(file) for file in files]
+        mode, shape = survey(encoded, params.channels, params)
+        source = FolderFiles(files, mode, Sizes(params.resize, params.crop), shape)
+        label_tensor = torch.tensor(labels, dtype=torch.int64) if self.classes else None
+        self.rows = LazyRows(
+            source,
+            len(files),
+            label_tensor,
+            held_out=params.held_out,
+            split_seed=params.split_seed,
+            workers=params.workers,
+            what=f"image folder '{root}'",
+        )
+        self.num_classes = self.rows.num_classes
+        self._shape = (1 if mode == "L" else 3, *shape[:2])
+        self.root, self.flip = root, params.flip
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    def __len__(self) -> int:
+        return len(self.rows.train_rows)
+
+    def _rows(
+        self, n: int, generator: torch.Generator | None, device: torch.device | None
+    ) -> tuple[Tensor, Tensor | None]:
+        x, y = self.rows.draw(n, generator, device)
+        return (flipped(x, generator) if self.flip else x), y
+
+    def held_out(self) -> tuple[Tensor, Tensor | None] | None:
+        """The held-out images ``(M, C, H, W)`` (decoded into memory) and labels; ``None`` if ``M = 0``."""
+        return self.rows.held_out()
+
+
+def _found(
+    params: ImageFolder.Params | None, base_dir: str | Path | None
+) -> tuple[Path, list[Path], list[int], list[str]]:
+    """The resolved root, its image files, their labels and the class names (``[]``: unlabelled)."""
+    if params is None:
+        raise FlowkitError("dataset 'image-folder' needs a root, e.g. root = \"images/\"")
+    root = Path(params.root).expanduser()
+    if not root.is_absolute() and base_dir is not None:
+        root = Path(base_dir) / root
+    return (root, *find_images(root))
 
 
 def find_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
@@ -119,71 +188,3 @@ def find_images(root: Path) -> tuple[list[Path], list[int], list[str]]:
 
 def _is_image(entry: Path) -> bool:
     return entry.is_file() and entry.suffix.lower() in SUFFIXES and not entry.name.startswith(".")
-
-
-def decode_all(files: list[Path], params: ImageFolder.Params) -> Tensor:
-    """``(N, C, H, W)`` float32 in [-1, 1]: every file decoded, converted, resized and cropped."""
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise FlowkitError(
-            "dataset 'image-folder' reads images through Pillow; install it: pip install \"flowkit[images]\""
-        ) from None
-    opened = []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                image.load()
-                opened.append((file, image.copy()))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-            raise FlowkitError(
-                f"image file '{file}' cannot be read as an image: {error or type(error).__name__}"
-            ) from None
-    channels = params.channels or (1 if all(_is_grey(image) for _, image in opened) else 3)
-    mode = "L" if channels == 1 else "RGB"
-    arrays, first = [], None
-    for file, image in opened:
-        array = np.asarray(_transform(image.convert(mode), params), dtype=np.uint8)
-        if first is None:
-            first = (file, array.shape)
-        elif array.shape != first[1]:
-            raise FlowkitError(
-                f"image file '{file}' is {_size(array.shape)} but '{first[0]}' is {_size(first[1])}; "
-                "images of one dataset need one size: set [data] resize and crop (e.g. resize = 32, "
-                "crop = 32)"
-            )
-        arrays.append(array)
-    stacked = np.stack(arrays)
-    if stacked.ndim == 3:
-        stacked = stacked[:, :, :, None]
-    scaled = stacked.astype(np.float32) / 127.5 - 1.0
-    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(0, 3, 1, 2)))
-
-
-def _is_grey(image: object) -> bool:
-    return getattr(image, "mode", "") in ("1", "L", "LA", "I", "I;16", "F")
-
-
-def _transform(image: Any, params: ImageFolder.Params) -> Any:  # PIL images (imported lazily)
-    """The resize (shorter side to ``resize``) and the centre crop the parameters ask for."""
-    from PIL import Image
-
-    if params.resize:
-        width, height = image.size
-        scale = params.resize / min(width, height)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        image = image.resize(size, Image.Resampling.BILINEAR)
-    if params.crop:
-        width, height = image.size
-        if params.crop > min(width, height):
-            raise FlowkitError(
-                f"[data] crop = {params.crop} is larger than an image of {width}x{height} pixels "
-                "(after the resize); lower crop or raise resize"
-            )
-        left, top = (width - params.crop) // 2, (height - params.crop) // 2
-        image = image.crop((left, top, left + params.crop, top + params.crop))
-    return image
-
-
-def _size(shape: tuple[int, ...]) -> str:
-    return f"{shape[1]}x{shape[0]}" + (f" with {shape[2]} channels" if len(shape) == 3 else "")

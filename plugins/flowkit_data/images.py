@@ -16,11 +16,11 @@ import torch
 from torch import Tensor
 
 from flowkit.errors import FlowkitError
-from flowkit.host import launched
 from flowkit.interfaces import BuildContext, Dataset
 from flowkit.params import param
 from flowkit.rows import HeldOutRows, held_out_field, split_seed_field
-from flowkit_data.loader import RowReader
+from flowkit_data.lazy import LazyRows
+from flowkit_data.loader import MappedRows
 
 
 class ImageArray(HeldOutRows):
@@ -170,23 +170,17 @@ class MappedImageFile(ImageFile):
         _images(np.asarray(array[:1]), file, params.layout)  # shape, dtype: the first row's verdict
         self._check_values(file)
         labels = _load_npy(_resolve(params.labels, base_dir), "labels file") if params.labels else None
-        label_tensor = _labels(labels, count, file)
-        held = round(params.held_out * count)
-        if held >= count:
-            raise FlowkitError(f"{file}: held_out = {params.held_out} leaves no training images of {count}")
-        order = torch.randperm(count, generator=torch.Generator().manual_seed(params.split_seed))
-        self.train_rows, self.test_rows = order[held:].numpy(), order[:held].numpy()
-        place = launched()
-        if place is not None and place[1] > 1:
-            rank, world, _ = place
-            if len(self.train_rows) < world:
-                raise FlowkitError(
-                    f"{file}: {len(self.train_rows)} training images cannot be shared by {world} ranks"
-                )
-            self.train_rows = self.train_rows[rank::world]
-        self.reader = RowReader(file, array, params.workers)
-        self.all_labels = label_tensor
-        self.num_classes = int(label_tensor.max()) + 1 if label_tensor is not None else 0
+        self.rows = LazyRows(
+            MappedRows(file),
+            count,
+            _labels(labels, count, file),
+            held_out=params.held_out,
+            split_seed=params.split_seed,
+            workers=params.workers,
+            what=str(file),
+            convert=self._convert,
+        )
+        self.num_classes = self.rows.num_classes
         self._shape = tuple(self._convert(np.asarray(array[:1])).shape[1:])
 
     def _check_values(self, file: Path) -> None:
@@ -205,28 +199,16 @@ class MappedImageFile(ImageFile):
         return self._shape
 
     def __len__(self) -> int:
-        return len(self.train_rows)
+        return len(self.rows.train_rows)
 
     def _rows(
         self, n: int, generator: torch.Generator | None, device: torch.device | None
     ) -> tuple[Tensor, Tensor | None]:
-        target = torch.device(device) if device is not None else torch.device("cpu")
-        if target.type == "cuda" and target.index is None:
-            target = torch.device("cuda", torch.cuda.current_device())
-        # the same draw as ImageArray._rows: one randint of n training rows on the target device
-        rows = torch.randint(0, len(self.train_rows), (n,), generator=generator, device=target)
-        chosen = self.train_rows[rows.cpu().numpy()]
-        images = self._convert(self.reader.read(chosen)).to(target)
-        labels = self.all_labels[torch.from_numpy(chosen)].to(target) if self.all_labels is not None else None
-        return images, labels
+        return self.rows.draw(n, generator, device)
 
     def held_out(self) -> tuple[Tensor, Tensor | None] | None:
         """The held-out images ``(M, C, H, W)`` (read into memory) and labels; ``None`` if ``M = 0``."""
-        if len(self.test_rows) == 0:
-            return None
-        images = self._convert(np.asarray(self.array[self.test_rows]))
-        labels = self.all_labels[torch.from_numpy(self.test_rows)] if self.all_labels is not None else None
-        return images, labels
+        return self.rows.held_out()
 
 
 def _resolve(path: str, base_dir: str | Path | None) -> Path:

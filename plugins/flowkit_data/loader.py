@@ -1,26 +1,39 @@
-"""Rows of a ``.npy`` file read by worker processes: a torch ``DataLoader`` whose workers stay alive
-between draws and read the rows the main process chose.
+"""Rows read by worker processes: a torch ``DataLoader`` whose workers stay alive between draws and
+read the rows the main process chose, from a source that reads a list of rows (``__getitems__``): the
+rows of a memory-mapped ``.npy`` file, or images decoded from their files (``lazy = true``).
 
 Which rows a batch holds is decided in the main process, by the data generator (so a checkpoint of
 the generator resumes the draws bitwise); the workers only read them, each a contiguous part of the
 batch, in order. Each worker opens the file memory-mapped itself (a memory map is not sent to a worker:
 pickled, it would be the whole array). The workers are started by a fork server (or spawned), never
 forked from the training process: a forked worker would inherit its open files, the run directory's
-lock among them, and hold the run after the training process let it go.
+lock among them, and hold the run after the training process let it go. A source reports a bad row as
+a :class:`Failure` (returned, not raised), so its error reaches the training process as the one line
+it is, not as a worker's traceback.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch.utils.data
 
+from flowkit.errors import FlowkitError
 
-class _MappedRows(torch.utils.data.Dataset[np.ndarray]):
+
+@dataclass(frozen=True)
+class Failure:
+    """What a source returns instead of rows it cannot read: the error line that names the bad one."""
+
+    message: str
+
+
+class MappedRows(torch.utils.data.Dataset[np.ndarray]):
     """Row ``i`` of the ``.npy`` file, the file opened memory-mapped on first use in each process."""
 
     def __init__(self, file: Path) -> None:
@@ -34,6 +47,10 @@ class _MappedRows(torch.utils.data.Dataset[np.ndarray]):
         if self._array is None:
             self._array = np.load(self.file, mmap_mode="r", allow_pickle=False)
         return np.asarray(self._array[np.asarray(indices, dtype=np.int64)])
+
+    def __getstate__(self) -> dict[str, Any]:
+        # sent to a worker without the map a read here may have opened (pickled, the whole array)
+        return {**self.__dict__, "_array": None}
 
 
 class _Parts:
@@ -58,16 +75,16 @@ def _as_is(rows: Any) -> Any:  # the rows of __getitems__, already one array
 
 
 class RowReader:
-    """``read(rows)``: the rows of a ``.npy`` file, in the order asked, read by ``workers`` processes
-    (0: in this process, from ``array``)."""
+    """``read(rows)``: the rows of ``source``, in the order asked, read by ``workers`` processes (0: in
+    this process)."""
 
-    def __init__(self, file: Path, array: np.ndarray, workers: int) -> None:
-        self.array, self.workers = array, workers
+    def __init__(self, source: torch.utils.data.Dataset[Any], workers: int) -> None:
+        self.source, self.workers = source, workers
         self._parts = _Parts()
         self._loader = None
         if workers > 0:
             self._loader = torch.utils.data.DataLoader(
-                _MappedRows(file),
+                source,
                 batch_sampler=self._parts,
                 num_workers=workers,
                 persistent_workers=True,
@@ -76,8 +93,14 @@ class RowReader:
             )
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        """``array[rows]``; with workers, each reads a contiguous part of ``rows``."""
+        """``source[rows]``; with workers, each reads a contiguous part of ``rows``. A :class:`Failure`
+        of the source is raised here, as a :class:`FlowkitError`."""
         if self._loader is None or len(rows) < 2:
-            return np.asarray(self.array[rows])
-        self._parts.parts = [part.tolist() for part in np.array_split(rows, min(self.workers, len(rows)))]
-        return np.concatenate(list(self._loader))
+            parts = [self.source.__getitems__(rows.tolist())]  # type: ignore[attr-defined]
+        else:
+            self._parts.parts = [part.tolist() for part in np.array_split(rows, min(self.workers, len(rows)))]
+            parts = list(self._loader)
+        for part in parts:
+            if isinstance(part, Failure):
+                raise FlowkitError(part.message)
+        return np.concatenate(parts)
