@@ -16,9 +16,10 @@ once in a temporary directory, and the same pixels as one ``.npy`` file.
   ``flowkit_train_step`` hook (steady state, EMA off, constant learning rate).
 * **flowkit-mmap**: ``kind = "images"``, ``mmap = true``, ``workers = N``: each batch's rows read from
   the memory-mapped file by N worker processes.
-* **raw**, **torchcfm**, **flow_matching**: a copy of flowkit's network (same initial weights), AdamW,
-  batches from ``DataLoader(TensorDataset(images), RandomSampler(replacement=True))``; the loss written
-  out, or through torchcfm's ``ConditionalFlowMatcher(sigma=0)``, or flow_matching's
+* **raw**, **raw (fused AdamW)**, **torchcfm**, **flow_matching**: a copy of flowkit's network (same
+  initial weights), AdamW (its default implementation; its fused kernel, as flowkit's loop has, in the
+  second), batches from ``DataLoader(TensorDataset(images), RandomSampler(replacement=True))``; the
+  loss written out, or through torchcfm's ``ConditionalFlowMatcher(sigma=0)``, or flow_matching's
   ``AffineProbPath(CondOTScheduler())`` (see ``unet_contenders.py``).
 
 The contenders run in lockstep (``harness.schedules``): at once, one thread each, taking turns at every
@@ -92,6 +93,7 @@ def contenders_for(
     missing: dict[str, str] = {}
     if not everyone:
         return contenders, missing
+    contenders["raw (fused AdamW)"] = RawUNet(network, images, batch, args.warm, fused=True)
     mapped = flowkit_data_tables("mmap", folder, npy, args.workers)
     contenders[f"flowkit-mmap ({args.workers} workers)"] = FlowkitUNet(
         mapped, batch, args.warm, workdir, f"m{name}"
@@ -133,6 +135,7 @@ def workload(
             "steps_per_cpu_s": rates["cpu"],
             "steps_per_s": rates["wall"],
             "data_wait_ms_per_step": 1e3 * statistics.median(w.wall for w in waits[name]) / args.steps,
+            "data_wait_cpu_ms_per_step": 1e3 * statistics.median(w.cpu for w in waits[name]) / args.steps,
             "data_wait_share": statistics.median(
                 w.wall / t.wall for w, t in zip(waits[name], blocks, strict=True)
             ),
@@ -208,7 +211,7 @@ def tables(result: dict[str, Any]) -> str:
             continue
         for name, c in w["contenders"].items():
             if c["status"] != "ok":
-                rows.append([f"{w['size']}x{w['size']}", name, c["status"], None, None, None, None, None])
+                rows.append([f"{w['size']}x{w['size']}", name, c["status"], *[None] * 6])
                 continue
             cpu, wall = c["steps_per_cpu_s"], c["steps_per_s"]
             spread = cpu.get("ratio_iqr")
@@ -222,6 +225,7 @@ def tables(result: dict[str, Any]) -> str:
                     f"{c['ms_per_step_wall']:.1f}",
                     f"{wall['ratio']:.3f}" if "ratio" in wall else "1",
                     f"{c['data_wait_ms_per_step']:.2f} ({100 * c['data_wait_share']:.1f}%)",
+                    f"{c['data_wait_cpu_ms_per_step']:.2f}" if "data_wait_cpu_ms_per_step" in c else None,
                 ]
             )
     first = format_table(
@@ -233,7 +237,8 @@ def tables(result: dict[str, Any]) -> str:
             "ratio IQR",
             "ms/step (wall)",
             "ratio (wall)",
-            "data wait ms/step (share)",
+            "data wait ms/step (share), wall",
+            "data wait ms/step, CPU",
         ],
         rows,
     )

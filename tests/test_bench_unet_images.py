@@ -67,7 +67,8 @@ def test_the_quick_run_pairs_every_contender_with_the_raw_loop(tmp_path):
     result = bench.main(["--quick", "--no-pin", "--out", str(out), "--probe-workers", "0"])
     headline = next(w for w in result["workloads"] if w["batch"] == result["config"]["headline_batch"])
     rows = headline["contenders"]
-    assert {"raw", "flowkit", "flowkit-mmap (1 workers)", "torchcfm", "flow_matching"} <= set(rows)
+    expected = {"raw", "raw (fused AdamW)", "flowkit", "flowkit-mmap (1 workers)", "torchcfm"}
+    assert expected | {"flow_matching"} <= set(rows)
     for name, row in rows.items():
         if name != "raw" and row["status"] == "ok":
             assert len(row["steps_per_cpu_s"]["ratios"]) == result["config"]["reps"]
