@@ -195,7 +195,7 @@ class GuidedCompanion(nn.Module):
     not from its velocity: this is that role with the labels. With classifier-free guidance its value
     is ``(1 + w) u(x, t, r | y) - w u(x, t, r | null)``, the guided velocity at ``r = t`` but, for
     ``r > t``, not the average of the guided flow (the guided field is not the field the average was
-    trained on), a jump that guidance of a one-step model commonly makes.
+    trained on; Geng et al. train guidance into the network instead).
     """
 
     def __init__(self, guided: GuidedField, role: nn.Module) -> None:
