@@ -152,13 +152,23 @@ class GuidedField(nn.Module):
         y = self._labels
         if self.guide_field is not None:
             return self._autoguided(x, t, y)
+        return self.guide(self.field, x, t)
+
+    def guide(self, field: nn.Module, x: Tensor, t: Tensor, *times: Tensor) -> Tensor:
+        """The guider's combination of ``field(x, t, *times, y)`` and ``field(x, t, *times, null)`` for
+        the labels set; ``times`` are further per-sample times ``(B,)`` of the field (the second time
+        ``r`` of a two-time model's average velocity, :class:`GuidedCompanion`)."""
+        y = self._labels
         if y is None or y.shape[0] != x.shape[0]:
             got = "none" if y is None else str(y.shape[0])
             raise RuntimeError(f"guided field called on a batch of {x.shape[0]} with {got} labels")
         if not self._guides or self._unconditional:  # nothing to guide: one evaluation
-            return self.field(x, t, y=y)
-        both = self.field(
-            torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, torch.full_like(y, self.null)])
+            return field(x, t, *times, y=y)
+        both = field(
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            *(torch.cat([s, s]) for s in times),
+            y=torch.cat([y, torch.full_like(y, self.null)]),
         )
         conditional, unconditional = both.chunk(2)
         if self.guider is None:
@@ -174,6 +184,27 @@ class GuidedField(nn.Module):
             return field
         guide = cast(nn.Module, self.guide_field)(x, t, **(inputs if self._guide_labels else {}))
         return cast(Guider, self.guider).combine(field, guide, x, t)
+
+
+class GuidedCompanion(nn.Module):
+    """Another role of the model than the trained one, guided like it: ``forward(x, t, *times)`` is
+    ``guided``'s combination of ``role(x, t, *times, y)`` and ``role(x, t, *times, null)`` with the
+    labels (and guider) of ``guided``, so setting ``guided.labels`` sets both.
+
+    The dynamics ``mean-flow`` are built from the average velocity ``u(x, t, r)`` of a two-time model,
+    not from its velocity: this is that role with the labels. With classifier-free guidance its value
+    is ``(1 + w) u(x, t, r | y) - w u(x, t, r | null)``, the guided velocity at ``r = t`` but, for
+    ``r > t``, not the average of the guided flow (the guided field is not the field the average was
+    trained on; Geng et al. train guidance into the network instead).
+    """
+
+    def __init__(self, guided: GuidedField, role: nn.Module) -> None:
+        super().__init__()
+        self.role = role
+        self._guided = [guided]  # a list: the guided field is not a submodule of this one
+
+    def forward(self, x: Tensor, t: Tensor, *times: Tensor) -> Tensor:
+        return self._guided[0].guide(self.role, x, t, *times)
 
 
 class GuidedVelocity(GuidedField, VectorField):
@@ -208,7 +239,20 @@ def build_guidance(pipeline: Pipeline, guide_model: tuple[nn.Module, bool] | Non
     # A role that is neither (a discrete posterior, as log-probabilities) is guided as it is: the
     # guider's combination of its conditional and unconditional values.
     field = wrappers.get(trained, GuidedField)(pipeline.context.roles[trained], 0.0, null, guide, guide_model)
-    context = attrs.evolve(pipeline.context, roles={trained: field})
+    roles: dict[str, nn.Module] = {trained: field}
+    # A role the dynamics are built from that the trained one does not give through the path (the
+    # average velocity of a two-time model) is guided alongside it, with the same labels.
+    for role in sorted(type(dynamics).needs - {trained, *wrappers}):
+        if role not in pipeline.context.roles:
+            continue  # the dynamics refuse the model themselves, naming what it lacks
+        if guide_model is not None:
+            raise ConfigError(
+                f"{pipeline.source}: [sample] guidance ('{guide.registered_name if guide else 'auto'}'): "
+                f"dynamics '{dynamics.registered_name}' are built from the model's '{role}', which a "
+                f"guide model does not offer; autoguidance guides only the '{trained}'"
+            )
+        roles[role] = GuidedCompanion(field, pipeline.context.roles[role])
+    context = attrs.evolve(pipeline.context, roles=roles)
     built = type(dynamics).from_params(dynamics.params, context)
     built.registered_as(dynamics.registered_kind, dynamics.registered_name)
     return Guidance(field, cast(ODE, built))
