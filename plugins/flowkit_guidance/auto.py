@@ -17,11 +17,27 @@ from pathlib import Path
 from typing import Literal
 
 import attrs
+import torch
 from torch import Tensor
 
 from flowkit.errors import CapabilityError
-from flowkit.interfaces import ALONGSIDE, BuildContext, Guider, ScaleParams, classifier_free, resolve_relative
+from flowkit.interfaces import (
+    ALONGSIDE,
+    BuildContext,
+    Guider,
+    ScaleParams,
+    classifier_free,
+    per_sample,
+    resolve_relative,
+)
 from flowkit.params import param
+
+_unit = [attrs.validators.ge(0.0), attrs.validators.le(1.0)]
+
+
+def _not_below_t_lo(instance: AutoGuidance.Params, attribute: attrs.Attribute, value: float) -> None:
+    if value < instance.t_lo:
+        raise ValueError(f"t_hi = {value} must not be below t_lo = {instance.t_lo}")
 
 
 class AutoGuidance(Guider):
@@ -36,6 +52,14 @@ class AutoGuidance(Guider):
             doc="The weaker model: a run directory or a checkpoint file (checkpoint-*.pt) of one, "
             'relative to the pipeline file, or "alongside": the guide the run trains beside the model '
             "([train] guide).",
+        )
+        t_lo: float = param(
+            0.0,
+            doc="Guidance starts at this time (0: from the noise): the guidance interval.",
+            validator=_unit,
+        )
+        t_hi: float = param(
+            1.0, doc="Guidance ends after this time (1: up to the data).", validator=[*_unit, _not_below_t_lo]
         )
 
     @classmethod
@@ -57,5 +81,11 @@ class AutoGuidance(Guider):
         return ALONGSIDE if self.params.guide == ALONGSIDE else Path(self.params.guide)
 
     def combine(self, cond: Tensor, uncond: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        """``cond + w (cond - uncond)`` with ``uncond`` the guide's field; ``(B, *D)``."""
-        return classifier_free(cond, uncond, self.params.scale)
+        """``cond + w (cond - uncond)`` with ``uncond`` the guide's field, on ``t_lo <= t <= t_hi``
+        (the model's own field outside); ``(B, *D)``."""
+        guided = classifier_free(cond, uncond, self.params.scale)
+        p = self.params
+        if p.t_lo <= 0.0 and p.t_hi >= 1.0:  # the band covers every time: guided everywhere
+            return guided
+        inside = (t >= p.t_lo) & (t <= p.t_hi)
+        return torch.where(per_sample(inside, cond), guided, cond)
