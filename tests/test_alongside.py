@@ -208,3 +208,17 @@ def test_resume_keeps_the_guide(manager, guided_run):
     with pytest.raises(ConfigError) as caught:
         resume_run(guided_run, manager, ["train.guide.steps=3"], quiet=True)
     assert str(caught.value).startswith("--set train.guide.steps=3: a resumed run keeps its [train] guide")
+
+
+def test_sampling_an_unfinished_run_guides_with_the_guide_of_its_newest_checkpoint(manager, tmp_path):
+    from flowkit.engine.reuse import load_trained
+
+    stopping = make_manager(warn=False, plugins=[_signal_at(10)])
+    out = tmp_path / "stopped"
+    with pytest.raises(Interrupted):
+        load_pipeline(_spec(guidance=AUTO), manager=stopping).run(out=out)
+    pipeline, origin = load_trained(out, manager)
+    assert origin.endswith("(step 10: training has not finished)")
+    saved = _tensors(out / "guide-checkpoint-0000010.pt")
+    assert _same(saved, pipeline.alongside.model.state_dict())
+    assert not pipeline.alongside.model.training
