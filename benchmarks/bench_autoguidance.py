@@ -53,6 +53,8 @@ SETTINGS: list[tuple[str, str | None, float, float]] = [
     ("alongside", "alongside", 2.0, 0.0),
     ("alongside", "alongside", 3.0, 0.0),
     ("half, t >= 0.5", "half", 3.0, 0.5),
+    ("half, t >= 0.5", "half", 4.0, 0.5),
+    ("half, t >= 0.5", "half", 5.0, 0.5),
 ]
 
 
@@ -100,6 +102,36 @@ def measure_row(
     metrics = measure(pipeline, samples)[0]
     near = near_a_mode(samples, pipeline.dataset.centres())
     return {"near_mode": near, "w2_ratio": float(metrics["ratio_to_floor"])}, samples
+
+
+#: The panels of the figure: the model alone, the best guide and the guide trained alongside.
+PICKS = [("the model alone", 0.0), ("half, t >= 0.5", 4.0), ("alongside", 3.0)]
+
+
+def plot(
+    shown: dict[tuple[str, float], torch.Tensor], rows: list[dict[str, Any]], seed: int, file: Path
+) -> None:
+    """The samples of ``seed`` for :data:`PICKS`, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PICKS), figsize=(3.4 * len(PICKS), 3.4), squeeze=False)
+    for ax, (label, w) in zip(axes[0], PICKS, strict=True):
+        points = shown[(label, w)]
+        row = next(r for r in rows if (r["label"], r["w"]) == (label, w))
+        measured = row["seeds"][seed]
+        title = f"{label}, w = {w:g}: {100 * measured['near_mode']:.0f}% near, W2 x{measured['w2_ratio']:.2f}"
+        ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.5)
+        ax.set_title(title, fontsize=8)
+        ax.set_xlim(-2.2, 2.2)
+        ax.set_ylim(-2.2, 2.2)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(file, dpi=110)
 
 
 def main() -> None:
@@ -158,27 +190,7 @@ def main() -> None:
         )
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    picks = [("the model alone", 0.0), ("half", 3.0), ("alongside", 3.0)]
-    fig, axes = plt.subplots(1, len(picks), figsize=(3.4 * len(picks), 3.4), squeeze=False)
-    for ax, (label, w) in zip(axes[0], picks, strict=True):
-        points = shown[(label, w)]
-        row = next(r for r in rows if (r["label"], r["w"]) == (label, w))
-        measured = row["seeds"][args.seeds[0]]
-        title = f"{label}, w = {w:g}: {100 * measured['near_mode']:.0f}% near, W2 x{measured['w2_ratio']:.2f}"
-        ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.5)
-        ax.set_title(title, fontsize=8)
-        ax.set_xlim(-2.2, 2.2)
-        ax.set_ylim(-2.2, 2.2)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(args.out / f"{name}.png", dpi=110)
+    plot(shown, rows, args.seeds[0], args.out / f"{name}.png")
 
 
 if __name__ == "__main__":
