@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_recipes_digits.py            # about 25 minutes on 2 loaded CPU cores
+    python benchmarks/bench_recipes_digits.py            # about 35 minutes on 2 loaded CPU cores
     python benchmarks/bench_recipes_digits.py --quick    # tiny sizes, to check that it runs
 
 Each recipe trains the U-Net of ``examples/digits-guidance.toml`` (CFM on the OT path, batch 128,
