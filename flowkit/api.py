@@ -36,6 +36,7 @@ from flowkit.engine.checkpoints import load_weights
 from flowkit.engine.components import set_up
 from flowkit.engine.evaluate import measure, plugin_metrics
 from flowkit.engine.guidance import sample_labels
+from flowkit.engine.guide_files import load_guide_weights
 from flowkit.engine.likelihood import evaluate_likelihood, likelihood_metrics, run_settings
 from flowkit.engine.loop import Diverged, TrainLoop
 from flowkit.engine.records import Pipeline, PipelineRun
@@ -288,6 +289,7 @@ def open_run(directory: str | Path, manager: PluginManager | None = None) -> Fin
         if not weights.is_file():
             raise FlowkitError(f"{root}: no model.pt: the run did not finish training")
         load_weights(weights, loaded.pipeline.model)
+        load_guide_weights(loaded.pipeline, root)  # a guide trained alongside: guide.pt
         loaded.pipeline.model.eval()
         loaded.trained = True
     metrics = json.loads((root / "metrics.json").read_text(encoding="utf-8"))

@@ -54,6 +54,11 @@ class ScaleParams(GuiderParams):
     )
 
 
+#: What :attr:`Guider.guide_model` returns for the guide trained alongside the model in the same run
+#: (``[train] guide``), in place of another run's directory or checkpoint.
+ALONGSIDE: Literal["alongside"] = "alongside"
+
+
 def classifier_free(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
     """``(1 + w) cond - w uncond``, computed as ``cond + w (cond - uncond)`` (one fused multiply-add):
     the arithmetic every guider that reduces to classifier-free guidance reduces to, bit for bit."""
@@ -100,11 +105,12 @@ class Guider(Component):
         return float(getattr(self.params, "scale", 1.0)) != 0.0
 
     @property
-    def guide_model(self) -> Path | None:
-        """A run directory or checkpoint whose model is the guide (autoguidance): the engine loads it
-        when the pipeline is built and passes its field at the same ``(x, t)`` and labels to
-        :meth:`combine` as ``uncond``, in place of the model's own null-label evaluation; an
-        unconditional model may then be guided too. ``None`` (the default): the null label."""
+    def guide_model(self) -> Path | Literal["alongside"] | None:
+        """A run directory or checkpoint whose model is the guide (autoguidance), or :data:`ALONGSIDE`
+        for the guide trained alongside the model (``[train] guide``): the engine loads it when the
+        pipeline is built and passes its field at the same ``(x, t)`` and labels to :meth:`combine`
+        as ``uncond``, in place of the model's own null-label evaluation; an unconditional model may
+        then be guided too. ``None`` (the default): the null label."""
         return None
 
     def prepare(self, times: Tensor | None) -> None:

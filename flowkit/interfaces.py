@@ -44,7 +44,7 @@ from flowkit.building import Component, convert_role
 from flowkit.devices import DeviceBackend
 from flowkit.dynamics import ODE, SDE, ProbabilityFlowODE, Simulator, TimeGrid, check_pair
 from flowkit.errors import CapabilityError
-from flowkit.guiders import Guider, GuiderParams, ScaleParams, classifier_free
+from flowkit.guiders import ALONGSIDE, Guider, GuiderParams, ScaleParams, classifier_free
 from flowkit.paths import (
     Dataset,
     GaussianProbabilityPath,
@@ -71,6 +71,7 @@ from flowkit.records import (
 )
 
 __all__ = [
+    "ALONGSIDE",
     "KINDS",
     "ODE",
     "SDE",

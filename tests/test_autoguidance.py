@@ -154,3 +154,27 @@ def test_a_guide_on_other_data_or_classes_is_refused(manager, guide_run):
     spec = _with(DIGITS, {"kind": "auto", "scale": 1.0, "guide": str(guide_run)})
     with pytest.raises(ConfigError, match=r"models data of shape \(2,\), the model \(1, 8, 8\)"):
         build_pipeline(spec, (), manager)
+
+
+def test_the_guidance_interval_guides_inside_the_band_and_leaves_the_model_outside(manager, guide_run):
+    """``t_lo``/``t_hi``: the guided field on the band, the model's own field outside; the full band is
+    the unbanded guider bitwise (its samples)."""
+    w, band = 2.0, {"t_lo": 0.5, "t_hi": 0.8}
+    guided = build_pipeline(
+        _with(MOONS, {"kind": "auto", "scale": w, "guide": str(guide_run), **band}), (), manager
+    )
+    guide = _guide_network(manager, guide_run, guide_run / "model.pt")
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.0, 0.49, 0.5, 0.7, 0.8, 0.81])
+    guided.guidance.field.labels = None
+    with torch.no_grad():
+        field, model = guided.guidance.field(x, t), guided.network(x, t)
+        inside = classifier_free(model, guide(x, t), w)
+    expected = torch.where(((t >= 0.5) & (t <= 0.8))[:, None], inside, model)
+    assert torch.equal(field, expected)
+    full = {"kind": "auto", "scale": w, "guide": str(guide_run), "t_lo": 0.0, "t_hi": 1.0}
+    plain = {"kind": "auto", "scale": w, "guide": str(guide_run)}
+    samples = [draw_samples(build_pipeline(_with(MOONS, g), (), manager), 32)[1] for g in (full, plain)]
+    assert torch.equal(*samples)
+    with pytest.raises(ConfigError, match=r"t_hi = 0.2 must not be below t_lo = 0.5"):
+        build_pipeline(_with(MOONS, {**plain, "t_lo": 0.5, "t_hi": 0.2}), (), manager)

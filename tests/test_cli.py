@@ -73,7 +73,7 @@ def test_user_error_is_one_paragraph_without_traceback(tiny_pipeline):
         f"Error: {tiny_pipeline}: [train] key 'stpes' (from --set): unknown key. "
         "Did you mean 'steps'? Valid keys: steps, batch_size, lr, lr_schedule, warmup_steps, "
         "weight_decay, grad_clip, ema_decay, log_every, checkpoint_every, keep_checkpoints, "
-        "label_dropout, init\n"
+        "label_dropout, init, guide\n"
     )
     assert "Traceback" not in result.output
 

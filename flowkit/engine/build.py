@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from flowkit.config import Location, Structurer, apply_overrides, load_source
+from flowkit.engine.alongside import build_alongside
 from flowkit.engine.distributed import check_world
 from flowkit.engine.ends import check_finite_dynamics
 from flowkit.engine.guidance import build_guidance, check_conditioning
@@ -94,7 +95,7 @@ def build_pipeline(
         torch.manual_seed(stage_seed(run.seed, "init"))  # the initial weights depend on the seed only
         model = context.model = cast(Model, build.build("model", raw["model"], top.child("model")))
     network = run.device.prepare_module(model)
-    train = None
+    train, alongside = None, None
     if model.trainable:
         if loss is None:
             raise ConfigError(
@@ -107,6 +108,7 @@ def build_pipeline(
         roles: dict[str, nn.Module] = {}
         _located(lambda: roles.update(loss.roles(network, path)), name, "[loss]")
         context.roles = roles
+        alongside = build_alongside(build, raw["model"], run, train, loss, path, top)
     else:
         for table in ("loss", "train"):
             if table in raw:
@@ -142,6 +144,7 @@ def build_pipeline(
     pipeline = Pipeline(
         name, run, dataset, path, model, network, loss, train, sample, evaluate, tables, context, capture
     )
+    pipeline.alongside = alongside
     check_sizes(pipeline)
     check_conditioning(pipeline)
     guide_model = load_guide(pipeline, lambda resolved: build_pipeline(resolved, (), manager))

@@ -1,5 +1,7 @@
 """The guide model of autoguidance (a guider whose :attr:`~flowkit.interfaces.Guider.guide_model`
-names a run directory or checkpoint): loaded once, when the pipeline is built.
+names a run directory or checkpoint): loaded once, when the pipeline is built. The guide trained
+alongside the model (:data:`~flowkit.interfaces.ALONGSIDE`) is the pipeline's own
+(:mod:`flowkit.engine.alongside`), its weights those the run trains or saved.
 
 The guide's architecture comes from its run's resolved ``pipeline.toml`` (it may be a smaller
 network than the model's), its weights from the named checkpoint, or else the run's ``model.pt``, or
@@ -18,6 +20,7 @@ from torch import nn
 from flowkit.engine.checkpoints import list_checkpoints, load_weights
 from flowkit.engine.records import Pipeline
 from flowkit.errors import ConfigError, FlowkitError
+from flowkit.interfaces import ALONGSIDE
 
 
 def _run_of(guide: Path) -> tuple[Path, Path]:
@@ -44,6 +47,13 @@ def load_guide(pipeline: Pipeline, build: Callable[[Path], Pipeline]) -> tuple[n
     if where is None:
         return None
     origin = f"{pipeline.source}: [sample] guidance guide"
+    if where == ALONGSIDE:
+        if pipeline.alongside is None:
+            raise ConfigError(
+                f'{origin} = "alongside": [train] has no guide to train alongside the model; add one, '
+                "e.g. [train] guide = { model = { hidden = [32, 32] }, steps = 500 }"
+            )
+        return pipeline.alongside.role, pipeline.alongside.takes_labels
     try:
         resolved, weights = _run_of(where)
         if not resolved.is_file():

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from flowkit.engine.alongside import GuideTrainer
 from flowkit.engine.batches import PAIRING_THREAD, BatchProducer, PairingError
 from flowkit.engine.checkpoints import FORMAT
 from flowkit.engine.distributed import (
@@ -141,6 +142,8 @@ class TrainLoop:
         self.stochastic = any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.network.modules())
         self._rng_devices = [self.device] if self.device.type == "cuda" else []
         self.network.train()
+        #: The guide trained alongside (``[train] guide``) on this loop's batches; ``None`` without one.
+        self.guide = GuideTrainer(pipeline, self.world) if pipeline.alongside is not None else None
 
     @property
     def ahead(self) -> bool:
@@ -187,6 +190,10 @@ class TrainLoop:
             self.scheduler.step()
         if self.ema is not None:
             self.ema.update()
+        if self.guide is not None:  # after the model's update: the model trains as without a guide
+            guide_loss = self.guide.step(z, keywords)
+            if guide_loss is not None:
+                self.scalars.keep("guide", guide_loss)  # logged as loss/guide
         return loss.detach()
 
     def close(self) -> None:
@@ -252,6 +259,7 @@ class TrainLoop:
     def check_weights(self) -> None:
         """Raise :class:`Diverged` if a weight (raw or averaged) is not finite after the last step."""
         tensors = [*self.params, *(self.ema.averages if self.ema is not None else [])]
+        tensors += self.guide.tensors() if self.guide is not None else []
         if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
             raise Diverged(self.current_step, "non-finite weights after the update")
 
@@ -290,6 +298,8 @@ class TrainLoop:
                 "last_logged": self.last_logged,
             }
         )
+        if self.guide is not None:  # the train stage writes it to a file of its own
+            state["guide"] = self.guide.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
@@ -323,6 +333,12 @@ class TrainLoop:
         self.scalars.load_state_dict(state.get("scalar_window"), self.device)
         self.last_logged = state.get("last_logged")
         self.current_step = step
+        if self.guide is not None:
+            if "guide" not in state:
+                raise FlowkitError(
+                    f"{self.pipeline.source}: the training state at step {step} has no guide's state"
+                )
+            self.guide.load_state_dict(state["guide"])
         return step
 
     def _load_generators(self, state: dict[str, Any], step: int) -> None:
@@ -344,3 +360,5 @@ class TrainLoop:
         if self.ema is not None:
             self.network.load_state_dict(self.ema.state_dict())
         self.network.eval()
+        if self.guide is not None:
+            self.guide.finish()

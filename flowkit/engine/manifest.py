@@ -2,7 +2,8 @@
 
 flowkit reads back three kinds of file of a run directory: the resolved ``pipeline.toml`` (resume,
 sample, evaluate), ``checkpoint-NNNNNNN.pt`` (resume, sampling an unfinished run) and ``model.pt``
-(sample, evaluate, likelihood). Each is written through :func:`write_recorded`, which records its
+(sample, evaluate, likelihood); a guide trained alongside has its own two, ``guide-checkpoint-NNNNNNN.pt``
+and ``guide.pt``. Each is written through :func:`write_recorded`, which records its
 digest in ``manifest.json``, so a file cut short, edited or flipped by a failing disk is told apart
 from the one flowkit wrote — even where the damage leaves a loadable file with finite weights.
 
@@ -42,7 +43,7 @@ MANIFEST = "manifest.json"
 #: Its format tag.
 FORMAT = "flowkit-manifest-1"
 #: The files of a run directory that flowkit records and reads back.
-RECORDED = re.compile(r"pipeline\.toml|model\.pt|checkpoint-\d+\.pt")
+RECORDED = re.compile(r"pipeline\.toml|model\.pt|checkpoint-\d+\.pt|guide\.pt|guide-checkpoint-\d+\.pt")
 
 
 def digest(data: bytes) -> str:

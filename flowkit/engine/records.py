@@ -44,6 +44,20 @@ class Guidance:
 
 
 @attrs.define
+class Alongside:
+    """The guide trained alongside the model (``[train] guide``): its ``model`` (whose state is saved),
+    the ``network`` forward passes go through, its ``role`` (the field the loss trains), its training
+    settings (``[train]`` with the guide's steps, rate and weight average) and whether it takes the
+    labels (:mod:`flowkit.engine.alongside`)."""
+
+    model: Model
+    network: nn.Module
+    role: nn.Module
+    train: TrainSection
+    takes_labels: bool
+
+
+@attrs.define
 class Pipeline:
     """Every built component and validated table of a pipeline.
 
@@ -70,6 +84,8 @@ class Pipeline:
     context: BuildContext
     capture: bool = False
     guidance: Guidance | None = None
+    #: The guide trained alongside the model (``[train] guide``); ``None`` where there is none.
+    alongside: Alongside | None = None
 
     @property
     def device(self) -> DeviceBackend:

@@ -19,6 +19,7 @@ from flowkit.engine.build import build_pipeline
 from flowkit.engine.checkpoint_fields import check_fields
 from flowkit.engine.checkpoints import list_checkpoints, newest_checkpoint, save_state
 from flowkit.engine.distributed import current_world, from_main
+from flowkit.engine.guide_files import GUIDE_WEIGHTS, attach_guide_state, save_guide_weights
 from flowkit.engine.lock import hold_run
 from flowkit.engine.loop import TrainLoop
 from flowkit.engine.manifest import adopt, write_resolved
@@ -114,6 +115,7 @@ def _resume(
 
     def check(state: dict[str, Any], path: Path) -> None:
         check_fields(state, path, pipeline)
+        attach_guide_state(state, path, pipeline)  # a guide trained alongside: its state at that step
 
     state, path, skipped = newest_checkpoint(root, check) if trainable else (None, None, [])
     for line in skipped:
@@ -159,6 +161,8 @@ def _resume(
         loop = TrainLoop(pipeline)
         if state is not None:
             loop.load_state_dict(state)
+        if loop.guide is not None and not (target / GUIDE_WEIGHTS).is_file():
+            save_guide_weights(target, loop.guide.weights())
         if not (target / "model.pt").is_file():  # killed between the final checkpoint and model.pt
             save_state(target / "model.pt", loop.weights(step))
         loop.finish()
@@ -182,10 +186,10 @@ def _resumable_status(root: Path) -> dict[str, Any] | None:
 def _check_resume_overrides(root: Path, overrides: Sequence[str]) -> None:
     for text in overrides:
         parts, _ = parse_override(text)
-        if parts[0] in FIXED_ON_RESUME or parts[:2] == ("run", "seed"):
+        if parts[0] in FIXED_ON_RESUME or parts[:2] in (("run", "seed"), ("train", "guide")):
             raise ConfigError(
                 f"--set {text}: a resumed run keeps its [{parts[0]}]"
-                + (" seed" if parts[0] == "run" else "")
+                + {"run": " seed", "train": " guide"}.get(parts[0], "")
                 + f" (the checkpoints of {root} were trained with it); start a new run with "
                 "`flowkit run` to change it"
             )

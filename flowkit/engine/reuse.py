@@ -25,6 +25,7 @@ from flowkit.engine.checkpoints import list_checkpoints, load_weights, load_weig
 from flowkit.engine.components import set_up
 from flowkit.engine.evaluate import measure, plugin_metrics
 from flowkit.engine.guidance import sample_labels
+from flowkit.engine.guide_files import load_guide_weights
 from flowkit.engine.records import Pipeline
 from flowkit.engine.rundir import claim_file, refuse_existing, unused_file, write_array, write_json
 from flowkit.engine.sample import draw_samples
@@ -64,11 +65,13 @@ def load_trained(
     if weights.is_file():
         step = load_weights(weights, pipeline.model)
         origin = f"{weights} (step {step})"
+        load_guide_weights(pipeline, root)  # a guide trained alongside: guide.pt
     else:
         step, path = _newest_usable_checkpoint(root, pipeline, note)
         origin = f"{path} (step {step}: training has not finished)"
         if note is not None:
             note(f"training of {root} has not finished: using the checkpoint at step {step}")
+        load_guide_weights(pipeline, root, step)
     pipeline.model.eval()
     return pipeline, origin
 

@@ -40,6 +40,10 @@ class LossScalars:
             kept.append(scalar.detach())
         return self._checked(value.loss)
 
+    def keep(self, name: str, scalar: Tensor) -> None:
+        """Add one detached scalar of the engine's own (the guide's loss) to the window."""
+        self.window.setdefault(name, []).append(scalar)
+
     def _checked(self, loss: object) -> Tensor:
         """``loss`` when it is a one-element tensor that depends on the parameters; else one line."""
         if not isinstance(loss, Tensor) or loss.numel() != 1:

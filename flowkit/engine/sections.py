@@ -7,7 +7,7 @@ Plugins add tables of their own (``registry.add_table``); those follow these in 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -47,6 +47,37 @@ class RunSection:
         doc="Seconds a process waits for the others in a collective before the run fails (bounds a hang "
         "when a rank stops answering).",
         validator=_positive,
+    )
+
+
+@attrs.define(frozen=True)
+class GuideSection:
+    """``[train] guide``: a weaker model of the same task trained alongside the model, on the same
+    batches with its own optimiser, loss draws and weight average: the guide of autoguidance
+    (``[sample] guidance = { kind = "auto", guide = "alongside" }``; docs/math.md, "Autoguidance")."""
+
+    model: dict[str, Any] = param(
+        factory=dict,
+        doc="Keys of [model] the guide changes, e.g. { hidden = [32, 32] } for a smaller network (with "
+        "kind: a table of its own); empty: the same network.",
+    )
+    steps: int | None = param(
+        None,
+        doc="Steps the guide trains, on the first batches of the run; then it is kept as it is "
+        "(default: all of [train] steps).",
+        validator=attrs.validators.optional([_positive, _at_most_1e9]),
+    )
+    lr: float | None = param(
+        None,
+        doc="Peak learning rate of the guide's AdamW, on [train]'s schedule over the guide's steps "
+        "(default: [train] lr).",
+        validator=attrs.validators.optional(_positive),
+    )
+    ema_decay: float | None = param(
+        None,
+        doc="Decay of the guide's weight average, whose weights guide the samples (0: the raw weights; "
+        "default: [train] ema_decay).",
+        validator=attrs.validators.optional([_non_negative, attrs.validators.lt(1)]),
     )
 
 
@@ -96,6 +127,11 @@ class TrainSection:
         "",
         doc="A finished run (relative to the pipeline file) whose sampling weights the network starts "
         "from, e.g. a reflow student from its teacher (empty: a fresh initialisation).",
+    )
+    guide: GuideSection | None = param(
+        None,
+        doc="A weaker model trained alongside, the guide of autoguidance: { model = { hidden = [32] }, "
+        "steps = 500 } (none when absent).",
     )
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 from flowkit.engine.build import build_pipeline
 from flowkit.engine.checkpoints import load_state, load_weights
 from flowkit.engine.guidance import sample_labels
+from flowkit.engine.guide_files import load_guide_weights
 from flowkit.engine.records import Pipeline
 from flowkit.engine.rundir import read_status
 from flowkit.engine.sample import draw_samples
@@ -44,6 +45,7 @@ class TeacherRun:
             overrides.append(f"sample.steps={steps}")
         pipeline = build_pipeline(self.directory / "pipeline.toml", overrides, PluginManager())
         load_weights(self._weights, pipeline.model)
+        load_guide_weights(pipeline, self.directory)  # a guide trained alongside: guide.pt
         pipeline.model.eval()
         return pipeline
 

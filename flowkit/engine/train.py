@@ -17,6 +17,7 @@ from typing import Any
 from flowkit.engine import status
 from flowkit.engine.checkpoints import checkpoint_name, list_checkpoints, prune_checkpoints, save_state
 from flowkit.engine.distributed import any_rank, current_world
+from flowkit.engine.guide_files import prune_guide_checkpoints, save_guide_checkpoint, save_guide_weights
 from flowkit.engine.interrupts import Interrupted, SignalGuard, signal_name
 from flowkit.engine.loop import Diverged, TrainLoop
 from flowkit.engine.records import PipelineRun
@@ -66,6 +67,8 @@ def train_with(run: PipelineRun, loop: TrainLoop) -> None:
                 status.running(run.directory, "train", step, checkpoint=_newest(run))
         _checkpoint(run, loop)  # the final state: a finished run can be extended
         if main:
+            if loop.guide is not None:  # before model.pt, whose presence says that training is done
+                save_guide_weights(run.directory, loop.guide.weights())
             _save_weights(run, loop.weights(cfg.steps), "model.pt")
     except Diverged as exc:
         raise _diverged(run, loop, exc) from None
@@ -101,8 +104,13 @@ def _checkpoint(run: PipelineRun, loop: TrainLoop) -> str:
     state = loop.state_dict()
     if not loop.world.is_main:
         return str(run.directory / checkpoint_name(loop.current_step))
+    guide = state.pop("guide", None)
+    if guide is not None:  # first: a checkpoint on disk always has its guide beside it
+        save_guide_checkpoint(run.directory, loop.current_step, guide)
     path = save_state(run.directory / checkpoint_name(loop.current_step), state)
     prune_checkpoints(run.directory, loop.cfg.keep_checkpoints)
+    if guide is not None:
+        prune_guide_checkpoints(run.directory)
     run.hook.flowkit_checkpoint(run=run, step=loop.current_step, path=str(path))
     return str(path)
 
