@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -180,15 +180,17 @@ def _wandb_records(path: Path) -> list[Any]:
     return records
 
 
-def _finished_records(path: Path, patience: float = 60.0) -> list[Any]:
+def _finished_records(path: Path, tries: int = 120) -> list[Any]:
     """The records of a finished offline run file. W&B's service process writes the file; on a loaded
-    machine its last blocks (from the run record on) can land after ``finish()`` has returned in the
-    run's process, so the file is read again until its ``exit`` record is there (or ``patience`` runs
-    out, and the asserts on what was read say what is missing)."""
-    deadline = time.monotonic() + patience
+    machine its blocks can land after ``finish()`` has returned in the run's process, so the file is
+    read again, half a second apart, until its ``exit`` record is there (at most ``tries`` times; the
+    asserts on what was read then say what is missing). Nothing is timed: the pause only waits."""
     records = _wandb_records(path)
-    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    pause = threading.Event()
+    for _ in range(tries):
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        pause.wait(0.5)
         records = _wandb_records(path)
     return records
 
