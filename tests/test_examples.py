@@ -35,8 +35,8 @@ MANIFOLDS = ["sphere-vmf", "torus-checkerboard"]
 # Every example that trains a model, and every example a pipeline builds from as it stands.
 TRAINABLE = TRAINED + IMAGES + ONE_STEP + ONE_STEP_IMAGES + DATA_TO_DATA + REFLOW + DISCRETE + MANIFOLDS
 BUILT = TRAINABLE + EXACT
-# What each trained example must reach even with a quarter of its training (the full runs reach
-# ratios of 0.8-0.9, see examples/README.md): within 3x the noise floor.
+# A quarter of a trained example's training: what the reflow teacher gets here, and what each trained
+# example must reach within 3x the noise floor with (tests/test_example_training.py).
 SHORT_TRAINING = ["train.steps=3000", "train.warmup_steps=100"]
 
 
@@ -65,14 +65,6 @@ def run_example(name, manager, tmp_path, overrides=()):
 def test_oracle_example_is_within_1_5_times_the_noise_floor(name, manager, tmp_path):
     metrics = run_example(name, manager, tmp_path)
     assert metrics["distance"] <= 1.5 * metrics["noise_floor"], metrics
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", TRAINED)
-def test_trained_example_is_within_3_times_the_noise_floor(name, manager, tmp_path):
-    metrics = run_example(name, manager, tmp_path, SHORT_TRAINING)
-    assert metrics["train_steps"] == 3000
-    assert metrics["distance"] <= 3.0 * metrics["noise_floor"], metrics
 
 
 @pytest.mark.slow
