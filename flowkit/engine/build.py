@@ -142,6 +142,7 @@ def build_pipeline(
     pipeline = Pipeline(
         name, run, dataset, path, model, network, loss, train, sample, evaluate, tables, context, capture
     )
+    pipeline.manager = manager  # a teacher run it opens is built with the same plugins
     check_sizes(pipeline)
     check_conditioning(pipeline)
     guide_model = load_guide(pipeline, lambda resolved: build_pipeline(resolved, (), manager))

@@ -53,7 +53,8 @@ class Pipeline:
     ``None`` for one the pipeline file does not have.
     ``capture`` says whether the sampler runs as the backend's captured graph. ``guidance`` holds a
     conditional model's guided ``[sample]`` dynamics, built once with the pipeline (``None``:
-    unconditional).
+    unconditional). ``manager`` is the plugin manager that built it: a run it opens as a teacher
+    (:attr:`flowkit.interfaces.StageContext.open_run`) is built with the same plugins.
     """
 
     source: str
@@ -70,6 +71,7 @@ class Pipeline:
     context: BuildContext
     capture: bool = False
     guidance: Guidance | None = None
+    manager: PluginManager | None = None
 
     @property
     def device(self) -> DeviceBackend:
