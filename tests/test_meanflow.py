@@ -158,6 +158,31 @@ def test_two_times_are_ordered_on_the_t_range_with_the_asked_share_equal():
     assert abs(t.mean().item() - 0.3) < 0.01 and abs(r[t != r].mean().item() - 0.6) < 0.01
 
 
+def test_end_time_draws_the_second_time_and_unset_it_is_time_again():
+    """By hand: one draw of time, one of end_time, sorted, then the uniform draw of the r = t share."""
+    from flowkit_losses.times import LogitNormalTime, UniformTime
+
+    path = LinearFlowPath()
+    cpu, f32 = torch.device("cpu"), torch.float32
+    near_data = LogitNormalTime(LogitNormalTime.Params(mean=3.0, std=1.0))
+    loss = MeanFlowLoss(MeanFlowLoss.Params(time=UniformTime(), end_time=near_data, r_equals_t=0.25))
+    t, r = loss.sample_times(1000, path, torch.Generator().manual_seed(1), cpu, f32)
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(1000, generator=g)
+    b = torch.sigmoid(3.0 + torch.randn(1000, generator=g))
+    same = torch.rand(1000, generator=g) < 0.25
+    assert torch.equal(t, torch.minimum(a, b))
+    assert torch.equal(r, torch.where(same, t, torch.maximum(a, b)))
+    # unset, the second time is a draw of time: the draws of the loss before end_time existed
+    plain = MeanFlowLoss(MeanFlowLoss.Params(time=UniformTime(), r_equals_t=0.25))
+    t, r = plain.sample_times(1000, path, torch.Generator().manual_seed(1), cpu, f32)
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.rand(1000, generator=g), torch.rand(1000, generator=g)
+    same = torch.rand(1000, generator=g) < 0.25
+    assert torch.equal(t, torch.minimum(a, b))
+    assert torch.equal(r, torch.where(same, t, torch.maximum(a, b)))
+
+
 @pytest.mark.parametrize("steps", [1, 2, 4])
 def test_jumps_with_the_exact_average_are_exact_at_any_step_count(steps):
     net = LinearFlowNet(A, B)

@@ -194,3 +194,36 @@ def test_a_teacher_of_another_shape_is_named(tmp_path, teacher, manager):
         FlowkitError, match=r"samples points of shape \(2,\), but this pipeline's data has shape \(3,\)"
     ):
         coupling(torch.zeros(4, 3), torch.zeros(4, 3))
+
+
+class OnlyHere:
+    """A plugin of this test alone: the Euler simulator under a name no installed plugin registers."""
+
+    @staticmethod
+    @hookimpl
+    def flowkit_register(registry):
+        from flowkit_simulators.simulators import EulerSimulator
+
+        registry.add("simulator", "test-only-euler", EulerSimulator)
+
+
+def test_the_teacher_is_built_with_the_student_s_plugins(tmp_path, teacher, manager):
+    """A teacher sampled by a simulator only the student's plugin manager knows still draws its pairs
+    (built with the installed plugins instead, it would not build: no simulator 'test-only-euler'),
+    and they are bitwise those of the same sampler under its usual name."""
+    mine = make_manager(warn=False, plugins=[("only-here", OnlyHere())])
+    text = (teacher / "pipeline.toml").read_text()
+    usual = '[sample.simulator]\nkind = "euler"\n'
+    assert usual in text
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "pipeline.toml").write_text(text.replace(usual, usual.replace("euler", "test-only-euler")))
+    (planted / "model.pt").write_bytes((teacher / "model.pt").read_bytes())
+    drawn = {}
+    for name, run, plugins in (("usual", teacher, manager), ("only-here", planted, mine)):
+        (tmp_path / name).mkdir()
+        pipe = build_pipeline(student_file(tmp_path / name, run), [], plugins)
+        pipe.loss.params.coupling.setup(stage_context(pipe, "train", None))
+        drawn[name] = pipe.loss.params.coupling
+    assert torch.equal(drawn["usual"].x0, drawn["only-here"].x0)
+    assert torch.equal(drawn["usual"].x1, drawn["only-here"].x1)

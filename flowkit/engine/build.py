@@ -145,6 +145,7 @@ def build_pipeline(
         name, run, dataset, path, model, network, loss, train, sample, evaluate, tables, context, capture
     )
     pipeline.alongside = alongside
+    pipeline.manager = manager  # a teacher run it opens is built with the same plugins
     check_sizes(pipeline)
     check_conditioning(pipeline)
     guide_model = load_guide(pipeline, lambda resolved: build_pipeline(resolved, (), manager))

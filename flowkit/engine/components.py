@@ -73,18 +73,19 @@ def stage_context(pipeline: Pipeline, stage: str, directory: Path | None = None)
         directory=directory,
         source=pipeline.source,
         make_generator=backend.generator,
-        open_run=_open_run(backend.device),
+        open_run=_open_run(backend.device, pipeline.manager),
     )
 
 
-def _open_run(device: Any) -> Any:
-    """``StageContext.open_run``: a finished run opened on ``device`` (imported when first called, so
-    that a stage without a teacher loads none of it)."""
+def _open_run(device: Any, manager: Any) -> Any:
+    """``StageContext.open_run``: a finished run opened on ``device`` and built with ``manager``, the
+    plugins of the pipeline that opens it (imported when first called, so that a stage without a
+    teacher loads none of it)."""
 
     def open_run(directory: Path) -> Any:
         from flowkit.engine.teacher import open_teacher
 
-        return open_teacher(Path(directory), device, set_up)
+        return open_teacher(Path(directory), device, set_up, manager)
 
     return open_run
 

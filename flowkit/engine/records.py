@@ -67,7 +67,8 @@ class Pipeline:
     ``None`` for one the pipeline file does not have.
     ``capture`` says whether the sampler runs as the backend's captured graph. ``guidance`` holds a
     conditional model's guided ``[sample]`` dynamics, built once with the pipeline (``None``:
-    unconditional).
+    unconditional). ``manager`` is the plugin manager that built it: a run it opens as a teacher
+    (:attr:`flowkit.interfaces.StageContext.open_run`) is built with the same plugins.
     """
 
     source: str
@@ -86,6 +87,8 @@ class Pipeline:
     guidance: Guidance | None = None
     #: The guide trained alongside the model (``[train] guide``); ``None`` where there is none.
     alongside: Alongside | None = None
+    #: The plugin manager it was built with (a teacher run it opens is built with the same plugins).
+    manager: PluginManager | None = None
 
     @property
     def device(self) -> DeviceBackend:

@@ -31,19 +31,28 @@ SetUp = Callable[[Pipeline, str, Path], None]
 
 
 class TeacherRun:
-    """A finished run's pipeline with its sampling weights, built on ``device``."""
+    """A finished run's pipeline with its sampling weights, built on ``device`` with ``manager``'s
+    plugins (those of the pipeline that opens it; the installed ones where ``None``)."""
 
-    def __init__(self, directory: Path, device: torch.device, set_up: SetUp | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        device: torch.device,
+        set_up: SetUp | None = None,
+        manager: PluginManager | None = None,
+    ) -> None:
         self.directory = directory
         self._device = device
         self._set_up = set_up
+        self._manager = manager
         self._weights = directory / "model.pt"
 
     def _pipeline(self, seed: int, steps: int | None) -> Pipeline:
         overrides = [f"run.seed={seed}", f'run.device="{self._device}"']
         if steps is not None:
             overrides.append(f"sample.steps={steps}")
-        pipeline = build_pipeline(self.directory / "pipeline.toml", overrides, PluginManager())
+        manager = self._manager if self._manager is not None else PluginManager()
+        pipeline = build_pipeline(self.directory / "pipeline.toml", overrides, manager)
         load_weights(self._weights, pipeline.model)
         load_guide_weights(pipeline, self.directory)  # a guide trained alongside: guide.pt
         pipeline.model.eval()
@@ -66,9 +75,15 @@ class TeacherRun:
         return dict(state["model"])
 
 
-def open_teacher(directory: Path, device: torch.device, set_up: SetUp | None = None) -> TeacherRun:
-    """The finished run in ``directory`` (``set_up`` sets up its components before it samples); a
-    :class:`FlowkitError` of one line where there is no run or its training has not finished."""
+def open_teacher(
+    directory: Path,
+    device: torch.device,
+    set_up: SetUp | None = None,
+    manager: PluginManager | None = None,
+) -> TeacherRun:
+    """The finished run in ``directory``, built with ``manager``'s plugins when it samples (``set_up``
+    sets up its components first); a :class:`FlowkitError` of one line where there is no run or its
+    training has not finished."""
     if not directory.is_dir():
         raise FlowkitError(f"{directory}: no such run directory (a teacher must be a finished run)")
     if not (directory / "pipeline.toml").is_file():
@@ -80,7 +95,7 @@ def open_teacher(directory: Path, device: torch.device, set_up: SetUp | None = N
             f"{directory}: the run has not finished training (state: {state}; no model.pt); finish it "
             f"with: flowkit resume {directory}"
         )
-    return TeacherRun(directory, device, set_up)
+    return TeacherRun(directory, device, set_up, manager)
 
 
 def start_from_init(pipeline: Pipeline) -> None:

@@ -94,6 +94,11 @@ class MeanFlowLoss(Loss):
             "uniform",
             doc="Distribution of each of the two training times on the path's t_range (kind time).",
         )
+        end_time: TimeDistribution | None = component(
+            None,
+            doc="Distribution of the second of the two times, drawn after the first (kind time; default: "
+            "time); e.g. logit-normal with a large mean to favour jumps that end near the data.",
+        )
         r_equals_t: float = param(
             0.75,
             doc="Share of the batch trained with r = t (plain flow matching); the rest on r > t.",
@@ -133,15 +138,12 @@ class MeanFlowLoss(Loss):
         device: torch.device,
         dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor]:
-        """``(t, r)``, each ``(n,)`` on ``path.t_range`` with ``t <= r``: two draws of ``time`` sorted,
-        then ``r = t`` where a third, uniform draw falls below ``r_equals_t``."""
-        times = self.params.time
-        if isinstance(times, TimeDistribution):
-            a, b = (times.sample(n, generator, device, dtype) for _ in range(2))
-        elif times == "uniform":  # a loss built outside a pipeline holds the default's spec
-            a, b = (torch.rand((n,), generator=generator, device=device, dtype=dtype) for _ in range(2))
-        else:
-            raise TypeError(f"time must be a built TimeDistribution component or 'uniform', got {times!r}")
+        """``(t, r)``, each ``(n,)`` on ``path.t_range`` with ``t <= r``: a draw of ``time`` and one of
+        ``end_time`` (``time`` again where it is unset), sorted, then ``r = t`` where a third, uniform
+        draw falls below ``r_equals_t``."""
+        a = _draw(self.params.time, "time", n, generator, device, dtype)
+        end = self.params.end_time if self.params.end_time is not None else self.params.time
+        b = _draw(end, "end_time", n, generator, device, dtype)
         lo, hi = path.t_range
         a, b = lo + (hi - lo) * a, lo + (hi - lo) * b
         t, r = torch.minimum(a, b), torch.maximum(a, b)
@@ -180,3 +182,19 @@ class MeanFlowLoss(Loss):
         error = (u - target).pow(2).flatten(1).mean(1)  # (B,): ||err||^2 / prod(D)
         weight = (error.detach() + self.params.weight_eps).pow(-self.params.weight_power)
         return LossValue((weight * error).mean(), {"unweighted": error.mean().detach()})
+
+
+def _draw(
+    times: TimeDistribution | str,
+    name: str,
+    n: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    """``n`` draws of a time distribution on ``[0, 1]``, ``(n,)``."""
+    if isinstance(times, TimeDistribution):
+        return times.sample(n, generator, device, dtype)
+    if times == "uniform":  # a loss built outside a pipeline holds the default's spec
+        return torch.rand((n,), generator=generator, device=device, dtype=dtype)
+    raise TypeError(f"{name} must be a built TimeDistribution component or 'uniform', got {times!r}")
