@@ -35,9 +35,12 @@ MANIFOLDS = ["sphere-vmf", "torus-checkerboard"]
 # Every example that trains a model, and every example a pipeline builds from as it stands.
 TRAINABLE = TRAINED + IMAGES + ONE_STEP + ONE_STEP_IMAGES + DATA_TO_DATA + REFLOW + DISCRETE + MANIFOLDS
 BUILT = TRAINABLE + EXACT
-# A quarter of a trained example's training: what the reflow teacher gets here, and what each trained
-# example must reach within 3x the noise floor with (tests/test_example_training.py).
-SHORT_TRAINING = ["train.steps=3000", "train.warmup_steps=100"]
+# A quarter of moons.toml's training: what the reflow example's teacher gets here.
+TEACHER_TRAINING = ["train.steps=3000", "train.warmup_steps=100"]
+# What each trained example must reach within 3x the noise floor with (tests/test_example_training.py):
+# 2,000 steps, a sixth of most examples' training (half of ot-cfm's); on 2026-12-07 the six reached
+# 1.24-1.77x the floor with it (seed 0).
+SHORT_TRAINING = ["train.steps=2000", "train.warmup_steps=100"]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,7 @@ def test_one_step_example_is_within_3_times_the_noise_floor_at_one_evaluation(na
 @pytest.mark.slow
 def test_reflow_example_is_within_3_times_the_noise_floor_at_one_evaluation(manager, tmp_path):
     """A teacher of moons.toml with a quarter of its training, then the reflow student at reduced size."""
-    run_example("moons", manager, tmp_path, SHORT_TRAINING)
+    run_example("moons", manager, tmp_path, TEACHER_TRAINING)
     teacher = (tmp_path / "moons").as_posix()
     reduced = [
         f'loss.coupling={{kind="reflow", teacher="{teacher}", pairs=10000, teacher_steps=25}}',
