@@ -18,13 +18,12 @@ from pathlib import Path
 
 import attrs
 import torch
-from torch import Tensor
 
 from flowkit.errors import FlowkitError
 from flowkit.interfaces import BuildContext, Dataset
 from flowkit.params import param
 from flowkit.rows import held_out_field, split_seed_field
-from flowkit_data.images import ImageArray
+from flowkit_data.images import ImageArray, ReadWhenDrawn
 from flowkit_data.lazy import FolderFiles, LazyRows, file_image
 from flowkit_data.pixels import (
     Sizes,
@@ -32,7 +31,6 @@ from flowkit_data.pixels import (
     crop_field,
     decode_all,
     flip_field,
-    flipped,
     lazy_field,
     pillow,
     resize_field,
@@ -92,14 +90,8 @@ class ImageFolder(ImageArray):
         dataset.params = attrs.evolve(params, root=str(dataset.root.resolve()))
         return dataset
 
-    def _rows(
-        self, n: int, generator: torch.Generator | None, device: torch.device | None
-    ) -> tuple[Tensor, Tensor | None]:
-        x, y = super()._rows(n, generator, device)
-        return (flipped(x, generator) if self.flip else x), y
 
-
-class LazyImageFolder(ImageFolder):
+class LazyImageFolder(ReadWhenDrawn, ImageFolder):
     """``image-folder`` with ``lazy = true``: each file decoded when a batch draws it, in ``workers``
     processes, never all held; bitwise the batches the eager folder draws (only the held-out images
     are held in memory, for the metrics)."""
@@ -125,23 +117,6 @@ class LazyImageFolder(ImageFolder):
         self.num_classes = self.rows.num_classes
         self._shape = (1 if mode == "L" else 3, *shape[:2])
         self.root, self.flip = root, params.flip
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    def __len__(self) -> int:
-        return len(self.rows.train_rows)
-
-    def _rows(
-        self, n: int, generator: torch.Generator | None, device: torch.device | None
-    ) -> tuple[Tensor, Tensor | None]:
-        x, y = self.rows.draw(n, generator, device)
-        return (flipped(x, generator) if self.flip else x), y
-
-    def held_out(self) -> tuple[Tensor, Tensor | None] | None:
-        """The held-out images ``(M, C, H, W)`` (decoded into memory) and labels; ``None`` if ``M = 0``."""
-        return self.rows.held_out()
 
 
 def _found(

@@ -23,7 +23,7 @@ from flowkit.errors import FlowkitError
 from flowkit.interfaces import BuildContext, Dataset
 from flowkit.params import param
 from flowkit.rows import held_out_field, split_seed_field
-from flowkit_data.images import ImageArray
+from flowkit_data.images import ImageArray, ReadWhenDrawn
 from flowkit_data.lazy import DecodedImages, LazyRows
 from flowkit_data.pixels import (
     Encoded,
@@ -32,7 +32,6 @@ from flowkit_data.pixels import (
     crop_field,
     decode_all,
     flip_field,
-    flipped,
     lazy_field,
     pillow,
     resize_field,
@@ -98,14 +97,8 @@ class HFDataset(ImageArray):
         dataset.params = attrs.evolve(params, path=str(dataset.directory.resolve()))
         return dataset
 
-    def _rows(
-        self, n: int, generator: torch.Generator | None, device: torch.device | None
-    ) -> tuple[Tensor, Tensor | None]:
-        x, y = super()._rows(n, generator, device)
-        return (flipped(x, generator) if self.flip else x), y
 
-
-class LazyHFDataset(HFDataset):
+class LazyHFDataset(ReadWhenDrawn, HFDataset):
     """``hf-dataset`` with ``lazy = true``: each image decoded when a batch draws it, in ``workers``
     processes; bitwise the batches the eager dataset draws."""
 
@@ -129,23 +122,6 @@ class LazyHFDataset(HFDataset):
         self.num_classes = self.rows.num_classes
         self._shape = (1 if mode == "L" else 3, *shape[:2])
         self.directory, self.flip = saved.directory, params.flip
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    def __len__(self) -> int:
-        return len(self.rows.train_rows)
-
-    def _rows(
-        self, n: int, generator: torch.Generator | None, device: torch.device | None
-    ) -> tuple[Tensor, Tensor | None]:
-        x, y = self.rows.draw(n, generator, device)
-        return (flipped(x, generator) if self.flip else x), y
-
-    def held_out(self) -> tuple[Tensor, Tensor | None] | None:
-        """The held-out images ``(M, C, H, W)`` (decoded into memory) and labels; ``None`` if ``M = 0``."""
-        return self.rows.held_out()
 
 
 class SavedImages:

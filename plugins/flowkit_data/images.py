@@ -21,6 +21,7 @@ from flowkit.params import param
 from flowkit.rows import HeldOutRows, held_out_field, split_seed_field
 from flowkit_data.lazy import LazyRows
 from flowkit_data.loader import MappedRows
+from flowkit_data.pixels import flipped
 
 
 class ImageArray(HeldOutRows):
@@ -33,10 +34,50 @@ class ImageArray(HeldOutRows):
     value_range = (-1.0, 1.0)
     noun = "images"
 
+    #: Flip each drawn image left-right with probability 1/2 (a dataset's ``flip`` option).
+    flip = False
+
     @property
     def images(self) -> Tensor:
         """The training images ``(N, C, H, W)``."""
         return self.train_data
+
+    def _rows(
+        self, n: int, generator: torch.Generator | None, device: torch.device | None
+    ) -> tuple[Tensor, Tensor | None]:
+        x, y = self._drawn(n, generator, device)
+        return (flipped(x, generator) if self.flip else x), y
+
+    def _drawn(
+        self, n: int, generator: torch.Generator | None, device: torch.device | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """``n`` training images and their labels as stored, before any flip."""
+        return super()._rows(n, generator, device)
+
+
+class ReadWhenDrawn:
+    """Images that a :class:`LazyRows` (``self.rows``) reads when a batch draws them (memory-mapped
+    or decoded by workers), put before an :class:`ImageArray` class in the bases: its size, its
+    draw and its held-out images come from the rows, not from tensors held in memory."""
+
+    rows: LazyRows
+    _shape: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    def __len__(self) -> int:
+        return len(self.rows.train_rows)
+
+    def _drawn(
+        self, n: int, generator: torch.Generator | None, device: torch.device | None
+    ) -> tuple[Tensor, Tensor | None]:
+        return self.rows.draw(n, generator, device)
+
+    def held_out(self) -> tuple[Tensor, Tensor | None] | None:
+        """The held-out images ``(M, C, H, W)`` (read into memory) and labels; ``None`` if ``M = 0``."""
+        return self.rows.held_out()
 
 
 class Digits(ImageArray):
@@ -136,7 +177,7 @@ class ImageFile(ImageArray):
         return dataset
 
 
-class MappedImageFile(ImageFile):
+class MappedImageFile(ReadWhenDrawn, ImageFile):
     """``kind = "images"`` with ``mmap = true``: a ``.npy`` file memory-mapped, never read whole.
 
     Each draw reads its rows from the file (through ``workers`` processes, or here) and scales them as
@@ -193,22 +234,6 @@ class MappedImageFile(ImageFile):
 
     def _convert(self, rows: np.ndarray) -> Tensor:
         return _images(rows, self.file, self.params.layout)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    def __len__(self) -> int:
-        return len(self.rows.train_rows)
-
-    def _rows(
-        self, n: int, generator: torch.Generator | None, device: torch.device | None
-    ) -> tuple[Tensor, Tensor | None]:
-        return self.rows.draw(n, generator, device)
-
-    def held_out(self) -> tuple[Tensor, Tensor | None] | None:
-        """The held-out images ``(M, C, H, W)`` (read into memory) and labels; ``None`` if ``M = 0``."""
-        return self.rows.held_out()
 
 
 def _resolve(path: str, base_dir: str | Path | None) -> Path:
