@@ -81,6 +81,25 @@ def curve(manager: PluginManager, density: str, weight: str, steps: int, n: int)
     return ratios
 
 
+def recipe_table(title: str, rows: list[dict[str, Any]], steps: int, target: float) -> list[str]:
+    """The markdown table of ``rows`` (each ``time``, ``loss_weight`` and the ``ratios`` at the four
+    quarters of ``steps``), with the first quarter at which each reaches ``target``."""
+    quarter = steps // 4
+    lines = [
+        title,
+        "",
+        f"| time density | loss weight | {quarter} | {2 * quarter} | {3 * quarter} | {steps} | "
+        f"reaches the default's {target:.2f} at |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        reached = next((k + 1 for k, r in enumerate(row["ratios"]) if r <= target), None)
+        when = "not within the steps" if reached is None else f"{25 * reached}% of the steps"
+        cells = " | ".join(f"{r:.2f}" for r in row["ratios"])
+        lines.append(f"| {row['time']} | {row['loss_weight']} | {cells} | {when} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
@@ -117,20 +136,11 @@ def main() -> None:
     target = default["ratios"][-1]  # the default recipe at the end
     result = {"steps": args.steps, "n": args.n, "default_final_ratio": target, "rows": rows}
     file.write_text(json.dumps(result, indent=2) + "\n")
-    quarter = args.steps // 4
-    lines = [
+    title = (
         f"Recipes on the moons: CFM, OT path, MLP 3x128, {args.steps} steps (constant lr, no EMA), "
-        f"W2 / noise floor at n = {args.n}; one seed.",
-        "",
-        f"| time density | loss weight | {quarter} | {2 * quarter} | {3 * quarter} | {args.steps} | "
-        f"reaches the default's {target:.2f} at |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        reached = next((k + 1 for k, r in enumerate(row["ratios"]) if r <= target), None)
-        when = "not within the steps" if reached is None else f"{25 * reached}% of the steps"
-        cells = " | ".join(f"{r:.2f}" for r in row["ratios"])
-        lines.append(f"| {row['time']} | {row['loss_weight']} | {cells} | {when} |")
+        f"W2 / noise floor at n = {args.n}; one seed."
+    )
+    lines = recipe_table(title, rows, args.steps, target)
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_recipes import recipe_table
 from flowkit_metrics.images import image_metrics
 
 from flowkit.api import load_pipeline
@@ -116,20 +117,11 @@ def main() -> None:
     target = rows[0]["ratios"][-1]  # the default recipe at the end
     result = {"steps": args.steps, "n": args.n, "default_final_ratio": target, "rows": rows}
     file.write_text(json.dumps(result, indent=2) + "\n")
-    quarter = args.steps // 4
-    lines = [
+    title = (
         f"Recipes on the digits: the U-Net of digits-guidance.toml, CFM, OT path, {args.steps} steps "
-        f"(constant lr, EMA 0.99), unguided Fréchet ratio of {args.n} Heun-10 samples; one seed.",
-        "",
-        f"| time density | loss weight | {quarter} | {2 * quarter} | {3 * quarter} | {args.steps} | "
-        f"reaches the default's {target:.2f} at |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        reached = next((k + 1 for k, r in enumerate(row["ratios"]) if r <= target), None)
-        when = "not within the steps" if reached is None else f"{25 * reached}% of the steps"
-        cells = " | ".join(f"{r:.2f}" for r in row["ratios"])
-        lines.append(f"| {row['time']} | {row['loss_weight']} | {cells} | {when} |")
+        f"(constant lr, EMA 0.99), unguided Fréchet ratio of {args.n} Heun-10 samples; one seed."
+    )
+    lines = recipe_table(title, rows, args.steps, target)
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
