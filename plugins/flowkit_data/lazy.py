@@ -11,6 +11,7 @@ from the training rows ``r, r + w, r + 2w, ...`` of the split (its shard). The r
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ class LazyRows:
         return images, labels
 
 
-class DecodedImages(torch.utils.data.Dataset[np.ndarray]):
+class DecodedImages(torch.utils.data.Dataset[np.ndarray], abc.ABC):
     """The source of a lazy image dataset: images ``indices`` decoded, converted to ``mode``, resized
     and cropped, ``(n, H, W)`` or ``(n, H, W, 3)`` uint8, each checked to have the ``shape`` that
     ``first`` has. Subclasses say where the bytes of image ``i`` are (:meth:`encoded`)."""
@@ -87,8 +88,9 @@ class DecodedImages(torch.utils.data.Dataset[np.ndarray]):
     def __init__(self, mode: str, sizes: Sizes, shape: tuple[int, ...], first: Encoded) -> None:
         self.mode, self.sizes, self.shape, self.first = mode, sizes, shape, first
 
+    @abc.abstractmethod
     def encoded(self, indices: list[int]) -> list[Encoded]:
-        raise NotImplementedError
+        """The encoded bytes of images ``indices``."""
 
     def __getitem__(self, index: int) -> np.ndarray:
         raise NotImplementedError  # images are decoded a part of a batch at a time: __getitems__
