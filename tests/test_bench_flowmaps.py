@@ -23,16 +23,20 @@ def test_the_hand_written_loss_is_flowkit_s_meanflow_loss():
     net = MLP(MLP.Params(hidden=[32, 32], second_time=True), data_shape=(2,))
     g = torch.Generator().manual_seed(1)
     z = bench_flowmaps.moons(128, g)
-    t, r = torch.rand(128, generator=g).sort().values, torch.rand(128, generator=g)
+    t, r = torch.rand(128, generator=g), torch.rand(128, generator=g)
     t, r = torch.minimum(t, r), torch.maximum(t, r)
+    r = torch.where(torch.rand(128, generator=g) < 0.75, t, r)  # both kinds of rows, interleaved
     noise = torch.randn(128, 2, generator=g)
     path = GaussianPath(GaussianPath.Params(schedule=OTSchedule()))
-    ours = MeanFlowLoss().loss_at(InstantVelocity(net), path, z, t, r, noise).loss
-    raw = bench_flowmaps.raw_loss(net, z, t, r, noise)
-    assert torch.allclose(ours, raw, rtol=1e-6, atol=0)
-    (g_ours,) = torch.autograd.grad(ours, net.net[0].weight)
-    (g_raw,) = torch.autograd.grad(raw, net.net[0].weight)
-    assert torch.allclose(g_ours, g_raw, rtol=1e-5, atol=1e-7)
+    ours = MeanFlowLoss(MeanFlowLoss.Params(weight_power=0.5)).loss_at(
+        InstantVelocity(net), path, z, t, r, noise
+    )
+    (g_ours,) = torch.autograd.grad(ours.loss, net.net[0].weight)
+    for whole_batch in (False, True):
+        raw = bench_flowmaps.raw_loss(net, z, t, r, noise, power=0.5, whole_batch=whole_batch)
+        assert torch.allclose(ours.loss, raw, rtol=1e-6, atol=0)
+        (g_raw,) = torch.autograd.grad(raw, net.net[0].weight)
+        assert torch.allclose(g_ours, g_raw, rtol=1e-5, atol=1e-7)
 
 
 def test_the_few_step_rows_are_drawn_in_the_trained_panel(tmp_path):

@@ -144,6 +144,39 @@ def test_adaptive_weight_is_a_stopped_gradient_of_the_error():
     assert torch.allclose(grad, expected, rtol=1e-10, atol=1e-14)
 
 
+class CountingNet(Network):
+    """A two-time MLP that records the batch size of every call."""
+
+    inputs = ("r",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = two_time_mlp()
+        self.sizes: list[int] = []
+
+    def forward(self, x: Tensor, t: Tensor, r: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        self.sizes.append(x.shape[0])
+        return self.inner(x, t, r=r)
+
+
+def test_only_the_rows_with_r_above_t_pay_for_the_jvp_and_the_loss_is_the_whole_batch_s():
+    net = CountingNet()
+    path = GaussianPath(GaussianPath.Params(schedule=OTSchedule()))
+    z, t, r, noise = draws(128)
+    r = torch.where(torch.arange(128) % 4 == 0, r, t)  # a quarter of the rows jump, interleaved
+    loss = MeanFlowLoss(MeanFlowLoss.Params(weight_power=0.5, weight_eps=0.01))
+    value = loss.loss_at(InstantVelocity(net), path, z, t, r, noise)
+    assert net.sizes == [96, 32]  # one plain pass on the rows with r = t, one jvp on the others
+    x, v = path.sample_with_target(z, t, noise)
+    u, target = meanflow_target(net.inner, x, t, r, v)  # the jvp of every row: the same loss
+    error = (u - target).pow(2).mean(1)
+    assert torch.allclose(value.loss, (error / (error + 0.01).sqrt()).mean(), rtol=1e-12, atol=0)
+    (grad,) = torch.autograd.grad(value.loss, net.inner.net[0].weight)
+    whole = (error / (error.detach() + 0.01).sqrt()).mean()
+    (expected,) = torch.autograd.grad(whole, net.inner.net[0].weight)
+    assert torch.allclose(grad, expected, rtol=1e-10, atol=1e-14)
+
+
 def test_two_times_are_ordered_on_the_t_range_with_the_asked_share_equal():
     path = LinearFlowPath()
     path.t_range = (0.0, 0.9)

@@ -178,10 +178,31 @@ class MeanFlowLoss(Loss):
         """The loss at given times ``t, r (B,)`` and noise ``(B, *D)``."""
         network = model.network if isinstance(model, (InstantVelocity, AverageVelocity)) else model
         x, v = path.sample_with_target(z, t, noise, generator)
-        u, target = meanflow_target(network, x, t, r, v, y)
-        error = (u - target).pow(2).flatten(1).mean(1)  # (B,): ||err||^2 / prod(D)
+        # Where r = t the target is v itself ((r - t) du/dt vanishes): those rows need one plain
+        # forward pass, and only the rows with r > t pay for the forward-mode product (about three
+        # passes), which makes a step with r_equals_t = 0.75 about half as costly as one jvp of the
+        # whole batch. The rows' errors are the same; only their order in the mean differs.
+        still, moving = (r == t).nonzero().squeeze(1), (r != t).nonzero().squeeze(1)
+        errors = []
+        if still.numel():
+            u = call_network(network, x[still], t[still], r=t[still], y=_rows(y, still))
+            errors.append(_squared_error(u, v[still]))
+        if moving.numel():
+            picked = (x[moving], t[moving], r[moving], v[moving], _rows(y, moving))
+            errors.append(_squared_error(*meanflow_target(network, *picked)))
+        error = torch.cat(errors)
         weight = (error.detach() + self.params.weight_eps).pow(-self.params.weight_power)
         return LossValue((weight * error).mean(), {"unweighted": error.mean().detach()})
+
+
+def _squared_error(u: Tensor, target: Tensor) -> Tensor:
+    """``||u - target||^2 / prod(D)`` per row, ``(B,)``."""
+    return (u - target).pow(2).flatten(1).mean(1)
+
+
+def _rows(y: Tensor | None, index: Tensor) -> Tensor | None:
+    """The conditioning of the rows ``index`` (``None`` stays ``None``)."""
+    return None if y is None else y[index]
 
 
 def _draw(
