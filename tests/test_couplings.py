@@ -338,11 +338,11 @@ def test_ot_cfm_beats_independent_cfm_with_two_euler_steps(manager):
     common = {
         "model": {"kind": "mlp", "hidden": [128, 128, 128]},
         "train": {"steps": 1000, "batch_size": 256, "lr": 2e-3, "warmup_steps": 100},
-        "sample": {"simulator": "euler", "steps": 2, "n": 2000},
-        "evaluate": {"n": 2000},
+        "sample": {"simulator": "euler", "steps": 2, "n": 1000},
+        "evaluate": {"n": 1000},
     }
-    independent = w2_after(pipeline(loss={"kind": "cfm"}, **common), manager, 2000)
-    ot = w2_after(pipeline(loss={"kind": "cfm", "coupling": "exact-ot"}, **common), manager, 2000)
+    independent = w2_after(pipeline(loss={"kind": "cfm"}, **common), manager)
+    ot = w2_after(pipeline(loss={"kind": "cfm", "coupling": "exact-ot"}, **common), manager)
     assert ot["distance"] <= 0.6 * independent["distance"], (ot, independent)
 
 

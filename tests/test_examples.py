@@ -24,6 +24,8 @@ ONE_STEP = ["moons-meanflow", "moons-shortcut"]
 # Few-step class-conditional images: one network evaluation as it stands (examples/README.md).
 ONE_STEP_IMAGES = ["digits-meanflow"]
 # Reflow: its teacher is a finished run of moons.toml (built here without it: nothing is drawn at build).
+# The one-step files' quality (MeanFlow, shortcut, reflow at one evaluation) is checked at reduced size
+# in tests/test_onestep_quality.py.
 REFLOW = ["moons-reflow"]
 # Data to data (a path whose source is a dataset): its quality test is in tests/test_data_to_data.py.
 DATA_TO_DATA = ["gaussians-to-moons"]
@@ -35,12 +37,13 @@ MANIFOLDS = ["sphere-vmf", "torus-checkerboard"]
 # Every example that trains a model, and every example a pipeline builds from as it stands.
 TRAINABLE = TRAINED + IMAGES + ONE_STEP + ONE_STEP_IMAGES + DATA_TO_DATA + REFLOW + DISCRETE + MANIFOLDS
 BUILT = TRAINABLE + EXACT
-# A quarter of moons.toml's training: what the reflow example's teacher gets here.
-TEACHER_TRAINING = ["train.steps=3000", "train.warmup_steps=100"]
 # What each trained example must reach within 3x the noise floor with (tests/test_example_training.py):
 # 2,000 steps, a sixth of most examples' training (half of ot-cfm's); on 2026-12-07 the six reached
-# 1.24-1.77x the floor with it (seed 0).
+# 1.34-1.94x the floor with it and FEWER_POINTS (seed 0).
 SHORT_TRAINING = ["train.steps=2000", "train.warmup_steps=100"]
+# Half the examples' 2,000 points for those checks: the exact W2 (an assignment, cubic in the points)
+# and the noise floor's three draws cost an eighth, and the floor is measured at the same size.
+FEWER_POINTS = ["sample.n=1000", "evaluate.n=1000"]
 
 
 @pytest.fixture(scope="module")
@@ -68,29 +71,6 @@ def run_example(name, manager, tmp_path, overrides=()):
 def test_oracle_example_is_within_1_5_times_the_noise_floor(name, manager, tmp_path):
     metrics = run_example(name, manager, tmp_path)
     assert metrics["distance"] <= 1.5 * metrics["noise_floor"], metrics
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ONE_STEP)
-def test_one_step_example_is_within_3_times_the_noise_floor_at_one_evaluation(name, manager, tmp_path):
-    metrics = run_example(name, manager, tmp_path, ["train.steps=1500", "train.warmup_steps=100"])
-    assert metrics["train_steps"] == 1500 and metrics["nfe"] == 1
-    assert metrics["distance"] <= 3.0 * metrics["noise_floor"], metrics
-
-
-@pytest.mark.slow
-def test_reflow_example_is_within_3_times_the_noise_floor_at_one_evaluation(manager, tmp_path):
-    """A teacher of moons.toml with a quarter of its training, then the reflow student at reduced size."""
-    run_example("moons", manager, tmp_path, TEACHER_TRAINING)
-    teacher = (tmp_path / "moons").as_posix()
-    reduced = [
-        f'loss.coupling={{kind="reflow", teacher="{teacher}", pairs=10000, teacher_steps=25}}',
-        f'train.init="{teacher}"',
-        "train.steps=1000",
-    ]
-    metrics = run_example("moons-reflow", manager, tmp_path, reduced)
-    assert metrics["train_steps"] == 1000 and metrics["nfe"] == 1
-    assert metrics["distance"] <= 3.0 * metrics["noise_floor"], metrics
 
 
 @pytest.mark.parametrize("name", IMAGES)

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("fault_worker.py")
 SETS = ["train.steps=200", "train.checkpoint_every=100", "train.log_every=50", "report.plots=false"]
 #: Kill points drawn per phase (during, before-replace, after).
-TRIALS_PER_PHASE = 3
+TRIALS_PER_PHASE = 2
 
 
 def _command(*args: str) -> list[str]:
