@@ -141,9 +141,9 @@ class MeanFlowLoss(Loss):
         """``(t, r)``, each ``(n,)`` on ``path.t_range`` with ``t <= r``: a draw of ``time`` and one of
         ``end_time`` (``time`` again where it is unset), sorted, then ``r = t`` where a third, uniform
         draw falls below ``r_equals_t``."""
-        a = _draw(self.params.time, "time", n, generator, device, dtype)
+        a = draw_times(self.params.time, "time", n, generator, device, dtype)
         end = self.params.end_time if self.params.end_time is not None else self.params.time
-        b = _draw(end, "end_time", n, generator, device, dtype)
+        b = draw_times(end, "end_time", n, generator, device, dtype)
         lo, hi = path.t_range
         a, b = lo + (hi - lo) * a, lo + (hi - lo) * b
         t, r = torch.minimum(a, b), torch.maximum(a, b)
@@ -179,9 +179,9 @@ class MeanFlowLoss(Loss):
         network = model.network if isinstance(model, (InstantVelocity, AverageVelocity)) else model
         x, v = path.sample_with_target(z, t, noise, generator)
         # Where r = t the target is v itself ((r - t) du/dt vanishes): those rows need one plain
-        # forward pass, and only the rows with r > t pay for the forward-mode product (about three
-        # passes), which makes a step with r_equals_t = 0.75 about half as costly as one jvp of the
-        # whole batch. The rows' errors are the same; only their order in the mean differs.
+        # forward pass, and only the rows with r > t pay for the forward-mode product (a tangent
+        # beside every activation). The rows' errors are the same as with the jvp of the whole
+        # batch; only their order in the mean differs.
         still, moving = (r == t).nonzero().squeeze(1), (r != t).nonzero().squeeze(1)
         errors = []
         if still.numel():
@@ -205,7 +205,7 @@ def _rows(y: Tensor | None, index: Tensor) -> Tensor | None:
     return None if y is None else y[index]
 
 
-def _draw(
+def draw_times(
     times: TimeDistribution | str,
     name: str,
     n: int,

@@ -25,7 +25,7 @@ from flowkit.interfaces import (
     per_sample,
 )
 from flowkit.params import component, param
-from flowkit_flowmaps.meanflow import AVERAGE_VELOCITY, AverageVelocity, InstantVelocity
+from flowkit_flowmaps.meanflow import AVERAGE_VELOCITY, AverageVelocity, InstantVelocity, draw_times
 
 
 def _power_of_two(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -132,13 +132,7 @@ class ShortcutLoss(Loss):
         dtype: torch.dtype,
     ) -> Tensor:
         """``n`` flow-matching times on ``path.t_range`` drawn by ``time``."""
-        times = self.params.time
-        if isinstance(times, TimeDistribution):
-            u = times.sample(n, generator, device, dtype)
-        elif times == "uniform":  # a loss built outside a pipeline holds the default's spec
-            u = torch.rand((n,), generator=generator, device=device, dtype=dtype)
-        else:
-            raise TypeError(f"time must be a built TimeDistribution component or 'uniform', got {times!r}")
+        u = draw_times(self.params.time, "time", n, generator, device, dtype)
         lo, hi = path.t_range
         return lo + (hi - lo) * u
 
