@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.clocks import measure, primary_clock
 from harness.machine import machine_description
-from harness.report import RESULTS, format_table, write_atomically, write_json
+from harness.report import RESULTS, format_table, publish
 from harness.schedules import interleave
 from harness.stats import summarize
 
@@ -138,11 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = p.parse_args(argv)
     cfg = quick_config() if a.quick else OracleConfig(threads=a.threads, n=a.n, calls=a.calls, reps=a.reps)
     result = run_oracle(cfg, log=lambda m: print(m, flush=True))
-    write_json(a.out, result)
-    text = table(result)
-    write_atomically(a.out.with_suffix(".md"), text + "\n")
-    print("\n" + text)
-    print(f"wrote {a.out} and {a.out.with_suffix('.md')}")
+    publish(a.out, result, table(result))
     return result
 
 

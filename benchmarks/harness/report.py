@@ -36,6 +36,15 @@ def write_json(path: Path, result: Any) -> None:
     write_atomically(path, json.dumps(result, indent=2) + "\n")
 
 
+def publish(out: Path, result: Any, table: str) -> None:
+    """Hand a run over: ``result`` as JSON at ``out``, ``table`` as markdown beside it (``.md``), both
+    atomically, and the table printed with where they went."""
+    write_json(out, result)
+    write_atomically(out.with_suffix(".md"), table + "\n")
+    print("\n" + table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
 def read_json(path: Path) -> Any:
     """A result written by :func:`write_json` (or any JSON file)."""
     return json.loads(path.read_text(encoding="utf-8"))
