@@ -222,3 +222,19 @@ def test_sampling_an_unfinished_run_guides_with_the_guide_of_its_newest_checkpoi
     saved = _tensors(out / "guide-checkpoint-0000010.pt")
     assert _same(saved, pipeline.alongside.model.state_dict())
     assert not pipeline.alongside.model.training
+
+
+def test_a_guide_alongside_is_refused_in_a_run_of_several_processes(manager):
+    """Under torchrun each rank would train its own guide on its own shard: one line says what to do
+    instead (checked where the training loop sets up the guide, with the world a rank of two sees)."""
+    from flowkit.engine.alongside import GuideTrainer
+    from flowkit.engine.distributed import World
+
+    pipeline = build(_spec(), (), manager)
+    assert GuideTrainer(pipeline, World()).trained == 0  # one process: accepted
+    with pytest.raises(ConfigError) as caught:
+        GuideTrainer(pipeline, World(rank=1, size=2, backend="gloo"))
+    assert str(caught.value) == (
+        "<dict>: [train] guide: a guide trained alongside trains in one process; run without torchrun, "
+        'or train the guide as a run of its own and name it (guide = "runs/NAME")'
+    )
