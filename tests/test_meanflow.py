@@ -144,6 +144,49 @@ def test_adaptive_weight_is_a_stopped_gradient_of_the_error():
     assert torch.allclose(grad, expected, rtol=1e-10, atol=1e-14)
 
 
+class ConstantNet(Network):
+    """``u(x, t, r) = c``, one learnable value for every coordinate: what the loss makes of a spread
+    of targets at one state."""
+
+    inputs = ("r",)
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = nn.Parameter(torch.tensor(c, dtype=torch.float64))
+
+    def forward(self, x: Tensor, t: Tensor, r: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        return self.c.expand_as(x)
+
+
+class TwoValuedVelocityPath:
+    """One state, and a conditional velocity that is 0 on 70% of the rows and 1 on the rest: its mean
+    is 0.3, its mode 0."""
+
+    t_range = (0.0, 1.0)
+
+    def sample_with_target(self, z, t, noise, generator=None):
+        v = (torch.arange(z.shape[0]) % 10 >= 7).to(z.dtype)[:, None].expand_as(z)
+        return torch.zeros_like(z), v
+
+
+@pytest.mark.parametrize(("power", "fixed_point"), [(0.0, 0.3), (1.0, 4.284e-4)])
+def test_the_adaptive_weight_s_fixed_point_is_the_mean_only_without_it(power, fixed_point):
+    """docs/math.md, "The adaptive weight in few dimensions": with p = 0 the loss settles at the mean
+    of the targets at a state; with p = 1 and c = 1e-3 at the root of E[w (u - T)] = 0,
+    0.7 u / (u^2 + c) = 0.3 (1 - u) / ((1 - u)^2 + c), u = 4.28e-4, next to the mode 0."""
+    net = ConstantNet(0.5)
+    loss = MeanFlowLoss(MeanFlowLoss.Params(weight_power=power, weight_eps=1e-3))
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    z = torch.zeros(100, 2, dtype=torch.float64)
+    t = torch.rand(100, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for _ in range(1500):
+        value = loss.loss_at(InstantVelocity(net), TwoValuedVelocityPath(), z, t, t, z)
+        optimizer.zero_grad()
+        value.loss.backward()
+        optimizer.step()
+    assert abs(net.c.item() - fixed_point) < 1e-6
+
+
 class CountingNet(Network):
     """A two-time MLP that records the batch size of every call."""
 
