@@ -430,7 +430,7 @@ def test_exact_ot_halves_the_one_step_distance_of_the_independent_coupling(manag
     """examples/gaussians-to-moons.toml at reduced size (800 training steps, 1,000 samples): one Euler
     step of the exact-OT model is at most half the independent coupling's one-step W2 (issue 24)."""
     example = Path(__file__).resolve().parents[1] / "examples" / "gaussians-to-moons.toml"
-    short = ["train.steps=800", "sample.n=1000", "evaluate.n=1000"]
+    short = ["train.steps=800", "sample.n=1000", "evaluate.n=1000", "report.plots=false"]
     distances = {}
     for coupling in ("exact-ot", "independent"):
         pipe = build_pipeline(example, [*short, f"loss.coupling={coupling}"], manager)

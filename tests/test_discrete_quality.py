@@ -22,6 +22,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "checkerboard-discr
 def test_the_discrete_checkerboard_lands_on_the_dark_cells(source, loss, tmp_path):
     manager = make_manager()
     overrides = [f"path.source={source}", f"loss.kind={loss}", "train.steps=1000", "sample.n=4000"]
+    overrides.append("report.plots=false")  # the figures are tests/test_report.py's
     pipe = build_pipeline(EXAMPLE, overrides, manager)
     assert pipe.sample.steps == 64 and pipe.dataset.vocabulary == 32  # type: ignore[attr-defined]
     metrics = run_pipeline(pipe, manager, out=str(tmp_path / "run"), quiet=True).metrics

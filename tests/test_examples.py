@@ -42,8 +42,9 @@ BUILT = TRAINABLE + EXACT
 # 1.34-1.94x the floor with it and FEWER_POINTS (seed 0).
 SHORT_TRAINING = ["train.steps=2000", "train.warmup_steps=100"]
 # Half the examples' 2,000 points for those checks: the exact W2 (an assignment, cubic in the points)
-# and the noise floor's three draws cost an eighth, and the floor is measured at the same size.
-FEWER_POINTS = ["sample.n=1000", "evaluate.n=1000"]
+# and the noise floor's three draws cost an eighth, and the floor is measured at the same size; no
+# figures (the vector field's streamlines alone take seconds; tests/test_report.py checks them).
+FEWER_POINTS = ["sample.n=1000", "evaluate.n=1000", "report.plots=false"]
 
 
 @pytest.fixture(scope="module")

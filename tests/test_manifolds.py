@@ -518,7 +518,7 @@ def run_example(name, tmp_path, overrides):
     from flowkit.testing import make_manager
 
     manager = make_manager()
-    pipe = build_pipeline(EXAMPLES / f"{name}.toml", overrides, manager)
+    pipe = build_pipeline(EXAMPLES / f"{name}.toml", [*overrides, "report.plots=false"], manager)
     run = run_pipeline(pipe, manager, out=str(tmp_path / name), quiet=True)
     return run.metrics, np.load(tmp_path / name / "samples.npy")
 

@@ -40,6 +40,7 @@ REDUCED = [
     "sample.n=1000",
     "sample.trajectories=0",
     "evaluate.n=1000",
+    "report.plots=false",
 ]
 
 
