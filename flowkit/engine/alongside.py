@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from flowkit.config import Location, Structurer
 from flowkit.engine.distributed import World
-from flowkit.engine.optim import WeightAverage, adamw, lr_factor
+from flowkit.engine.optim import WeightAverage, adamw, restore_optimizer, scheduler
 from flowkit.engine.records import Alongside
 from flowkit.engine.seeds import stage_seed
 from flowkit.errors import ConfigError
@@ -113,11 +113,7 @@ class GuideTrainer:
         if not self.params:
             raise ConfigError(f"{pipeline.source}: [train] guide: the guide has no trainable parameters")
         self.optimizer = adamw(self.params, self.cfg)
-        scheduled = self.cfg.lr_schedule != "constant" or self.cfg.warmup_steps > 0
-        self.lr_factor = lr_factor(self.cfg)
-        self.scheduler = (
-            torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor) if scheduled else None
-        )
+        self.scheduler = scheduler(self.optimizer, self.cfg)
         self.ema = WeightAverage(self.model, self.cfg.ema_decay) if self.cfg.ema_decay > 0 else None
         self.generator = pipeline.device.generator(stage_seed(pipeline.run.seed, "guide-loss"))
         #: Steps the guide has trained (it stops at ``[train] guide steps``).
@@ -186,18 +182,7 @@ class GuideTrainer:
         self.model.load_state_dict(state["raw"])
         if self.ema is not None:
             self.ema.load_averages(state["model"], int(state.get("ema_updates", self.trained)))
-        self.optimizer.load_state_dict(state["optimizer"])
-        factor = self.lr_factor(self.trained) if self.scheduler is not None else 1.0
-        for group in self.optimizer.param_groups:
-            group["initial_lr"] = self.cfg.lr
-            group["lr"] = self.cfg.lr * factor
-            group["weight_decay"] = self.cfg.weight_decay
-        if self.scheduler is not None:
-            if state.get("scheduler"):
-                self.scheduler.load_state_dict(state["scheduler"])
-            self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
-            self.scheduler.last_epoch = self.trained
-            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        restore_optimizer(self.optimizer, self.scheduler, self.cfg, self.trained, state)
         self.generator.set_state(state["generator"])
 
     def finish(self) -> None:

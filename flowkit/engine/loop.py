@@ -35,7 +35,7 @@ from flowkit.engine.distributed import (
     rank_seed,
     wrap_model,
 )
-from flowkit.engine.optim import WeightAverage, adamw, lr_factor
+from flowkit.engine.optim import WeightAverage, adamw, restore_optimizer, scheduler
 from flowkit.engine.scalars import LossScalars
 from flowkit.errors import CapabilityError, FlowkitError
 from flowkit.interfaces import LossValue
@@ -101,12 +101,7 @@ class TrainLoop:
                 "no trainable parameters"
             )
         self.optimizer = adamw(self.params, cfg)
-        # A constant rate needs no scheduler: skipping it keeps the hot loop as lean as a hand-written one.
-        scheduled = cfg.lr_schedule != "constant" or cfg.warmup_steps > 0
-        self.lr_factor = lr_factor(cfg)
-        self.scheduler = (
-            torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor) if scheduled else None
-        )
+        self.scheduler = scheduler(self.optimizer, cfg)
         self.ema = WeightAverage(self.network, cfg.ema_decay) if cfg.ema_decay > 0 else None
         #: This process's rank and the number of processes (one of one outside torchrun).
         self.world = current_world()
@@ -314,18 +309,7 @@ class TrainLoop:
         self.network.load_state_dict(state["raw"])
         if self.ema is not None:
             self.ema.load_averages(state["model"], int(state.get("ema_updates", step)))
-        self.optimizer.load_state_dict(state["optimizer"])
-        factor = self.lr_factor(step) if self.scheduler is not None else 1.0
-        for group in self.optimizer.param_groups:
-            group["initial_lr"] = self.cfg.lr
-            group["lr"] = self.cfg.lr * factor
-            group["weight_decay"] = self.cfg.weight_decay
-        if self.scheduler is not None:
-            if state.get("scheduler"):
-                self.scheduler.load_state_dict(state["scheduler"])
-            self.scheduler.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
-            self.scheduler.last_epoch = step
-            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        restore_optimizer(self.optimizer, self.scheduler, self.cfg, step, state)
         self._load_generators(state, step)
         window = state.get("window")
         self._window = [loss.to(self.device) for loss in window] if window is not None else []

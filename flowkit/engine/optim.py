@@ -1,9 +1,11 @@
-"""The optimiser's parts: the learning-rate schedule, the moving average of the weights, AdamW."""
+"""The optimiser's parts: the learning-rate schedule, the moving average of the weights, AdamW, and
+restoring the optimiser and its schedule from a checkpoint."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -70,3 +72,37 @@ def adamw(params: list[nn.Parameter], cfg: TrainSection) -> torch.optim.Optimize
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):  # e.g. a device without a fused implementation
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainSection
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """The schedule :func:`lr_factor` of ``cfg`` on ``optimizer``, or ``None`` for a constant rate
+    without warm-up: skipping it keeps the hot loop as lean as a hand-written one."""
+    if cfg.lr_schedule == "constant" and cfg.warmup_steps == 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+
+
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LambdaLR | None,
+    cfg: TrainSection,
+    step: int,
+    state: Mapping[str, Any],
+) -> None:
+    """Continue ``optimizer`` and ``schedule`` from a checkpoint's ``state`` at ``step``, with this
+    pipeline's ``[train]`` rate and weight decay: the rate at ``step`` is ``lr * factor(step)`` over
+    this pipeline's ``steps``, so a run resumed with ``--set train.lr=...`` uses it from its first step."""
+    optimizer.load_state_dict(state["optimizer"])
+    factor = lr_factor(cfg)(step) if schedule is not None else 1.0
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.lr
+        group["lr"] = cfg.lr * factor
+        group["weight_decay"] = cfg.weight_decay
+    if schedule is not None:
+        if state.get("scheduler"):
+            schedule.load_state_dict(state["scheduler"])
+        schedule.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+        schedule.last_epoch = step
+        schedule._last_lr = [group["lr"] for group in optimizer.param_groups]
