@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,40 @@ def recipe_table(title: str, rows: list[dict[str, Any]], steps: int, target: flo
     return lines
 
 
+def run_recipes(
+    file: Path,
+    recipes: list[tuple[str, str]],
+    order: list[tuple[str, str]],
+    steps: int,
+    n: int,
+    curve_of: Callable[[str, str], list[float]],
+    title: str,
+) -> None:
+    """Measure each ``(time, loss_weight)`` of ``recipes`` with ``curve_of``, saving ``file`` (JSON)
+    after each; rows measured before at these ``steps`` and ``n`` are kept (a grid can be measured
+    in several sittings). Then the rows in the order of ``order``, the default recipe's (uniform,
+    none) final ratio, and the markdown table ``title`` above, beside ``file`` (``.md``) and printed."""
+    rows: list[dict[str, Any]] = []
+    if file.is_file():
+        earlier = json.loads(file.read_text())
+        if (earlier["steps"], earlier["n"]) == (steps, n):
+            rows = earlier["rows"]
+    for density, weight in recipes:
+        if any((r["time"], r["loss_weight"]) == (density, weight) for r in rows):
+            continue
+        rows.append({"time": density, "loss_weight": weight, "ratios": curve_of(density, weight)})
+        print(rows[-1], flush=True)
+        file.write_text(json.dumps({"steps": steps, "n": n, "rows": rows}, indent=2) + "\n")
+    rows.sort(key=lambda r: order.index((r["time"], r["loss_weight"])))
+    default = next(r for r in rows if (r["time"], r["loss_weight"]) == ("uniform", "none"))
+    target = default["ratios"][-1]  # the default recipe at the end
+    result = {"steps": steps, "n": n, "default_final_ratio": target, "rows": rows}
+    file.write_text(json.dumps(result, indent=2) + "\n")
+    lines = recipe_table(title, rows, steps, target)
+    file.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
@@ -115,34 +150,19 @@ def main() -> None:
     manager = PluginManager(warn=False)
     name = "recipes-moons-quick" if args.quick else "recipes-moons"
     args.out.mkdir(parents=True, exist_ok=True)
-    file = args.out / f"{name}.json"
-    # Rows already measured at these sizes are kept (the grid can be measured in several sittings).
-    rows: list[dict[str, Any]] = []
-    if file.is_file():
-        earlier = json.loads(file.read_text())
-        if (earlier["steps"], earlier["n"]) == (args.steps, args.n):
-            rows = earlier["rows"]
-    for density in args.densities:
-        for weight in args.weights:
-            if any((r["time"], r["loss_weight"]) == (density, weight) for r in rows):
-                continue
-            ratios = curve(manager, density, weight, args.steps, args.n)
-            rows.append({"time": density, "loss_weight": weight, "ratios": ratios})
-            print(rows[-1], flush=True)
-            file.write_text(json.dumps({"steps": args.steps, "n": args.n, "rows": rows}, indent=2) + "\n")
-    order = {(d, w): i for i, (d, w) in enumerate((d, w) for d in DENSITIES for w in WEIGHTS)}
-    rows.sort(key=lambda r: order[(r["time"], r["loss_weight"])])
-    default = next(r for r in rows if (r["time"], r["loss_weight"]) == ("uniform", "none"))
-    target = default["ratios"][-1]  # the default recipe at the end
-    result = {"steps": args.steps, "n": args.n, "default_final_ratio": target, "rows": rows}
-    file.write_text(json.dumps(result, indent=2) + "\n")
     title = (
         f"Recipes on the moons: CFM, OT path, MLP 3x128, {args.steps} steps (constant lr, no EMA), "
         f"W2 / noise floor at n = {args.n}; one seed."
     )
-    lines = recipe_table(title, rows, args.steps, target)
-    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    run_recipes(
+        args.out / f"{name}.json",
+        [(d, w) for d in args.densities for w in args.weights],
+        [(d, w) for d in DENSITIES for w in WEIGHTS],
+        args.steps,
+        args.n,
+        lambda density, weight: curve(manager, density, weight, args.steps, args.n),
+        title,
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_recipes import recipe_table
+from bench_recipes import run_recipes
 from flowkit_metrics.images import image_metrics
 
 from flowkit.api import load_pipeline
@@ -100,30 +99,19 @@ def main() -> None:
     manager = PluginManager(warn=False)
     name = "recipes-digits-quick" if args.quick else "recipes-digits"
     args.out.mkdir(parents=True, exist_ok=True)
-    file = args.out / f"{name}.json"
-    rows: list[dict[str, Any]] = []
-    if file.is_file():  # recipes measured before at these sizes are kept (several sittings)
-        earlier = json.loads(file.read_text())
-        if (earlier["steps"], earlier["n"]) == (args.steps, args.n):
-            rows = earlier["rows"]
-    for density, weight in RECIPES:
-        if any((r["time"], r["loss_weight"]) == (density, weight) for r in rows):
-            continue
-        ratios = curve(manager, density, weight, args.steps, args.n)
-        rows.append({"time": density, "loss_weight": weight, "ratios": ratios})
-        file.write_text(json.dumps({"steps": args.steps, "n": args.n, "rows": rows}, indent=2) + "\n")
-    order = {recipe: i for i, recipe in enumerate(RECIPES)}
-    rows.sort(key=lambda r: order[(r["time"], r["loss_weight"])])
-    target = rows[0]["ratios"][-1]  # the default recipe at the end
-    result = {"steps": args.steps, "n": args.n, "default_final_ratio": target, "rows": rows}
-    file.write_text(json.dumps(result, indent=2) + "\n")
     title = (
         f"Recipes on the digits: the U-Net of digits-guidance.toml, CFM, OT path, {args.steps} steps "
         f"(constant lr, EMA 0.99), unguided Fréchet ratio of {args.n} Heun-10 samples; one seed."
     )
-    lines = recipe_table(title, rows, args.steps, target)
-    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    run_recipes(
+        args.out / f"{name}.json",
+        RECIPES,
+        RECIPES,
+        args.steps,
+        args.n,
+        lambda density, weight: curve(manager, density, weight, args.steps, args.n),
+        title,
+    )
 
 
 if __name__ == "__main__":
