@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Literal
 
 import attrs
-import torch
 from torch import Tensor
 
 from flowkit.errors import CapabilityError
@@ -26,18 +25,10 @@ from flowkit.interfaces import (
     BuildContext,
     Guider,
     ScaleParams,
-    classifier_free,
-    per_sample,
     resolve_relative,
 )
 from flowkit.params import param
-
-_unit = [attrs.validators.ge(0.0), attrs.validators.le(1.0)]
-
-
-def _not_below_t_lo(instance: AutoGuidance.Params, attribute: attrs.Attribute, value: float) -> None:
-    if value < instance.t_lo:
-        raise ValueError(f"t_hi = {value} must not be below t_lo = {instance.t_lo}")
+from flowkit_guidance.guiders import UNIT, guided_in_band, not_below_t_lo
 
 
 class AutoGuidance(Guider):
@@ -56,10 +47,10 @@ class AutoGuidance(Guider):
         t_lo: float = param(
             0.0,
             doc="Guidance starts at this time (0: from the noise): the guidance interval.",
-            validator=_unit,
+            validator=UNIT,
         )
         t_hi: float = param(
-            1.0, doc="Guidance ends after this time (1: up to the data).", validator=[*_unit, _not_below_t_lo]
+            1.0, doc="Guidance ends after this time (1: up to the data).", validator=[*UNIT, not_below_t_lo]
         )
 
     @classmethod
@@ -83,9 +74,5 @@ class AutoGuidance(Guider):
     def combine(self, cond: Tensor, uncond: Tensor, x: Tensor, t: Tensor) -> Tensor:
         """``cond + w (cond - uncond)`` with ``uncond`` the guide's field, on ``t_lo <= t <= t_hi``
         (the model's own field outside); ``(B, *D)``."""
-        guided = classifier_free(cond, uncond, self.params.scale)
         p = self.params
-        if p.t_lo <= 0.0 and p.t_hi >= 1.0:  # the band covers every time: guided everywhere
-            return guided
-        inside = (t >= p.t_lo) & (t <= p.t_hi)
-        return torch.where(per_sample(inside, cond), guided, cond)
+        return guided_in_band(cond, uncond, t, p.scale, p.t_lo, p.t_hi)

@@ -8,6 +8,8 @@ Each variant, with its own knob neutral, computes exactly what ``cfg`` computes 
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import torch
 from torch import Tensor
@@ -16,12 +18,23 @@ from flowkit.errors import CapabilityError
 from flowkit.interfaces import Guider, ScaleParams, classifier_free, per_sample
 from flowkit.params import param
 
-_unit = [attrs.validators.ge(0.0), attrs.validators.le(1.0)]
+#: The validators of a time on [0, 1], and of a band's end ``t_hi`` (its Params hold ``t_lo`` too).
+UNIT = [attrs.validators.ge(0.0), attrs.validators.le(1.0)]
 
 
-def _not_below_t_lo(instance: GuidanceInterval.Params, attribute: attrs.Attribute, value: float) -> None:
+def not_below_t_lo(instance: Any, attribute: attrs.Attribute, value: float) -> None:
     if value < instance.t_lo:
         raise ValueError(f"t_hi = {value} must not be below t_lo = {instance.t_lo}")
+
+
+def guided_in_band(cond: Tensor, uncond: Tensor, t: Tensor, scale: float, t_lo: float, t_hi: float) -> Tensor:
+    """``cond + scale (cond - uncond)`` where ``t_lo <= t <= t_hi``, ``cond`` elsewhere, per sample;
+    ``(B, *D)``."""
+    guided = classifier_free(cond, uncond, scale)
+    if t_lo <= 0.0 and t_hi >= 1.0:  # the band covers every time: guided everywhere
+        return guided
+    inside = (t >= t_lo) & (t <= t_hi)
+    return torch.where(per_sample(inside, cond), guided, cond)
 
 
 def _event_dims(x: Tensor) -> tuple[int, ...]:
@@ -45,19 +58,15 @@ class GuidanceInterval(Guider):
 
     @attrs.define(frozen=True)
     class Params(ScaleParams):
-        t_lo: float = param(0.0, doc="Guidance starts at this time (0: from the noise).", validator=_unit)
+        t_lo: float = param(0.0, doc="Guidance starts at this time (0: from the noise).", validator=UNIT)
         t_hi: float = param(
-            1.0, doc="Guidance ends after this time (1: up to the data).", validator=[*_unit, _not_below_t_lo]
+            1.0, doc="Guidance ends after this time (1: up to the data).", validator=[*UNIT, not_below_t_lo]
         )
 
     def combine(self, cond: Tensor, uncond: Tensor, x: Tensor, t: Tensor) -> Tensor:
         """``cfg`` where ``t_lo <= t <= t_hi``, ``cond`` elsewhere, per sample; ``(B, *D)``."""
-        guided = classifier_free(cond, uncond, self.params.scale)
         p = self.params
-        if p.t_lo <= 0.0 and p.t_hi >= 1.0:  # the band covers every time: plain cfg
-            return guided
-        inside = (t >= p.t_lo) & (t <= p.t_hi)
-        return torch.where(per_sample(inside, cond), guided, cond)
+        return guided_in_band(cond, uncond, t, p.scale, p.t_lo, p.t_hi)
 
 
 class AdaptiveProjected(Guider):
@@ -188,7 +197,7 @@ class RescaledGuidance(Guider):
     @attrs.define(frozen=True)
     class Params(ScaleParams):
         phi: float = param(
-            0.7, doc="Share of the rescaled field (0: plain cfg; the paper: 0.7).", validator=_unit
+            0.7, doc="Share of the rescaled field (0: plain cfg; the paper: 0.7).", validator=UNIT
         )
 
     def combine(self, cond: Tensor, uncond: Tensor, x: Tensor, t: Tensor) -> Tensor:
