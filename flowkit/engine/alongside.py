@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from flowkit.config import Location, Structurer
 from flowkit.engine.distributed import World
-from flowkit.engine.optim import WeightAverage, adamw, restore_optimizer, scheduler
+from flowkit.engine.optim import WeightAverage, adamw, restore_optimizer, scheduler, update
 from flowkit.engine.records import Alongside
 from flowkit.engine.seeds import stage_seed
 from flowkit.errors import ConfigError
@@ -143,15 +143,7 @@ class GuideTrainer:
         with self.pipeline.device.autocast():
             value = self.loss_fn(self.role, self.pipeline.path, z, generator=self.generator, **given)
         loss = value.loss if isinstance(value, LossValue) else value
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update()
+        update(loss, self.optimizer, self.scheduler, self.ema, self.params, self.cfg.grad_clip)
         self.trained += 1
         return loss.detach()
 

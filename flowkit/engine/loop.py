@@ -35,7 +35,7 @@ from flowkit.engine.distributed import (
     rank_seed,
     wrap_model,
 )
-from flowkit.engine.optim import WeightAverage, adamw, restore_optimizer, scheduler
+from flowkit.engine.optim import WeightAverage, adamw, restore_optimizer, scheduler, update
 from flowkit.engine.scalars import LossScalars
 from flowkit.errors import CapabilityError, FlowkitError
 from flowkit.interfaces import LossValue
@@ -174,17 +174,8 @@ class TrainLoop:
         with self.backend.autocast():
             value = self.loss_fn(self.role, self.pipeline.path, z, generator=self.loss_gen, **keywords)
         loss = self.scalars.take(value)  # a LossValue's scalars are kept for the log step
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.averages_gradients:
-            average_gradients(self.params, self.world)
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update()
+        average = self._average_gradients if self.averages_gradients else None
+        update(loss, self.optimizer, self.scheduler, self.ema, self.params, self.cfg.grad_clip, average)
         if self.guide is not None:  # after the model's update: the model trains as without a guide
             guide_loss = self.guide.step(z, keywords)
             if guide_loss is not None:
@@ -296,6 +287,10 @@ class TrainLoop:
         if self.guide is not None:  # the train stage writes it to a file of its own
             state["guide"] = self.guide.state_dict()
         return state
+
+    def _average_gradients(self) -> None:
+        """Average this rank's gradients with the others' (a forward-mode-AD loss under torchrun)."""
+        average_gradients(self.params, self.world)
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
         """Continue from a :meth:`state_dict` (a checkpoint); returns its step.

@@ -1,5 +1,5 @@
-"""The optimiser's parts: the learning-rate schedule, the moving average of the weights, AdamW, and
-restoring the optimiser and its schedule from a checkpoint."""
+"""The optimiser's parts: the learning-rate schedule, the moving average of the weights, AdamW, one
+update from a loss, and restoring the optimiser and its schedule from a checkpoint."""
 
 from __future__ import annotations
 
@@ -106,3 +106,28 @@ def restore_optimizer(
         schedule.base_lrs = [cfg.lr for _ in optimizer.param_groups]
         schedule.last_epoch = step
         schedule._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def update(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LambdaLR | None,
+    average: WeightAverage | None,
+    params: list[nn.Parameter],
+    grad_clip: float,
+    before_clip: Callable[[], None] | None = None,
+) -> None:
+    """One step on ``loss``: its gradients (then ``before_clip``, e.g. averaging them across ranks),
+    the norm clipped to ``grad_clip`` where positive, the optimiser's step, the schedule's, the
+    moving average's."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if before_clip is not None:
+        before_clip()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    if schedule is not None:
+        schedule.step()
+    if average is not None:
+        average.update()
